@@ -1,0 +1,453 @@
+//! The link/sync state machine: keeps one peer's view of our exports current and ours of its.
+//!
+//! [`LinkSync`] is sans-I/O in the quinn-proto style: the shell feeds it `handle_*(now, ..)`
+//! and drains `poll_transmit` / `poll_event` / `poll_timeout`. It must not read the clock,
+//! touch sockets or spawn anything; it also never trusts the transport to be lossless, so
+//! duplicated, lost or reordered messages only cost a resync.
+//!
+//! Protocol: on connect each side sends `Hello` then a full `Snapshot` at its current `seq`.
+//! Every change bumps `seq` and is sent as a `Delta`. `Heartbeat { seq }` goes out every
+//! `heartbeat`, so a receiver that missed a delta notices and asks for `Resync`. Imports live
+//! for a lease after the last message from the peer.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::model::{ClusterId, ServiceName};
+use crate::wire::{ExportedService, GoodbyeReason, LinkMessage};
+
+/// The longest lease a peer may ask for; a bogus `lease_ms` must not pin stale imports.
+pub const MAX_LEASE: Duration = Duration::from_secs(300);
+
+/// Timers of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// How often a heartbeat is sent while connected.
+    pub heartbeat: Duration,
+    /// How long imports stay after the last message from the peer (at least; the peer's
+    /// advertised lease is used when longer, up to [`MAX_LEASE`]).
+    pub lease: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Something the shell must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The peer (re)introduced itself.
+    PeerHello {
+        /// The peer.
+        peer: ClusterId,
+        /// Its gateways.
+        gateways: Vec<SocketAddr>,
+    },
+    /// The complete current set of the peer's exports, after each change.
+    Imports {
+        /// The peer.
+        peer: ClusterId,
+        /// All its exports, sorted by name.
+        services: Vec<ExportedService>,
+    },
+    /// The peer was silent past the lease; its imports are gone.
+    ImportsWithdrawn {
+        /// The peer.
+        peer: ClusterId,
+    },
+    /// The peer removed the link on its side.
+    PeerRemovedLink {
+        /// The peer.
+        peer: ClusterId,
+    },
+}
+
+/// The peer broke the protocol; the shell should close the connection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The peer says it is another cluster.
+    #[error(
+        "the peer says it is cluster {got}, but this link is for {expected}; \
+         check the gateway addresses configured for the link"
+    )]
+    UnexpectedPeer {
+        /// The cluster this link is for.
+        expected: ClusterId,
+        /// The cluster the peer claimed.
+        got: ClusterId,
+    },
+    /// The peer sent something the protocol does not allow.
+    #[error("the peer broke the link protocol ({0}); the connection will be closed and retried")]
+    ProtocolViolation(&'static str),
+}
+
+/// The sync state machine for one peer link.
+#[derive(Debug)]
+pub struct LinkSync {
+    local: ClusterId,
+    peer: ClusterId,
+    session: u64,
+    gateways: Vec<SocketAddr>,
+    config: LinkConfig,
+    connected: bool,
+    // Outbound: our exports and their sequence number (bumped on every change).
+    exports: Vec<ExportedService>,
+    send_seq: u64,
+    next_heartbeat: Option<Instant>,
+    transmit: VecDeque<LinkMessage>,
+    // Inbound: what the peer told us.
+    peer_session: Option<u64>,
+    peer_lease: Duration,
+    /// Seq of the last applied snapshot/delta in the peer's current session.
+    recv_seq: Option<u64>,
+    /// A gap was seen: deltas are ignored until a snapshot arrives.
+    awaiting_snapshot: bool,
+    resync_sent_at: Option<Instant>,
+    imports: Vec<ExportedService>,
+    /// Whether `imports` have been reported to the shell and not withdrawn.
+    imports_live: bool,
+    lease_deadline: Option<Instant>,
+    events: VecDeque<LinkEvent>,
+}
+
+impl LinkSync {
+    /// A link from `local` to `peer`; `session` must be new each time this process starts.
+    pub fn new(
+        local: ClusterId,
+        peer: ClusterId,
+        session: u64,
+        gateways: Vec<SocketAddr>,
+        config: LinkConfig,
+    ) -> Self {
+        LinkSync {
+            local,
+            peer,
+            session,
+            gateways,
+            config,
+            connected: false,
+            exports: Vec::new(),
+            send_seq: 0,
+            next_heartbeat: None,
+            transmit: VecDeque::new(),
+            peer_session: None,
+            peer_lease: config.lease,
+            recv_seq: None,
+            awaiting_snapshot: false,
+            resync_sent_at: None,
+            imports: Vec::new(),
+            imports_live: false,
+            lease_deadline: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A connection to the peer is up: queues `Hello`, then a `Snapshot` of current exports.
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.connected = true;
+        self.transmit.clear();
+        self.transmit.push_back(self.hello());
+        self.transmit.push_back(self.snapshot());
+        self.next_heartbeat = Some(now + self.config.heartbeat);
+        self.resync_sent_at = None;
+    }
+
+    /// The connection is gone: nothing more is sent; imports stay until the lease runs out.
+    pub fn handle_disconnected(&mut self, _now: Instant) {
+        self.connected = false;
+        self.transmit.clear();
+        self.next_heartbeat = None;
+    }
+
+    /// Replaces our exports; queues a `Delta` when connected (nothing if unchanged).
+    pub fn set_local_exports(&mut self, _now: Instant, services: Vec<ExportedService>) {
+        let services = canonical(services);
+        let old: BTreeMap<&ServiceName, &ExportedService> =
+            self.exports.iter().map(|s| (&s.name, s)).collect();
+        let new_names: BTreeSet<&ServiceName> = services.iter().map(|s| &s.name).collect();
+        let upserts: Vec<ExportedService> = services
+            .iter()
+            .filter(|s| old.get(&s.name) != Some(s))
+            .cloned()
+            .collect();
+        let removals: Vec<ServiceName> = old
+            .keys()
+            .filter(|n| !new_names.contains(*n))
+            .map(|n| (*n).clone())
+            .collect();
+        if upserts.is_empty() && removals.is_empty() {
+            return;
+        }
+        self.exports = services;
+        self.send_seq += 1;
+        if self.connected {
+            self.transmit.push_back(LinkMessage::Delta {
+                seq: self.send_seq,
+                upserts,
+                removals,
+            });
+        }
+    }
+
+    /// Replaces the gateways we advertise; re-sends `Hello` when connected and changed.
+    pub fn set_gateways(&mut self, gateways: Vec<SocketAddr>) {
+        if gateways == self.gateways {
+            return;
+        }
+        self.gateways = gateways;
+        if self.connected {
+            self.transmit.push_back(self.hello());
+        }
+    }
+
+    /// A message from the peer arrived.
+    pub fn handle_message(&mut self, now: Instant, msg: LinkMessage) -> Result<(), LinkError> {
+        match msg {
+            LinkMessage::Hello {
+                cluster,
+                session,
+                gateways,
+                lease_ms,
+            } => {
+                if cluster != self.peer {
+                    return Err(LinkError::UnexpectedPeer {
+                        expected: self.peer.clone(),
+                        got: cluster,
+                    });
+                }
+                if lease_ms == 0 {
+                    return Err(LinkError::ProtocolViolation("hello with a zero lease"));
+                }
+                if self.peer_session.is_some_and(|s| s != session) {
+                    // The peer restarted: its sequence numbers start over.
+                    self.recv_seq = None;
+                    self.awaiting_snapshot = false;
+                    self.resync_sent_at = None;
+                }
+                self.peer_session = Some(session);
+                self.peer_lease = Duration::from_millis(lease_ms).clamp(self.config.lease, MAX_LEASE.max(self.config.lease));
+                self.events.push_back(LinkEvent::PeerHello {
+                    peer: self.peer.clone(),
+                    gateways,
+                });
+            }
+            LinkMessage::Snapshot { seq, services } => {
+                check_unique(&services, &[])?;
+                if self.recv_seq.is_none_or(|last| seq >= last) {
+                    self.recv_seq = Some(seq);
+                    self.awaiting_snapshot = false;
+                    self.resync_sent_at = None;
+                    self.replace_imports(canonical(services));
+                }
+            }
+            LinkMessage::Delta {
+                seq,
+                upserts,
+                removals,
+            } => {
+                check_unique(&upserts, &removals)?;
+                match self.recv_seq {
+                    Some(last) if !self.awaiting_snapshot => {
+                        if seq == last + 1 {
+                            self.recv_seq = Some(seq);
+                            let mut next: BTreeMap<ServiceName, ExportedService> = self
+                                .imports
+                                .iter()
+                                .map(|s| (s.name.clone(), s.clone()))
+                                .collect();
+                            for name in &removals {
+                                next.remove(name);
+                            }
+                            for s in upserts {
+                                next.insert(s.name.clone(), s);
+                            }
+                            self.replace_imports(next.into_values().collect());
+                        } else if seq > last + 1 {
+                            self.awaiting_snapshot = true;
+                            self.request_resync(now);
+                        }
+                        // seq <= last: a duplicate or a late copy, already applied.
+                    }
+                    _ => self.request_resync(now),
+                }
+            }
+            LinkMessage::Heartbeat { seq } => match self.recv_seq {
+                Some(last) if !self.awaiting_snapshot => {
+                    if seq > last {
+                        self.awaiting_snapshot = true;
+                        self.request_resync(now);
+                    } else if seq < last {
+                        // Within one session seq only grows, so we applied something that
+                        // was not from this session: start over from a fresh snapshot.
+                        self.recv_seq = None;
+                        self.request_resync(now);
+                    }
+                }
+                _ => self.request_resync(now),
+            },
+            LinkMessage::Resync => {
+                if self.connected {
+                    self.transmit.push_back(self.snapshot());
+                }
+            }
+            LinkMessage::Goodbye { reason } => match reason {
+                GoodbyeReason::LinkRemoved => {
+                    self.imports.clear();
+                    self.imports_live = false;
+                    self.recv_seq = None;
+                    self.lease_deadline = None;
+                    self.events.push_back(LinkEvent::PeerRemovedLink {
+                        peer: self.peer.clone(),
+                    });
+                    return Ok(());
+                }
+                // The peer may come back soon; its imports live out their lease.
+                GoodbyeReason::ShuttingDown => {}
+            },
+        }
+        self.lease_deadline = Some(now + self.peer_lease);
+        Ok(())
+    }
+
+    /// Sends due heartbeats and withdraws imports whose lease ran out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.next_heartbeat {
+            if self.connected && now >= at {
+                self.transmit.push_back(LinkMessage::Heartbeat {
+                    seq: self.send_seq,
+                });
+                self.next_heartbeat = Some(now + self.config.heartbeat);
+            }
+        }
+        if self.lease_deadline.is_some_and(|at| now >= at) {
+            self.lease_deadline = None;
+            self.recv_seq = None;
+            self.awaiting_snapshot = false;
+            self.imports.clear();
+            if self.imports_live {
+                self.imports_live = false;
+                self.events.push_back(LinkEvent::ImportsWithdrawn {
+                    peer: self.peer.clone(),
+                });
+            }
+        }
+    }
+
+    /// When [`LinkSync::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let heartbeat = self.next_heartbeat.filter(|_| self.connected);
+        match (heartbeat, self.lease_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next message to send to the peer.
+    pub fn poll_transmit(&mut self) -> Option<LinkMessage> {
+        self.transmit.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// We removed the link: queues `Goodbye { LinkRemoved }`; nothing else is sent afterwards.
+    pub fn remove_link(&mut self) {
+        self.transmit.push_back(LinkMessage::Goodbye {
+            reason: GoodbyeReason::LinkRemoved,
+        });
+        self.connected = false;
+        self.next_heartbeat = None;
+    }
+
+    /// The peer's current exports as far as we know (empty once withdrawn), sorted by name.
+    pub fn imports(&self) -> &[ExportedService] {
+        &self.imports
+    }
+
+    /// The cluster this link runs from.
+    pub fn local(&self) -> &ClusterId {
+        &self.local
+    }
+
+    /// The peer cluster.
+    pub fn peer(&self) -> &ClusterId {
+        &self.peer
+    }
+
+    fn hello(&self) -> LinkMessage {
+        LinkMessage::Hello {
+            cluster: self.local.clone(),
+            session: self.session,
+            gateways: self.gateways.clone(),
+            lease_ms: u64::try_from(self.config.lease.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        }
+    }
+
+    fn snapshot(&self) -> LinkMessage {
+        LinkMessage::Snapshot {
+            seq: self.send_seq,
+            services: self.exports.clone(),
+        }
+    }
+
+    fn replace_imports(&mut self, services: Vec<ExportedService>) {
+        let changed = !self.imports_live || services != self.imports;
+        self.imports = services;
+        self.imports_live = true;
+        if changed {
+            self.events.push_back(LinkEvent::Imports {
+                peer: self.peer.clone(),
+                services: self.imports.clone(),
+            });
+        }
+    }
+
+    /// Asks for a snapshot, at most once per heartbeat interval (the peer's heartbeats
+    /// bring us back here if the request was lost).
+    fn request_resync(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        if self
+            .resync_sent_at
+            .is_some_and(|at| now < at + self.config.heartbeat)
+        {
+            return;
+        }
+        self.resync_sent_at = Some(now);
+        self.transmit.push_back(LinkMessage::Resync);
+    }
+}
+
+/// Sorts by name and keeps the last entry of each name.
+fn canonical(services: Vec<ExportedService>) -> Vec<ExportedService> {
+    let map: BTreeMap<ServiceName, ExportedService> =
+        services.into_iter().map(|s| (s.name.clone(), s)).collect();
+    map.into_values().collect()
+}
+
+fn check_unique(services: &[ExportedService], removals: &[ServiceName]) -> Result<(), LinkError> {
+    let mut names = BTreeSet::new();
+    if !services.iter().all(|s| names.insert(&s.name)) {
+        return Err(LinkError::ProtocolViolation("a service is listed twice"));
+    }
+    if !removals.iter().all(|n| names.insert(n)) {
+        return Err(LinkError::ProtocolViolation(
+            "a service is both upserted and removed, or removed twice",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Gateway admission: may this peer's tunnel reach this service, and at which endpoints?
+//!
+//! [`admit`] is a pure function of the snapshot, the caller's verified identity and the tunnel
+//! header. It must not do I/O or look at anything but its arguments, and its refusals must not
+//! leak which services exist but are not exported.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::snapshot::MeshSnapshot;
+use crate::spiffe::Identity;
+use crate::wire::{TunnelHeader, MAX_HOPS};
+
+/// Why a gateway refused a tunnel. Sent to the caller as a one-byte code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The caller is not a gateway or node of a linked peer cluster.
+    UnknownPeer,
+    /// The service does not exist here or is not exported (deliberately the same answer).
+    NotExported,
+    /// The service has no port of that name.
+    UnknownPort,
+    /// The service has no healthy endpoint for the port.
+    NoEndpoints,
+    /// The tunnel crossed more than [`MAX_HOPS`] gateways.
+    TooManyHops,
+    /// The tunnel header could not be decoded.
+    BadHeader,
+    /// The caller asked for a different cluster than this one.
+    WrongCluster,
+}
+
+const ALL: [Refusal; 7] = [
+    Refusal::UnknownPeer,
+    Refusal::NotExported,
+    Refusal::UnknownPort,
+    Refusal::NoEndpoints,
+    Refusal::TooManyHops,
+    Refusal::BadHeader,
+    Refusal::WrongCluster,
+];
+
+impl Refusal {
+    /// A stable snake_case name for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::UnknownPeer => "unknown_peer",
+            Refusal::NotExported => "not_exported",
+            Refusal::UnknownPort => "unknown_port",
+            Refusal::NoEndpoints => "no_endpoints",
+            Refusal::TooManyHops => "too_many_hops",
+            Refusal::BadHeader => "bad_header",
+            Refusal::WrongCluster => "wrong_cluster",
+        }
+    }
+
+    /// The wire code (1..=7; 0 is never a refusal).
+    pub fn code(&self) -> u8 {
+        match self {
+            Refusal::UnknownPeer => 1,
+            Refusal::NotExported => 2,
+            Refusal::UnknownPort => 3,
+            Refusal::NoEndpoints => 4,
+            Refusal::TooManyHops => 5,
+            Refusal::BadHeader => 6,
+            Refusal::WrongCluster => 7,
+        }
+    }
+
+    /// The refusal with wire code `code`.
+    pub fn from_code(code: u8) -> Option<Refusal> {
+        ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::UnknownPeer => {
+                "the calling cluster is not linked to the serving cluster; link them with `ferry link`"
+            }
+            Refusal::NotExported => {
+                "the service is not exported by the serving cluster; export it there"
+            }
+            Refusal::UnknownPort => "the service has no port of that name in the serving cluster",
+            Refusal::NoEndpoints => "the service has no healthy endpoints in the serving cluster",
+            Refusal::TooManyHops => "the tunnel crossed too many gateways; check for a routing loop",
+            Refusal::BadHeader => "the tunnel header was malformed; check both sides run compatible Ferry versions",
+            Refusal::WrongCluster => "the tunnel was meant for another cluster; check the caller's routing",
+        })
+    }
+}
+
+/// Decides whether `caller` may open a tunnel described by `header`, returning the healthy
+/// local endpoints for the port, rotated by `pick` so successive calls spread the load.
+///
+/// Checks, in order: the caller is a gateway or node of a linked peer (not this cluster, not a
+/// CA), the header names this cluster if it names one, the hop count, the service exists and
+/// is exported, the port exists, and at least one endpoint is healthy.
+pub fn admit(
+    snapshot: &MeshSnapshot,
+    caller: &Identity,
+    header: &TunnelHeader,
+    pick: u64,
+) -> Result<Vec<SocketAddr>, Refusal> {
+    let peer = match caller {
+        Identity::Gateway { cluster } | Identity::Node { cluster, .. } => cluster,
+        Identity::ClusterCa { .. } => return Err(Refusal::UnknownPeer),
+    };
+    if *peer == snapshot.cluster || snapshot.link(peer).is_none() {
+        return Err(Refusal::UnknownPeer);
+    }
+    if header
+        .cluster
+        .as_ref()
+        .is_some_and(|c| *c != snapshot.cluster)
+    {
+        return Err(Refusal::WrongCluster);
+    }
+    if header.hops > MAX_HOPS {
+        return Err(Refusal::TooManyHops);
+    }
+    let service = snapshot
+        .service(&header.service)
+        .filter(|s| s.exported)
+        .ok_or(Refusal::NotExported)?;
+    let port = service
+        .ports
+        .iter()
+        .find(|p| p.name == header.port)
+        .ok_or(Refusal::UnknownPort)?;
+    let mut addrs: Vec<SocketAddr> = service
+        .local
+        .iter()
+        .filter(|e| e.healthy)
+        .map(|e| e.addr.target(port))
+        .collect();
+    if addrs.is_empty() {
+        return Err(Refusal::NoEndpoints);
+    }
+    rotate(&mut addrs, pick);
+    Ok(addrs)
+}
+
+/// Rotates `items` left by `pick` modulo its length.
+pub(crate) fn rotate<T>(items: &mut [T], pick: u64) {
+    if !items.is_empty() {
+        let n = (pick % items.len() as u64) as usize;
+        items.rotate_left(n);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! Bytes on the wire between clusters: link-stream messages, the join exchange, and the
+//! binary header that opens every tunnel stream.
+//!
+//! Framing is a u32 big-endian length followed by a JSON body; the tunnel header is a small
+//! hand-written binary format where every length is checked. This module must not do I/O or
+//! trust any length it reads: decoders never allocate more than the bound they enforce.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ClusterId, InvalidName, Label, PortName, ServiceName, ServicePort};
+use crate::policy::Refusal;
+
+/// Largest frame body accepted on a link or join stream.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest number of gateway hops a tunnel may take.
+pub const MAX_HOPS: u8 = 4;
+/// Largest encoded tunnel header.
+pub const MAX_HEADER: usize = 1024;
+
+const MAGIC: u8 = b'F';
+const VERSION: u8 = 1;
+
+/// Bytes that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// A frame announced a body larger than [`MAX_FRAME`].
+    #[error("peer sent a {len}-byte frame, more than the {MAX_FRAME}-byte limit; closing the stream")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+    },
+    /// A frame body was not a valid message.
+    #[error("peer sent a frame that is not a valid message ({0}); check both sides run compatible Ferry versions")]
+    BadFrame(String),
+    /// The tunnel header did not start with the magic byte.
+    #[error("tunnel stream does not start with a Ferry header (first byte {0:#04x}); only Ferry gateways may open tunnels")]
+    BadMagic(u8),
+    /// A tunnel header version this build does not speak.
+    #[error("tunnel header version {0} is not supported (this Ferry speaks 1); upgrade the older side")]
+    UnsupportedVersion(u8),
+    /// The tunnel header would exceed [`MAX_HEADER`].
+    #[error("tunnel header is longer than {MAX_HEADER} bytes")]
+    HeaderTooLarge,
+    /// A tunnel header field was not valid.
+    #[error("tunnel header field {field} is invalid: {reason}")]
+    BadField {
+        /// Which field.
+        field: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The two status bytes were not a known status.
+    #[error("tunnel status bytes {0:?} are not a known status")]
+    BadStatus([u8; 2]),
+}
+
+/// One service a cluster exports to a peer, with its healthy endpoint count per port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExportedService {
+    /// The service.
+    pub name: ServiceName,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+    /// Healthy endpoints per port name.
+    pub healthy: BTreeMap<PortName, u32>,
+}
+
+/// Why a peer says goodbye.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GoodbyeReason {
+    /// The link was removed on the sender's side.
+    LinkRemoved,
+    /// The sender is shutting down (it may come back).
+    ShuttingDown,
+}
+
+/// A message on the link control stream; see [`crate::link::LinkSync`] for the protocol.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkMessage {
+    /// First message of a connection.
+    Hello {
+        /// The sender's cluster.
+        cluster: ClusterId,
+        /// The sender's session (new on every restart).
+        session: u64,
+        /// The sender's gateways.
+        gateways: Vec<SocketAddr>,
+        /// How long the receiver may keep the sender's exports without hearing from it.
+        lease_ms: u64,
+    },
+    /// The sender's complete exports at `seq`.
+    Snapshot {
+        /// Sequence number of this state.
+        seq: u64,
+        /// All exports.
+        services: Vec<ExportedService>,
+    },
+    /// The change from `seq - 1` to `seq`.
+    Delta {
+        /// Sequence number after the change.
+        seq: u64,
+        /// Services added or changed.
+        upserts: Vec<ExportedService>,
+        /// Services no longer exported.
+        removals: Vec<ServiceName>,
+    },
+    /// Keeps the lease alive and tells the receiver the sender's current `seq`.
+    Heartbeat {
+        /// The sender's current sequence number.
+        seq: u64,
+    },
+    /// Asks the receiver for a full Snapshot.
+    Resync,
+    /// The sender is going away.
+    Goodbye {
+        /// Why.
+        reason: GoodbyeReason,
+    },
+}
+
+/// A message on the join stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinMessage {
+    /// The joiner presents its token id and proof.
+    Request {
+        /// The token's id.
+        token_id: [u8; 16],
+        /// The joining cluster.
+        joiner: ClusterId,
+        /// [`crate::token::join_proof`] over the channel binding.
+        proof: [u8; 32],
+        /// The joiner's gateways.
+        gateways: Vec<SocketAddr>,
+    },
+    /// The issuer accepted the join.
+    Accepted {
+        /// The issuer.
+        issuer: ClusterId,
+        /// The issuer's gateways.
+        gateways: Vec<SocketAddr>,
+    },
+    /// The issuer refused; `reason` is for the operator.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Frames `msg`: u32 big-endian body length, then the JSON body.
+///
+/// # Panics
+/// If `msg` cannot be serialized to JSON, which never happens for [`LinkMessage`] and
+/// [`JoinMessage`].
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("wire messages always serialize to JSON");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Splits a byte stream into frames and decodes them.
+///
+/// After an error the decoder keeps returning it: the stream must be closed.
+#[derive(Debug)]
+pub struct FrameDecoder<T = LinkMessage> {
+    buf: Vec<u8>,
+    failed: Option<WireError>,
+    _msg: PhantomData<fn() -> T>,
+}
+
+impl<T> Default for FrameDecoder<T> {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            failed: None,
+            _msg: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> FrameDecoder<T> {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next complete message, `None` if more bytes are needed.
+    #[allow(clippy::should_implement_trait)] // fallible, so not an Iterator
+    pub fn next(&mut self) -> Result<Option<T>, WireError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let Some(len_bytes) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*len_bytes) as usize;
+        if len > MAX_FRAME {
+            return Err(self.fail(WireError::FrameTooLarge { len }));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let parsed = serde_json::from_slice(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        match parsed {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) => Err(self.fail(WireError::BadFrame(e.to_string()))),
+        }
+    }
+
+    fn fail(&mut self, e: WireError) -> WireError {
+        self.buf = Vec::new();
+        self.failed = Some(e.clone());
+        e
+    }
+}
+
+/// What a tunnel stream is for: sent by the calling gateway before any payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelHeader {
+    /// The service to reach.
+    pub service: ServiceName,
+    /// The port, by name.
+    pub port: PortName,
+    /// The cluster the caller expects to serve it, if it cares.
+    pub cluster: Option<ClusterId>,
+    /// Gateways crossed so far.
+    pub hops: u8,
+    /// W3C trace context, if any (dropped on encode if empty or over 255 bytes).
+    pub traceparent: Option<String>,
+}
+
+impl TunnelHeader {
+    /// Appends the encoded header: `b'F'`, version 1, hops, then u8-length-prefixed service
+    /// name, namespace, port, cluster (0 = none) and traceparent (0 = none).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[MAGIC, VERSION, self.hops]);
+        put_str(out, self.service.name().as_str());
+        put_str(out, self.service.namespace().as_str());
+        put_str(out, self.port.as_str());
+        put_str(out, self.cluster.as_ref().map_or("", |c| c.as_str()));
+        let trace = self
+            .traceparent
+            .as_deref()
+            .filter(|t| t.len() <= 255 && is_trace_text(t))
+            .unwrap_or("");
+        put_str(out, trace);
+    }
+
+    /// Decodes a header from the start of `buf`: `Ok(None)` if more bytes are needed,
+    /// otherwise the header and how many bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(TunnelHeader, usize)>, WireError> {
+        let mut fields: [&[u8]; 5] = [&[]; 5];
+        let Some(&magic) = buf.first() else {
+            return Ok(None);
+        };
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        let Some(&version) = buf.get(1) else {
+            return Ok(None);
+        };
+        if version != VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let Some(&hops) = buf.get(2) else {
+            return Ok(None);
+        };
+        let mut pos = 3;
+        for field in &mut fields {
+            let Some(&len) = buf.get(pos) else {
+                return Ok(None);
+            };
+            let end = pos + 1 + len as usize;
+            if end > MAX_HEADER {
+                return Err(WireError::HeaderTooLarge);
+            }
+            let Some(bytes) = buf.get(pos + 1..end) else {
+                return Ok(None);
+            };
+            *field = bytes;
+            pos = end;
+        }
+        let [name, namespace, port, cluster, trace] = fields;
+        let bad = |field: &'static str| {
+            move |e: InvalidName| WireError::BadField {
+                field,
+                reason: e.to_string(),
+            }
+        };
+        let service = ServiceName::new(
+            Label::new(text("service", name)?).map_err(bad("service"))?,
+            Label::new(text("namespace", namespace)?).map_err(bad("namespace"))?,
+        );
+        let port = PortName::new(text("port", port)?).map_err(bad("port"))?;
+        let cluster = match cluster {
+            [] => None,
+            c => Some(ClusterId::new(text("cluster", c)?).map_err(bad("cluster"))?),
+        };
+        let traceparent = match trace {
+            [] => None,
+            t => {
+                let t = text("traceparent", t)?;
+                if !is_trace_text(t) {
+                    return Err(WireError::BadField {
+                        field: "traceparent",
+                        reason: "must be printable ASCII".into(),
+                    });
+                }
+                Some(t.to_owned())
+            }
+        };
+        let header = TunnelHeader {
+            service,
+            port,
+            cluster,
+            hops,
+            traceparent,
+        };
+        Ok(Some((header, pos)))
+    }
+}
+
+fn text<'a>(field: &'static str, b: &'a [u8]) -> Result<&'a str, WireError> {
+    std::str::from_utf8(b).map_err(|_| WireError::BadField {
+        field,
+        reason: "not UTF-8".into(),
+    })
+}
+
+fn is_trace_text(t: &str) -> bool {
+    t.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Every caller passes a validated name (<= 63 bytes) or a checked traceparent (<= 255).
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The gateway's two-byte answer to a tunnel header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelStatus {
+    /// Admitted; payload follows.
+    Ok,
+    /// Refused; the stream is closed.
+    Refused(Refusal),
+}
+
+impl TunnelStatus {
+    /// `[0, 0]` for Ok, `[1, code]` for a refusal.
+    pub fn encode(&self) -> [u8; 2] {
+        match self {
+            TunnelStatus::Ok => [0, 0],
+            TunnelStatus::Refused(r) => [1, r.code()],
+        }
+    }
+
+    /// The inverse of [`TunnelStatus::encode`].
+    pub fn decode(bytes: [u8; 2]) -> Result<TunnelStatus, WireError> {
+        match bytes {
+            [0, 0] => Ok(TunnelStatus::Ok),
+            [1, code] => Refusal::from_code(code)
+                .map(TunnelStatus::Refused)
+                .ok_or(WireError::BadStatus(bytes)),
+            _ => Err(WireError::BadStatus(bytes)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! Link sessions between gateways: the shell around `ferry_federation::LinkSync`.
+//!
+//! One long-lived QUIC connection per linked peer carries one control stream of framed
+//! [`LinkMessage`]s: hello, export snapshot, deltas, heartbeats, goodbye. The cluster
+//! whose name sorts first dials; the other waits a grace period and dials only if no
+//! session exists (so a peer whose gateway moved is still found). A dialler spreads over
+//! the peer's gateways and moves to a survivor when one dies. This module moves bytes
+//! and runs timers; every decision is in `LinkSync`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_federation::{encode_frame, ClusterId, FrameDecoder, LinkEvent, LinkMessage, LinkSync};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::server::{ConnKind, GatewayEvent, Shared, CLOSE_DONE, CLOSE_LINK_REMOVED};
+use crate::tls::{self, PeerExpectation, ALPN_LINK};
+
+/// How often a live session re-reports its imports to the control plane (lease refresh).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Lease the control plane gives our reports.
+pub const REPORT_LEASE: Duration = Duration::from_secs(5);
+/// How long the cluster that does not dial first waits for the peer to dial.
+const DIAL_GRACE: Duration = Duration::from_secs(3);
+
+/// Keeps one dialling task per linked peer, started and stopped as links come and go.
+pub(crate) async fn manage_links(shared: Arc<Shared>) {
+    let mut rx = shared.snapshots.clone();
+    let mut tasks: HashMap<ClusterId, JoinHandle<()>> = HashMap::new();
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        tasks.retain(|peer, task| {
+            let keep = snapshot.link(peer).is_some() && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for link in &snapshot.links {
+            if !tasks.contains_key(&link.peer) {
+                let task = tokio::spawn(
+                    dial_loop(shared.clone(), link.peer.clone())
+                        .instrument(tracing::info_span!("link", peer = %link.peer)),
+                );
+                tasks.insert(link.peer.clone(), task);
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
+    let local = shared.snapshot().cluster.clone();
+    let dials_first = local.as_str() < peer.as_str();
+    let mut attempt: usize = (shared.advertise.port() as usize) % 7;
+    let mut backoff = Duration::from_millis(200);
+    if !dials_first {
+        tokio::time::sleep(DIAL_GRACE).await;
+    }
+    loop {
+        if shared.has_link_session(&peer) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let Some(link) = shared.snapshot().link(&peer).cloned() else {
+            return;
+        };
+        if link.gateways.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let addr = link.gateways[attempt % link.gateways.len()];
+        attempt = attempt.wrapping_add(1);
+        match dial(&shared, &peer, addr).await {
+            Ok(conn) => {
+                backoff = Duration::from_millis(200);
+                shared.register(&peer, ConnKind::Link, &conn);
+                match conn.open_bi().await {
+                    Ok((send, recv)) => run_session(shared.clone(), conn, send, recv, peer.clone()).await,
+                    Err(e) => tracing::warn!(%addr, error = %e, "cannot open the link stream"),
+                }
+                // Reconnect to the same gateway first.
+                attempt = attempt.wrapping_sub(1);
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "link dial failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn dial(shared: &Shared, peer: &ClusterId, addr: std::net::SocketAddr) -> Result<quinn::Connection, String> {
+    let config = tls::client_config(
+        shared.identity.clone(),
+        shared.trust.clone(),
+        PeerExpectation::Gateway(peer.clone()),
+        ALPN_LINK,
+    )
+    .map_err(|e| e.to_string())?;
+    let connecting = shared
+        .endpoint
+        .connect_with(config, addr, tls::SERVER_NAME)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(3), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Serves a link connection a peer gateway dialled.
+pub(crate) async fn accept_session(shared: Arc<Shared>, conn: quinn::Connection, peer: ClusterId) {
+    match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
+        Ok(Ok((send, recv))) => run_session(shared, conn, send, recv, peer).await,
+        _ => conn.close(CLOSE_DONE, b"no link stream"),
+    }
+}
+
+fn random_session() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+async fn emit(shared: &Shared, event: GatewayEvent) {
+    let _ = shared.events.send(event).await;
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: ClusterId,
+) {
+    let snapshot = shared.snapshot();
+    let local = snapshot.cluster.clone();
+    let mut sync = LinkSync::new(
+        local,
+        peer.clone(),
+        random_session(),
+        vec![shared.advertise],
+        shared.link_config.clone(),
+    );
+    let start = Instant::now().into_std();
+    sync.handle_connected(start);
+    sync.set_local_exports(start, snapshot.local_exports());
+    tracing::info!("link session up");
+    metrics::gauge!("ferry_gateway_link_sessions", "peer" => peer.to_string()).increment(1.0);
+    let mut rx = shared.snapshots.clone();
+    rx.mark_unchanged();
+    let mut decoder = FrameDecoder::<LinkMessage>::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    let mut peer_gateways = Vec::new();
+    let mut removing = false;
+    let mut withdrawn = false;
+    let mut have_imports = false;
+    loop {
+        // Flush what the state machine wants to send.
+        while let Some(msg) = sync.poll_transmit() {
+            if send.write_all(&encode_frame(&msg)).await.is_err() {
+                break;
+            }
+        }
+        while let Some(event) = sync.poll_event() {
+            match event {
+                LinkEvent::PeerHello { gateways, .. } => peer_gateways = gateways,
+                LinkEvent::Imports { services, .. } => {
+                    withdrawn = false;
+                    have_imports = true;
+                    emit(
+                        &shared,
+                        GatewayEvent::Imports {
+                            peer: peer.clone(),
+                            services,
+                            peer_gateways: peer_gateways.clone(),
+                            connected: true,
+                        },
+                    )
+                    .await;
+                }
+                LinkEvent::ImportsWithdrawn { .. } => {
+                    withdrawn = true;
+                    tracing::warn!("peer silent past its lease: imports withdrawn");
+                    emit(&shared, GatewayEvent::Withdrawn { peer: peer.clone() }).await;
+                }
+                LinkEvent::PeerRemovedLink { .. } => {
+                    tracing::warn!("peer removed the link");
+                    emit(&shared, GatewayEvent::PeerRemovedLink { peer: peer.clone() }).await;
+                    conn.close(CLOSE_LINK_REMOVED, b"link removed by peer");
+                }
+            }
+        }
+        if removing {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+            conn.close(CLOSE_LINK_REMOVED, b"link removed");
+            break;
+        }
+        let deadline = sync
+            .poll_timeout()
+            .map(Instant::from_std)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    decoder.push(&buf[..n]);
+                    loop {
+                        match decoder.next() {
+                            Ok(Some(msg)) => {
+                                if let Err(e) = sync.handle_message(Instant::now().into_std(), msg) {
+                                    tracing::warn!(error = %e, "link protocol violation; closing");
+                                    conn.close(CLOSE_DONE, b"protocol violation");
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "bad link frame; closing");
+                                conn.close(CLOSE_DONE, b"bad frame");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = rx.borrow_and_update().clone();
+                let now = Instant::now().into_std();
+                if snapshot.link(&peer).is_none() {
+                    sync.remove_link();
+                    removing = true;
+                } else {
+                    sync.set_local_exports(now, snapshot.local_exports());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => sync.handle_timeout(Instant::now().into_std()),
+            _ = report.tick() => {
+                if have_imports && !withdrawn && !removing {
+                    emit(&shared, GatewayEvent::Imports {
+                        peer: peer.clone(),
+                        services: sync.imports().to_vec(),
+                        peer_gateways: peer_gateways.clone(),
+                        connected: true,
+                    }).await;
+                }
+            }
+        }
+    }
+    sync.handle_disconnected(Instant::now().into_std());
+    metrics::gauge!("ferry_gateway_link_sessions", "peer" => peer.to_string()).decrement(1.0);
+    tracing::info!(reason = ?conn.close_reason(), "link session down");
+}

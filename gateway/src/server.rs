@@ -1,0 +1,265 @@
+//! The gateway: one QUIC endpoint that accepts links from peer gateways, tunnel
+//! connections from remote node proxies and join handshakes, and dials its links.
+//!
+//! It reads the control plane's [`MeshSnapshot`] from a watch channel (never calls the
+//! control plane on the request path) and reports what it learns (imports, link
+//! removals, join requests) as [`GatewayEvent`]s for the shell to forward.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use ferry_federation::{ClusterId, ExportedService, Identity, LinkConfig, MeshSnapshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
+
+use crate::tls::{self, IdentityStore, TrustStore, ALPN_JOIN, ALPN_LINK, ALPN_TUNNEL};
+
+/// What the gateway tells its shell (which forwards it to the control plane).
+#[derive(Debug)]
+pub enum GatewayEvent {
+    /// The complete current set of services `peer` exports to us (sent on change and
+    /// periodically, as a lease refresh).
+    Imports {
+        peer: ClusterId,
+        services: Vec<ExportedService>,
+        peer_gateways: Vec<SocketAddr>,
+        connected: bool,
+    },
+    /// `peer` went silent past its lease: withdraw its imports.
+    Withdrawn { peer: ClusterId },
+    /// `peer` removed the link on its side.
+    PeerRemovedLink { peer: ClusterId },
+    /// A cluster presents a link token; the control plane checks and spends it.
+    Redeem {
+        request: RedeemRequest,
+        reply: oneshot::Sender<Result<JoinAccepted, String>>,
+    },
+}
+
+/// A join request as received on the join stream, with the TLS channel binding.
+#[derive(Debug, Clone)]
+pub struct RedeemRequest {
+    pub token_id: [u8; 16],
+    pub joiner: ClusterId,
+    pub proof: [u8; 32],
+    pub channel_binding: Vec<u8>,
+    pub gateways: Vec<SocketAddr>,
+}
+
+/// The issuer's answer to an accepted join.
+#[derive(Debug, Clone)]
+pub struct JoinAccepted {
+    pub issuer: ClusterId,
+    pub gateways: Vec<SocketAddr>,
+}
+
+/// Gateway failures at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot bind the gateway's QUIC endpoint on {0}: {1}; pick a free address in gateway.listen")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    #[error("invalid TLS setup for the gateway: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Which kind of connection a registered peer connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    Link,
+    Tunnel,
+}
+
+/// State shared by the gateway's tasks.
+pub(crate) struct Shared {
+    pub endpoint: quinn::Endpoint,
+    pub identity: Arc<IdentityStore>,
+    pub trust: Arc<TrustStore>,
+    pub snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    pub events: mpsc::Sender<GatewayEvent>,
+    pub link_config: LinkConfig,
+    pub advertise: SocketAddr,
+    /// Open connections from each peer cluster, so removing a link can close them.
+    pub conns: Mutex<HashMap<ClusterId, Vec<(ConnKind, quinn::Connection)>>>,
+    pub pick: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    pub fn register(&self, peer: &ClusterId, kind: ConnKind, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock().expect("conn registry lock");
+        let list = conns.entry(peer.clone()).or_default();
+        list.retain(|(_, c)| c.close_reason().is_none());
+        list.push((kind, conn.clone()));
+    }
+
+    pub fn has_link_session(&self, peer: &ClusterId) -> bool {
+        let conns = self.conns.lock().expect("conn registry lock");
+        conns.get(peer).is_some_and(|list| {
+            list.iter()
+                .any(|(k, c)| *k == ConnKind::Link && c.close_reason().is_none())
+        })
+    }
+
+    pub fn next_pick(&self) -> u64 {
+        self.pick.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes every tunnel connection from clusters that are no longer linked.
+    fn close_unlinked(&self, snapshot: &MeshSnapshot) {
+        let mut conns = self.conns.lock().expect("conn registry lock");
+        conns.retain(|peer, list| {
+            if snapshot.link(peer).is_some() {
+                list.retain(|(_, c)| c.close_reason().is_none());
+                return !list.is_empty();
+            }
+            for (kind, conn) in list.iter() {
+                if *kind == ConnKind::Tunnel {
+                    conn.close(CLOSE_LINK_REMOVED, b"link removed");
+                }
+            }
+            tracing::info!(%peer, "link removed: closed the peer's connections");
+            metrics::counter!("ferry_gateway_link_closures_total", "reason" => "link_removed").increment(1);
+            // Link sessions close themselves after saying goodbye.
+            list.retain(|(k, c)| *k == ConnKind::Link && c.close_reason().is_none());
+            !list.is_empty()
+        });
+    }
+}
+
+/// QUIC application close codes.
+pub(crate) const CLOSE_LINK_REMOVED: quinn::VarInt = quinn::VarInt::from_u32(2);
+pub(crate) const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(3);
+pub(crate) const CLOSE_DONE: quinn::VarInt = quinn::VarInt::from_u32(0);
+
+/// A bound gateway, ready to run.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Binds the QUIC endpoint. `advertise` is the address peers are told (defaults to
+    /// the bound address).
+    pub fn bind(
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        identity: Arc<IdentityStore>,
+        trust: Arc<TrustStore>,
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        events: mpsc::Sender<GatewayEvent>,
+        link_config: LinkConfig,
+    ) -> Result<Gateway, GatewayError> {
+        let server = tls::server_config(identity.clone(), trust.clone(), &[ALPN_LINK, ALPN_TUNNEL, ALPN_JOIN])?;
+        let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| GatewayError::Bind(listen, e))?;
+        let bound = endpoint.local_addr().map_err(|e| GatewayError::Bind(listen, e))?;
+        let advertise = advertise.unwrap_or(bound);
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                endpoint,
+                identity,
+                trust,
+                snapshots,
+                events,
+                link_config,
+                advertise,
+                conns: Mutex::new(HashMap::new()),
+                pick: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.endpoint.local_addr().expect("bound endpoint has an address")
+    }
+
+    /// The address peers are told to use.
+    pub fn advertised(&self) -> SocketAddr {
+        self.shared.advertise
+    }
+
+    /// Runs the gateway until the endpoint is closed.
+    pub async fn run(self) {
+        let shared = self.shared;
+        tokio::spawn(crate::link::manage_links(shared.clone()));
+        tokio::spawn(watch_links(shared.clone()));
+        while let Some(incoming) = shared.endpoint.accept().await {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => handle_connection(shared, conn).await,
+                    Err(e) => {
+                        metrics::counter!("ferry_gateway_handshake_failures_total").increment(1);
+                        tracing::warn!(%remote, error = %e, "handshake refused");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Closes connections of peers whose link disappears from the snapshot.
+async fn watch_links(shared: Arc<Shared>) {
+    let mut rx = shared.snapshots.clone();
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        shared.close_unlinked(&snapshot);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn alpn_of(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let identity = match tls::peer_identity(&conn, shared.trust.trust_domain()) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "connection without a usable identity");
+            conn.close(CLOSE_REFUSED, b"no identity");
+            return;
+        }
+    };
+    let alpn = alpn_of(&conn).unwrap_or_default();
+    let span = tracing::info_span!("conn", peer = %identity, %remote);
+    async move {
+        if alpn == ALPN_JOIN {
+            crate::join::serve(shared, conn, identity).await;
+            return;
+        }
+        let cluster = identity.cluster().clone();
+        if shared.snapshot().link(&cluster).is_none() {
+            metrics::counter!("ferry_gateway_refusals_total", "reason" => "unknown_peer").increment(1);
+            tracing::warn!(reason = "unknown_peer", "connection refused: cluster is not linked");
+            conn.close(CLOSE_REFUSED, b"unknown_peer");
+            return;
+        }
+        if alpn == ALPN_LINK {
+            if !matches!(identity, Identity::Gateway { .. }) {
+                tracing::warn!(reason = "not_a_gateway", "link connection refused");
+                conn.close(CLOSE_REFUSED, b"not_a_gateway");
+                return;
+            }
+            shared.register(&cluster, ConnKind::Link, &conn);
+            crate::link::accept_session(shared, conn, cluster).await;
+        } else if alpn == ALPN_TUNNEL {
+            shared.register(&cluster, ConnKind::Tunnel, &conn);
+            crate::tunnel::serve_connection(shared, conn, identity).await;
+        } else {
+            conn.close(CLOSE_REFUSED, b"unknown protocol");
+        }
+    }
+    .instrument(span)
+    .await
+}

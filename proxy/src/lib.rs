@@ -1,0 +1,171 @@
+//! `ferry node`: the node proxy.
+//!
+//! Listens on `VIP:port` for every local and imported service in the snapshot, decides
+//! each connection with the pure `ferry_federation::plan` (healthy local endpoints
+//! first, then remote clusters whose exported service is healthy) and forwards it:
+//! directly over TCP to a local endpoint, or as one stream on a pooled QUIC connection
+//! to the remote cluster's gateway. Refusals and dead ends reach the application as a
+//! reset connection. Reads only the snapshot; never calls the control plane per request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
+use ferry_gateway::tunnel::TunnelClient;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The node proxy: listeners reconciled against the snapshot.
+pub struct NodeProxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    tunnel: Arc<TunnelClient>,
+    pick: AtomicU64,
+}
+
+impl NodeProxy {
+    pub fn new(snapshots: watch::Receiver<Arc<MeshSnapshot>>, tunnel: Arc<TunnelClient>) -> NodeProxy {
+        NodeProxy {
+            shared: Arc::new(Shared {
+                snapshots,
+                tunnel,
+                pick: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Runs until the snapshot channel closes: opens listeners for new `VIP:port`s and
+    /// closes those that left the snapshot.
+    pub async fn run(self) {
+        let mut rx = self.shared.snapshots.clone();
+        let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            let wanted: Vec<SocketAddr> = snapshot
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.ports
+                        .iter()
+                        .filter(|p| p.protocol != Protocol::Udp)
+                        .map(move |p| SocketAddr::new(s.vip, p.port))
+                })
+                .collect();
+            listeners.retain(|addr, task| {
+                let keep = wanted.contains(addr) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                    tracing::info!(%addr, "listener closed");
+                }
+                keep
+            });
+            for addr in wanted {
+                if listeners.contains_key(&addr) {
+                    continue;
+                }
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        tracing::info!(%addr, "listening");
+                        let shared = self.shared.clone();
+                        listeners.insert(addr, tokio::spawn(accept_loop(shared, listener, addr)));
+                    }
+                    Err(e) => tracing::error!(%addr, error = %e, "cannot listen on the service VIP"),
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { handle(shared, client, addr).await });
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Drops the client connection with a TCP reset, so the application sees a refusal.
+fn reset(client: TcpStream) {
+    let _ = client.set_zero_linger();
+    drop(client);
+}
+
+async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let snapshot = shared.snapshots.borrow().clone();
+    let target = Target {
+        vip: addr.ip(),
+        port: addr.port(),
+    };
+    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
+    let route = match plan(&snapshot, &target, pick) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
+            tracing::warn!(%addr, reason = %e, "no route");
+            return reset(client);
+        }
+    };
+    for hop in route.hops {
+        match hop {
+            Hop::Local(endpoint) => {
+                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+                    Ok(Ok(mut upstream)) => {
+                        let _ = upstream.set_nodelay(true);
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "local").increment(1);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
+                    }
+                    _ => tracing::debug!(%endpoint, "local endpoint failed; trying the next"),
+                }
+            }
+            Hop::Remote { cluster, port, gateways } => {
+                let header = TunnelHeader {
+                    service: route.service.clone(),
+                    port,
+                    cluster: Some(cluster.clone()),
+                    hops: 0,
+                    traceparent: None,
+                };
+                match shared.tunnel.open(&cluster, &gateways, &header).await {
+                    Ok((send, recv)) => {
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "remote").increment(1);
+                        let mut stream = tokio::io::join(recv, send);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                        return;
+                    }
+                    Err(e) if e.try_next_cluster() => {
+                        tracing::debug!(%cluster, error = %e, "remote cluster failed; trying the next");
+                    }
+                    Err(e) => {
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "refused").increment(1);
+                        tracing::warn!(service = %route.service, error = %e, "call refused");
+                        return reset(client);
+                    }
+                }
+            }
+        }
+    }
+    metrics::counter!("ferry_proxy_connections_total", "result" => "unreachable").increment(1);
+    tracing::warn!(service = %route.service, "no endpoint answered");
+    reset(client)
+}

@@ -1,0 +1,139 @@
+//! The `ferry` command line: argument parsing (clap) and the admin verbs, each a call to
+//! the control plane's API rendered as a table or JSON (`-o table|json`).
+
+mod admin;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use admin::run_admin;
+
+/// Output format of the admin verbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Ferry: a multi-cluster service mesh over QUIC")]
+pub struct Cli {
+    /// Control plane socket (default: from --config, else /run/ferry/control.sock).
+    #[arg(long, global = true, env = "FERRY_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Cluster config file (its control.socket is used when --control is not given).
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a multi-cluster mesh on loopback and make a real cross-cluster call.
+    Demo {
+        /// Stay up after the call and print commands to try by hand.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run a whole cluster in one process: control plane, gateway, node proxy.
+    Up,
+    /// Run the control plane alone.
+    Control,
+    /// Run a gateway alone (finds the control plane by config).
+    Gateway,
+    /// Run a node proxy alone (finds the control plane by config).
+    Node,
+    /// Mesh root and cluster CAs.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Add or remove a local service.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// List local and imported services.
+    Services,
+    /// Make a local service visible to linked clusters.
+    Export { service: String },
+    /// Stop exporting a service.
+    Unexport { service: String },
+    /// Links with other clusters.
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// This cluster's status.
+    Status,
+    /// A tiny HTTP server answering with a fixed name (used by the demo).
+    #[command(hide = true)]
+    SampleHttp {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Create a mesh root CA.
+    Init {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a cluster's intermediate CA from the root.
+    Issue {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Add (or replace) a local service.
+    Add {
+        /// <name>.<namespace>, e.g. web.shop
+        name: String,
+        /// name=port[:target]/proto, e.g. http=8080/http (repeatable)
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+        /// ip or ip:port of an instance (repeatable)
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        /// Export it to linked clusters right away.
+        #[arg(long)]
+        export: bool,
+    },
+    /// Remove a local service.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LinkCommand {
+    /// Print a single-use, short-lived token for `ferry link join` on the peer.
+    Create {
+        #[arg(long)]
+        peer: String,
+        /// Token lifetime, e.g. 15m (at most 24h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+    /// Join the cluster that issued a token.
+    Join {
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List links.
+    List,
+    /// Remove a link; the peer's open streams close within 2 s.
+    Remove { peer: String },
+}

@@ -1,0 +1,347 @@
+//! Cluster configuration: TOML parsed from a `&str` into validated types.
+//!
+//! `RawConfig` mirrors the file (unknown keys rejected); `Config` is what the roles
+//! run on, produced by `TryFrom` with every cross-field check done, so an invalid file
+//! is refused before any port is bound. Relative paths resolve against the directory
+//! of the config file.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_federation::{ClusterId, EndpointAddr, NodeName, ServiceName, ServicePort, ServiceSpec};
+use serde::Deserialize;
+
+/// Why a config file was refused. Each message names the key and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("invalid config: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: String,
+    trust: RawTrust,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    dir: String,
+    cert_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<String>,
+    data_dir: Option<String>,
+    vip_range: Option<String>,
+    health_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<String>,
+    advertise: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Option<String>,
+    zone: Option<String>,
+    upstreams: Option<Vec<String>>,
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    ports: Vec<String>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    export: bool,
+}
+
+/// A validated cluster configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster: ClusterId,
+    /// Directory holding `ca.crt`, `ca.key` and `bundle.crt` from `ferry trust issue`.
+    pub trust_dir: PathBuf,
+    pub cert_ttl: Duration,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub vip_range: VipRange,
+    pub health_interval: Duration,
+    pub gateway_listen: SocketAddr,
+    pub gateway_advertise: Option<SocketAddr>,
+    pub node_name: NodeName,
+    pub dns: DnsConfig,
+    pub services: Vec<DeclaredService>,
+}
+
+/// DNS server settings (used by `ferry dns` and inside `ferry up`).
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub zone: String,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// A service declared in the config file; applied to the store at control-plane start.
+#[derive(Clone, Debug)]
+pub struct DeclaredService {
+    pub spec: ServiceSpec,
+    pub export: bool,
+}
+
+/// An IPv4 range VIPs are allocated from, e.g. `127.10.0.0/16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipRange {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl VipRange {
+    /// Number of usable addresses (network and broadcast excluded for prefixes < 31).
+    pub fn size(&self) -> u32 {
+        let host_bits = 32 - u32::from(self.prefix);
+        if host_bits >= 2 {
+            (1u32 << host_bits) - 2
+        } else {
+            1u32 << host_bits
+        }
+    }
+
+    /// The `i`-th usable address, `i < size()`.
+    pub fn nth(&self, i: u32) -> Option<Ipv4Addr> {
+        if i >= self.size() {
+            return None;
+        }
+        let offset = if self.prefix < 31 { i + 1 } else { i };
+        Some(Ipv4Addr::from(u32::from(self.base) + offset))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
+                u32::from(v4) & mask == u32::from(self.base)
+            }
+            IpAddr::V6(_) => false,
+        }
+    }
+}
+
+impl std::str::FromStr for VipRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a CIDR range; expected e.g. 127.10.0.0/16"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("`{ip}` is not an IPv4 address; expected e.g. 127.10.0.0/16"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix `/{prefix}` must be between /8 and /30"))?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(ip) & !mask != 0 {
+            return Err(format!(
+                "`{s}` has host bits set; use the network address, e.g. {}/{prefix}",
+                Ipv4Addr::from(u32::from(ip) & mask)
+            ));
+        }
+        Ok(VipRange { base: ip, prefix })
+    }
+}
+
+impl std::fmt::Display for VipRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// Parses a duration such as `24h`, `15m` or `500ms`.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s)
+        .map_err(|e| invalid(key, format!("`{s}` is not a duration ({e}); expected e.g. 24h, 15m, 1s")))
+}
+
+impl Config {
+    /// Parses a config file's text; `base` is the directory relative paths start from.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Config::from_raw(raw, base)
+    }
+
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &base)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let cluster: ClusterId = raw.cluster.parse().map_err(|e| invalid("cluster", e))?;
+        let cert_ttl = match &raw.trust.cert_ttl {
+            Some(s) => parse_duration("trust.cert_ttl", s)?,
+            None => Duration::from_secs(24 * 3600),
+        };
+        if cert_ttl < Duration::from_secs(60) {
+            return Err(invalid("trust.cert_ttl", "must be at least 1m"));
+        }
+        let data_dir = resolve(raw.control.data_dir.as_deref().unwrap_or("data"));
+        let socket = match &raw.control.socket {
+            Some(s) => resolve(s),
+            None => data_dir.join("control.sock"),
+        };
+        let vip_range: VipRange = raw
+            .control
+            .vip_range
+            .as_deref()
+            .unwrap_or("127.10.0.0/16")
+            .parse()
+            .map_err(|e| invalid("control.vip_range", e))?;
+        let health_interval = match &raw.control.health_interval {
+            Some(s) => parse_duration("control.health_interval", s)?,
+            None => Duration::from_secs(1),
+        };
+        let gateway_listen = parse_addr("gateway.listen", raw.gateway.listen.as_deref(), "127.0.0.1:0")?;
+        let gateway_advertise = match raw.gateway.advertise.as_deref() {
+            Some(s) => Some(parse_addr("gateway.advertise", Some(s), "")?),
+            None => None,
+        };
+        if let Some(adv) = gateway_advertise {
+            if adv.port() == 0 || adv.ip().is_unspecified() {
+                return Err(invalid(
+                    "gateway.advertise",
+                    "must be a concrete address and port peers can reach, e.g. 203.0.113.5:4433",
+                ));
+            }
+        }
+        let node_name: NodeName = raw
+            .node
+            .name
+            .as_deref()
+            .unwrap_or("node-1")
+            .parse()
+            .map_err(|e| invalid("node.name", e))?;
+        let dns = DnsConfig {
+            enabled: raw.dns.enabled.unwrap_or(true),
+            listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
+            zone: raw.dns.zone.unwrap_or_else(|| "clusterset.local".to_owned()),
+            upstreams: raw
+                .dns
+                .upstreams
+                .unwrap_or_default()
+                .iter()
+                .map(|s| parse_addr("dns.upstreams", Some(s), ""))
+                .collect::<Result<_, _>>()?,
+        };
+        let mut seen = BTreeSet::new();
+        let mut services = Vec::new();
+        for (i, s) in raw.services.into_iter().enumerate() {
+            let key = format!("service[{i}]");
+            let name: ServiceName = s.name.parse().map_err(|e| invalid(format!("{key}.name"), e))?;
+            if !seen.insert(name.clone()) {
+                return Err(invalid(format!("{key}.name"), format!("service `{name}` is declared twice")));
+            }
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| p.parse::<ServicePort>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(format!("{key}.ports"), e))?;
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|p| p.parse::<EndpointAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(format!("{key}.endpoints"), e))?;
+            let spec = ServiceSpec::new(name, ports, endpoints).map_err(|e| invalid(key.clone(), e))?;
+            services.push(DeclaredService {
+                spec,
+                export: s.export,
+            });
+        }
+        Ok(Config {
+            cluster,
+            trust_dir: resolve(&raw.trust.dir),
+            cert_ttl,
+            socket,
+            data_dir,
+            vip_range,
+            health_interval,
+            gateway_listen,
+            gateway_advertise,
+            node_name,
+            dns,
+            services,
+        })
+    }
+}
+
+fn parse_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = value.unwrap_or(default);
+    s.parse()
+        .map_err(|_| invalid(key, format!("`{s}` is not an address; expected ip:port, e.g. 127.0.0.1:4433")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+cluster = "east"
+[trust]
+dir = "ca"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let cfg = Config::parse(MINIMAL, Path::new("/etc/ferry")).unwrap();
+    assert_eq!(cfg.cluster.as_str(), "east");
+    assert_eq!(cfg.trust_dir, Path::new("/etc/ferry/ca"));
+    assert_eq!(cfg.socket, Path::new("/etc/ferry/data/control.sock"));
+    assert_eq!(cfg.vip_range.to_string(), "127.10.0.0/16");
+    assert_eq!(cfg.cert_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(cfg.dns.zone, "clusterset.local");
+}
+
+#[test]
+fn services_are_parsed() {
+    let text = format!(
+        "{MINIMAL}\n[[service]]\nname = \"web.shop\"\nports = [\"http=8080/http\"]\nendpoints = [\"127.0.0.1:9000\"]\nexport = true\n"
+    );
+    let cfg = Config::parse(&text, Path::new(".")).unwrap();
+    assert_eq!(cfg.services.len(), 1);
+    assert!(cfg.services[0].export);
+    assert_eq!(cfg.services[0].spec.name.to_string(), "web.shop");
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        ("cluster = \"East!\"\n[trust]\ndir = \"ca\"", "`cluster`"),
+        ("cluster = \"east\"\n[trust]\ndir = \"ca\"\ncert_ttl = \"soon\"", "`trust.cert_ttl`"),
+        ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[control]\nvip_range = \"10.0.0.1/16\"", "`control.vip_range`"),
+        ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[gateway]\nlisten = \"nowhere\"", "`gateway.listen`"),
+        ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[gateway]\nadvertise = \"0.0.0.0:0\"", "`gateway.advertise`"),
+        (
+            "cluster = \"east\"\n[trust]\ndir = \"ca\"\n[[service]]\nname = \"web\"\nports = [\"http=80/http\"]",
+            "`service[0].name`",
+        ),
+        (
+            "cluster = \"east\"\n[trust]\ndir = \"ca\"\n[[service]]\nname = \"web.shop\"\nports = [\"http=0/http\"]",
+            "`service[0].ports`",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = Config::parse(text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = Config::parse("cluster = \"east\"\nclustr = 1\n[trust]\ndir = \"ca\"", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("clustr"), "{err}");
+}
+
+#[test]
+fn vip_range_arithmetic() {
+    let r: VipRange = "127.10.0.0/16".parse().unwrap();
+    assert_eq!(r.size(), 65534);
+    assert_eq!(r.nth(0).unwrap().to_string(), "127.10.0.1");
+    assert!(r.contains("127.10.255.254".parse().unwrap()));
+    assert!(!r.contains("127.11.0.1".parse().unwrap()));
+    assert!(r.nth(65534).is_none());
+}
+
+#[test]
+fn deploy_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected example configs in deploy/");
+}

@@ -1,0 +1,507 @@
+//! The control plane's gRPC API (tonic): admin verbs for the CLI and the calls the
+//! cluster's roles make. Requests are parsed into validated types here, at the edge;
+//! every user-facing refusal says what was wrong and what to do.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferry_federation::{
+    fingerprint_hex, verify_join_proof, ClusterId, EndpointAddr, ExportedService, Identity,
+    LinkToken, NodeName, ServiceName, ServicePort, ServiceSpec,
+};
+use ferry_gateway::pki;
+use ferry_gateway::tls::IdentityStore;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::store::{hex, CertDoc, LinkDoc, ServiceDoc, TokenDoc};
+use super::{unix_now, ControlPlane};
+use crate::pb::{self, control_server::Control};
+
+/// Longest a link token may live.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The tonic service over a shared [`ControlPlane`].
+pub struct ControlApi {
+    cp: Arc<ControlPlane>,
+}
+
+impl ControlApi {
+    pub fn new(cp: Arc<ControlPlane>) -> Self {
+        ControlApi { cp }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "control plane error");
+    Status::internal(e.to_string())
+}
+
+fn bad(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn parse_service_name(s: &str) -> Result<ServiceName, Status> {
+    s.parse()
+        .map_err(|e| bad(format!("invalid service name `{s}`: {e} (expected <name>.<namespace>, e.g. web.shop)")))
+}
+
+fn parse_peer(s: &str) -> Result<ClusterId, Status> {
+    s.parse()
+        .map_err(|e| bad(format!("invalid cluster name `{s}`: {e}")))
+}
+
+/// Converts a snapshot record to the wire form used by `ferry services`.
+pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
+    pb::ServiceInfo {
+        name: rec.name.to_string(),
+        vip: rec.vip.to_string(),
+        ports: rec.ports.iter().map(|p| p.to_string()).collect(),
+        exported: rec.exported,
+        local: rec
+            .local
+            .iter()
+            .map(|e| pb::EndpointInfo {
+                addr: e.addr.to_string(),
+                healthy: e.healthy,
+            })
+            .collect(),
+        remote: rec
+            .remote
+            .iter()
+            .map(|r| pb::RemoteInfo {
+                cluster: r.cluster.to_string(),
+                healthy: r.healthy.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            })
+            .collect(),
+    }
+}
+
+impl ControlApi {
+    fn set_exported(&self, name: &str, exported: bool) -> Result<(), Status> {
+        let name = parse_service_name(name)?;
+        let mut services = self.cp.store.services().map_err(internal)?;
+        let Some(mut doc) = services.remove(&name) else {
+            return Err(Status::not_found(format!(
+                "no local service `{name}`; add it first with `ferry service add {name} --port …`"
+            )));
+        };
+        if doc.exported != exported {
+            doc.exported = exported;
+            self.cp.store.put_service(&doc).map_err(internal)?;
+            tracing::info!(service = %name, exported, "export changed");
+        }
+        self.cp.republish().map_err(internal)?;
+        Ok(())
+    }
+
+    /// Issues this control plane a short-lived gateway certificate for its own QUIC calls
+    /// (the join handshake).
+    fn self_identity(&self) -> Result<Arc<IdentityStore>, Status> {
+        let req = pki::new_leaf_request().map_err(internal)?;
+        let identity = Identity::Gateway {
+            cluster: self.cp.cfg.cluster.clone(),
+        };
+        let leaf = pki::issue_leaf(
+            &self.cp.trust.ca,
+            &identity,
+            &req.csr_pem,
+            SystemTime::now(),
+            Duration::from_secs(600),
+        )
+        .map_err(internal)?;
+        let store = IdentityStore::from_pem(&leaf.chain_pem, &req.key_pem, self.cp.trust.trust_domain())
+            .map_err(internal)?;
+        Ok(Arc::new(store))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn add_service(
+        &self,
+        request: Request<pb::AddServiceRequest>,
+    ) -> Result<Response<pb::ServiceInfo>, Status> {
+        let req = request.into_inner();
+        let name = parse_service_name(&req.name)?;
+        let ports = req
+            .ports
+            .iter()
+            .map(|p| {
+                p.parse::<ServicePort>().map_err(|e| {
+                    bad(format!("invalid --port `{p}`: {e} (expected name=port[:target]/proto, e.g. http=8080/http)"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = req
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.parse::<EndpointAddr>()
+                    .map_err(|err| bad(format!("invalid --endpoint `{e}`: {err} (expected ip or ip:port)")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = ServiceSpec::new(name.clone(), ports, endpoints)
+            .map_err(|e| bad(format!("invalid service `{name}`: {e}")))?;
+        let doc = ServiceDoc {
+            spec,
+            exported: req.export,
+        };
+        self.cp.store.put_service(&doc).map_err(internal)?;
+        tracing::info!(service = %name, exported = req.export, "service added");
+        self.cp.republish().map_err(internal)?;
+        self.cp.services_changed.notify_one();
+        let snapshot = self.cp.snapshot();
+        let rec = snapshot
+            .service(&name)
+            .ok_or_else(|| internal("service missing from the snapshot after add"))?;
+        Ok(Response::new(service_info(rec)))
+    }
+
+    async fn remove_service(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+        let name = parse_service_name(&request.into_inner().name)?;
+        if !self.cp.store.remove_service(&name).map_err(internal)? {
+            return Err(Status::not_found(format!(
+                "no local service `{name}`; `ferry services` lists them"
+            )));
+        }
+        tracing::info!(service = %name, "service removed");
+        self.cp.republish().map_err(internal)?;
+        self.cp.services_changed.notify_one();
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_services(&self, _: Request<pb::Empty>) -> Result<Response<pb::ServiceList>, Status> {
+        let snapshot = self.cp.snapshot();
+        Ok(Response::new(pb::ServiceList {
+            services: snapshot.services.iter().map(service_info).collect(),
+        }))
+    }
+
+    async fn export(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+        self.set_exported(&request.into_inner().name, true)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn unexport(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+        self.set_exported(&request.into_inner().name, false)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_link_token(
+        &self,
+        request: Request<pb::CreateLinkTokenRequest>,
+    ) -> Result<Response<pb::LinkTokenReply>, Status> {
+        let req = request.into_inner();
+        let peer = parse_peer(&req.peer)?;
+        if peer == self.cp.cfg.cluster {
+            return Err(bad(format!("cluster `{peer}` cannot link to itself; name the other cluster with --peer")));
+        }
+        let ttl = Duration::from_secs(req.ttl_seconds);
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(bad("--ttl must be between 1s and 24h (default 15m)"));
+        }
+        let gateways = self.cp.snapshot().gateways.clone();
+        if gateways.is_empty() {
+            return Err(Status::failed_precondition(
+                "no gateway of this cluster is running, so a peer could not reach it; start `ferry gateway` (or `ferry up`) first",
+            ));
+        }
+        let mut id = [0u8; 16];
+        let mut secret = [0u8; 32];
+        fill_random(&mut id)?;
+        fill_random(&mut secret)?;
+        let expires_at_unix = unix_now() + ttl.as_secs();
+        let token = LinkToken {
+            issuer: self.cp.cfg.cluster.clone(),
+            trust_domain: self.cp.trust.trust_domain().clone(),
+            peer: peer.clone(),
+            gateways,
+            bundle_fingerprint: self.cp.trust.fingerprint,
+            id,
+            secret,
+            expires_at_unix,
+        };
+        self.cp
+            .store
+            .put_token(
+                &id,
+                &TokenDoc {
+                    peer: peer.clone(),
+                    secret,
+                    expires_at_unix,
+                    used: false,
+                },
+            )
+            .map_err(internal)?;
+        tracing::info!(%peer, token_id = %hex(&id), ttl_s = ttl.as_secs(), "link token created");
+        Ok(Response::new(pb::LinkTokenReply {
+            token: token.encode(),
+            expires_at_unix,
+        }))
+    }
+
+    async fn join_link(&self, request: Request<pb::JoinLinkRequest>) -> Result<Response<pb::LinkInfo>, Status> {
+        let token = LinkToken::decode(&request.into_inner().token).map_err(|e| bad(e.to_string()))?;
+        let cp = &self.cp;
+        if token.is_expired(unix_now()) {
+            return Err(bad(format!(
+                "link token expired; ask `{}` for a new one with `ferry link create --peer {}`",
+                token.issuer, cp.cfg.cluster
+            )));
+        }
+        if &token.trust_domain != cp.trust.trust_domain() || token.bundle_fingerprint != cp.trust.fingerprint {
+            return Err(bad(format!(
+                "link token comes from a mesh with another root (trust domain `{}`, bundle {}; ours is `{}`, bundle {}); clusters linked in this release must share one root from `ferry trust init`",
+                token.trust_domain,
+                fingerprint_hex(&token.bundle_fingerprint),
+                cp.trust.trust_domain(),
+                fingerprint_hex(&cp.trust.fingerprint)
+            )));
+        }
+        if token.issuer == cp.cfg.cluster {
+            return Err(bad("this link token was issued by this very cluster; run `ferry link join` on the peer"));
+        }
+        if token.peer != cp.cfg.cluster {
+            return Err(bad(format!(
+                "link token was issued for peer `{}`, but this cluster is `{}`; ask `{}` for `ferry link create --peer {}`",
+                token.peer, cp.cfg.cluster, token.issuer, cp.cfg.cluster
+            )));
+        }
+        let own_gateways = cp.snapshot().gateways.clone();
+        let identity = self.self_identity()?;
+        let outcome = ferry_gateway::join::join(identity, cp.trust.trust.clone(), &token, &cp.cfg.cluster, own_gateways)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let doc = LinkDoc {
+            peer: outcome.issuer.clone(),
+            gateways: outcome.gateways.clone(),
+            created_at_unix: unix_now(),
+        };
+        cp.store.put_link(&doc).map_err(internal)?;
+        tracing::info!(peer = %doc.peer, "link joined");
+        cp.republish().map_err(internal)?;
+        Ok(Response::new(pb::LinkInfo {
+            peer: doc.peer.to_string(),
+            gateways: doc.gateways.iter().map(|g| g.to_string()).collect(),
+            connected: false,
+            created_at_unix: doc.created_at_unix,
+            imported_services: 0,
+        }))
+    }
+
+    async fn list_links(&self, _: Request<pb::Empty>) -> Result<Response<pb::LinkList>, Status> {
+        let links = self.cp.store.links().map_err(internal)?;
+        let snapshot = self.cp.snapshot();
+        let links = links
+            .into_iter()
+            .map(|l| pb::LinkInfo {
+                peer: l.peer.to_string(),
+                gateways: l.gateways.iter().map(|g| g.to_string()).collect(),
+                connected: snapshot.link(&l.peer).map(|r| r.connected).unwrap_or(false),
+                created_at_unix: l.created_at_unix,
+                imported_services: snapshot
+                    .services
+                    .iter()
+                    .filter(|s| s.remote.iter().any(|r| r.cluster == l.peer))
+                    .count() as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::LinkList { links }))
+    }
+
+    async fn remove_link(&self, request: Request<pb::LinkRef>) -> Result<Response<pb::Empty>, Status> {
+        let peer = parse_peer(&request.into_inner().peer)?;
+        if !self.cp.store.remove_link(&peer).map_err(internal)? {
+            return Err(Status::not_found(format!("no link to `{peer}`; `ferry link list` shows the links")));
+        }
+        self.cp.forget_peer(&peer);
+        tracing::info!(%peer, "link removed");
+        self.cp.republish().map_err(internal)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusReply>, Status> {
+        let snapshot = self.cp.snapshot();
+        Ok(Response::new(pb::StatusReply {
+            cluster: self.cp.cfg.cluster.to_string(),
+            trust_domain: self.cp.trust.trust_domain().to_string(),
+            gateways: snapshot.gateways.iter().map(|g| g.to_string()).collect(),
+            services: snapshot.services.len() as u32,
+            links: snapshot.links.len() as u32,
+            snapshot_version: snapshot.version,
+            bundle_fingerprint: fingerprint_hex(&self.cp.trust.fingerprint),
+            metrics: crate::telemetry::render(),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueReply>, Status> {
+        let req = request.into_inner();
+        let cluster = self.cp.cfg.cluster.clone();
+        let identity = match req.role.as_str() {
+            "gateway" => Identity::Gateway { cluster },
+            "node" => {
+                let node: NodeName = req
+                    .node
+                    .parse()
+                    .map_err(|e| bad(format!("invalid node name `{}`: {e}", req.node)))?;
+                Identity::Node { cluster, node }
+            }
+            other => return Err(bad(format!("unknown role `{other}`; expected gateway or node"))),
+        };
+        let leaf = pki::issue_leaf(
+            &self.cp.trust.ca,
+            &identity,
+            &req.csr_pem,
+            SystemTime::now(),
+            self.cp.cfg.cert_ttl,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let not_after_unix = leaf
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.cp
+            .store
+            .record_cert(
+                &leaf.serial,
+                &CertDoc {
+                    identity: identity.spiffe_id(self.cp.trust.trust_domain()).to_string(),
+                    not_after_unix,
+                },
+            )
+            .map_err(internal)?;
+        tracing::info!(identity = %identity, serial = %leaf.serial, "certificate issued");
+        Ok(Response::new(pb::IssueReply {
+            chain_pem: leaf.chain_pem,
+            bundle_pem: self.cp.trust.bundle_pem.clone(),
+            trust_domain: self.cp.trust.trust_domain().to_string(),
+            not_after_unix,
+            cluster: self.cp.cfg.cluster.to_string(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _: Request<pb::Empty>) -> Result<Response<Self::WatchStream>, Status> {
+        let rx = self.cp.subscribe();
+        let stream = tokio_stream::wrappers::WatchStream::new(rx).map(|snapshot| {
+            serde_json::to_string(&*snapshot)
+                .map(|snapshot_json| pb::SnapshotMessage { snapshot_json })
+                .map_err(internal)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn register_gateway(
+        &self,
+        request: Request<pb::RegisterGatewayRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let addr: SocketAddr = req
+            .addr
+            .parse()
+            .map_err(|_| bad(format!("invalid gateway address `{}`", req.addr)))?;
+        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        self.cp.register_gateway(addr, lease).map_err(internal)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn report_imports(
+        &self,
+        request: Request<pb::ReportImportsRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let req = request.into_inner();
+        let peer = parse_peer(&req.peer)?;
+        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        let services = if req.withdrawn {
+            None
+        } else {
+            let list: Vec<ExportedService> = serde_json::from_str(&req.services_json)
+                .map_err(|e| bad(format!("invalid imports from gateway: {e}")))?;
+            Some(list)
+        };
+        let peer_gateways = req
+            .peer_gateways
+            .iter()
+            .filter_map(|g| g.parse::<SocketAddr>().ok())
+            .collect();
+        self.cp
+            .update_peer_gateways(&peer, peer_gateways)
+            .map_err(internal)?;
+        self.cp
+            .report_imports(peer, services, req.connected, lease)
+            .map_err(internal)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn redeem_link_token(
+        &self,
+        request: Request<pb::RedeemRequest>,
+    ) -> Result<Response<pb::RedeemReply>, Status> {
+        let req = request.into_inner();
+        let id: [u8; 16] = req
+            .token_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("token id must be 16 bytes"))?;
+        let joiner = parse_peer(&req.joiner)?;
+        let gateways = req
+            .gateways
+            .iter()
+            .map(|g| g.parse::<SocketAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("invalid gateway address in join request"))?;
+        let link = LinkDoc {
+            peer: joiner.clone(),
+            gateways,
+            created_at_unix: unix_now(),
+        };
+        let outcome = self
+            .cp
+            .store
+            .redeem_token(
+                &id,
+                &joiner,
+                unix_now(),
+                |secret| verify_join_proof(secret, &req.channel_binding, &joiner, &req.proof),
+                &link,
+            )
+            .map_err(internal)?;
+        if let Err(refusal) = outcome {
+            tracing::warn!(%joiner, reason = %refusal, "link join refused");
+            return Err(Status::permission_denied(refusal.to_string()));
+        }
+        tracing::info!(peer = %joiner, "link created by join");
+        self.cp.republish().map_err(internal)?;
+        Ok(Response::new(pb::RedeemReply {
+            issuer: self.cp.cfg.cluster.to_string(),
+            gateways: self.cp.snapshot().gateways.iter().map(|g| g.to_string()).collect(),
+        }))
+    }
+
+    async fn peer_removed_link(&self, request: Request<pb::LinkRef>) -> Result<Response<pb::Empty>, Status> {
+        let peer = parse_peer(&request.into_inner().peer)?;
+        if self.cp.store.remove_link(&peer).map_err(internal)? {
+            tracing::warn!(%peer, "peer removed the link; removed here too");
+            self.cp.forget_peer(&peer);
+            self.cp.republish().map_err(internal)?;
+        }
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
+fn fill_random(buf: &mut [u8]) -> Result<(), Status> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| internal("the system random generator failed"))
+}

@@ -1,0 +1,383 @@
+//! `ferry control`: the cluster's control plane.
+//!
+//! Owns the registry of local services, exports, links and VIPs (durable, in
+//! [`store`]), the cluster CA that issues short-lived certificates to gateways and node
+//! proxies, and the live state reported by gateways (imports, link liveness). Every
+//! change is folded into one immutable [`MeshSnapshot`] published on a watch channel;
+//! roles receive it over the `Watch` RPC and never call back on the request path.
+
+pub mod api;
+mod health;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use ferry_federation::{
+    build_snapshot, ClusterId, ExportedService, ImportStore, LinkRecord, LocalService, MeshSnapshot,
+    ServiceName, SnapshotInputs, TrustDomain,
+};
+use ferry_gateway::pki::Ca;
+use ferry_gateway::tls::TrustStore;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use store::{Store, StoreError};
+
+/// Default lease for imports reported by a gateway and for gateway registrations.
+pub const REPORT_LEASE: Duration = Duration::from_secs(5);
+
+/// Loaded trust material of the cluster: its CA and the mesh bundle.
+pub struct ClusterTrust {
+    pub ca: Ca,
+    pub bundle_pem: String,
+    pub trust: Arc<TrustStore>,
+    pub fingerprint: [u8; 32],
+}
+
+impl ClusterTrust {
+    /// Loads `ca.crt`, `ca.key` and `bundle.crt` from `ferry trust issue`'s output directory.
+    pub fn load(cfg: &Config) -> anyhow::Result<ClusterTrust> {
+        let dir = &cfg.trust_dir;
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).with_context(|| {
+                format!(
+                    "cannot read {}; run `ferry trust issue --root <root-dir> --cluster {} --out {}` first",
+                    dir.join(name).display(),
+                    cfg.cluster,
+                    dir.display()
+                )
+            })
+        };
+        let ca = Ca::from_pem(&read("ca.crt")?, &read("ca.key")?)
+            .with_context(|| format!("invalid cluster CA in {}", dir.display()))?;
+        match ca.cluster() {
+            Some(c) if c == &cfg.cluster => {}
+            Some(c) => anyhow::bail!(
+                "the CA in {} is cluster `{c}`'s, but this config is for cluster `{}`; point trust.dir at {}'s CA",
+                dir.display(),
+                cfg.cluster,
+                cfg.cluster
+            ),
+            None => anyhow::bail!(
+                "{} holds a root CA; a cluster runs on its own CA from `ferry trust issue`",
+                dir.display()
+            ),
+        }
+        let bundle_pem = read("bundle.crt")?;
+        let trust = TrustStore::from_pem(ca.trust_domain().clone(), &bundle_pem)
+            .with_context(|| format!("invalid trust bundle {}", dir.join("bundle.crt").display()))?;
+        let fingerprint = ferry_federation::bundle_fingerprint(&trust.roots_der());
+        Ok(ClusterTrust {
+            ca,
+            bundle_pem,
+            trust: Arc::new(trust),
+            fingerprint,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        self.ca.trust_domain()
+    }
+}
+
+/// State that lives only in memory: reported by gateways and health checks.
+struct Live {
+    imports: ImportStore,
+    connected: BTreeMap<ClusterId, (bool, Instant)>,
+    gateways: BTreeMap<SocketAddr, Instant>,
+    health: BTreeMap<ServiceName, Vec<bool>>,
+    version: u64,
+}
+
+/// The control plane: store, CA and live state behind one lock-light handle.
+pub struct ControlPlane {
+    pub cfg: Config,
+    pub trust: ClusterTrust,
+    pub store: Store,
+    live: Mutex<Live>,
+    snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
+    /// Wakes the health checker when the set of services changes.
+    pub services_changed: Notify,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Opens the store, loads the CA, applies the services declared in the config.
+    pub fn open(cfg: Config) -> anyhow::Result<Arc<ControlPlane>> {
+        let trust = ClusterTrust::load(&cfg)?;
+        let store = Store::open(&cfg.data_dir)?;
+        for declared in &cfg.services {
+            let existing = store.services()?.remove(&declared.spec.name);
+            let doc = store::ServiceDoc {
+                spec: declared.spec.clone(),
+                exported: declared.export,
+            };
+            if existing.as_ref() != Some(&doc) {
+                store.put_service(&doc)?;
+            }
+        }
+        let empty = MeshSnapshot {
+            version: 0,
+            cluster: cfg.cluster.clone(),
+            trust_domain: trust.trust_domain().clone(),
+            services: Vec::new(),
+            links: Vec::new(),
+            gateways: Vec::new(),
+        };
+        let (snapshot_tx, _) = watch::channel(Arc::new(empty));
+        let cp = Arc::new(ControlPlane {
+            cfg,
+            trust,
+            store,
+            live: Mutex::new(Live {
+                imports: ImportStore::new(),
+                connected: BTreeMap::new(),
+                gateways: BTreeMap::new(),
+                health: BTreeMap::new(),
+                version: 0,
+            }),
+            snapshot_tx,
+            services_changed: Notify::new(),
+        });
+        cp.republish()?;
+        Ok(cp)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshSnapshot>> {
+        self.snapshot_tx.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        self.snapshot_tx.borrow().clone()
+    }
+
+    /// Rebuilds the snapshot from the store and live state; publishes it if it changed.
+    pub fn republish(&self) -> Result<(), StoreError> {
+        let services = self.store.services()?;
+        let links = self.store.links()?;
+        let mut live = self.live.lock().expect("control state lock");
+        let imports = live.imports.current();
+        // Every local and imported service gets a stable VIP before it is published.
+        let mut vips = self.store.vips()?;
+        let names = services.keys().cloned().chain(
+            imports
+                .iter()
+                .filter(|(peer, _)| links.iter().any(|l| &l.peer == *peer))
+                .flat_map(|(_, list)| list.iter().map(|s| s.name.clone())),
+        );
+        for name in names {
+            if !vips.contains_key(&name) {
+                let ip = self.store.allocate_vip(&name, self.cfg.vip_range)?;
+                vips.insert(name, ip);
+            }
+        }
+        let local: Vec<LocalService> = services
+            .values()
+            .map(|doc| {
+                let health = live
+                    .health
+                    .get(&doc.spec.name)
+                    .filter(|h| h.len() == doc.spec.endpoints.len())
+                    .cloned()
+                    .unwrap_or_else(|| vec![false; doc.spec.endpoints.len()]);
+                LocalService {
+                    spec: doc.spec.clone(),
+                    exported: doc.exported,
+                    health,
+                }
+            })
+            .collect();
+        let link_records: Vec<LinkRecord> = links
+            .iter()
+            .map(|l| LinkRecord {
+                peer: l.peer.clone(),
+                gateways: l.gateways.clone(),
+                connected: live.connected.get(&l.peer).map(|c| c.0).unwrap_or(false),
+            })
+            .collect();
+        let gateways: Vec<SocketAddr> = live.gateways.keys().copied().collect();
+        let inputs = SnapshotInputs {
+            cluster: &self.cfg.cluster,
+            trust_domain: self.trust.trust_domain(),
+            local: &local,
+            imports: &imports,
+            links: &link_records,
+            gateways: &gateways,
+            vips: &vips,
+        };
+        let current = self.snapshot_tx.borrow().clone();
+        let mut next = build_snapshot(current.version, &inputs);
+        if *current == next {
+            return Ok(());
+        }
+        live.version = current.version + 1;
+        next.version = live.version;
+        tracing::debug!(version = next.version, services = next.services.len(), "snapshot published");
+        self.snapshot_tx.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// Records the health of a local service's endpoints; republishes on change.
+    pub fn set_health(&self, name: &ServiceName, health: Vec<bool>) -> Result<(), StoreError> {
+        let changed = {
+            let mut live = self.live.lock().expect("control state lock");
+            live.health.insert(name.clone(), health.clone()) != Some(health)
+        };
+        if changed {
+            self.republish()?;
+        }
+        Ok(())
+    }
+
+    /// A gateway reports the current imports from `peer` (or that they were withdrawn).
+    pub fn report_imports(
+        &self,
+        peer: ClusterId,
+        services: Option<Vec<ExportedService>>,
+        connected: bool,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        {
+            let mut live = self.live.lock().expect("control state lock");
+            live.connected.insert(peer.clone(), (connected, now + lease));
+            match services {
+                Some(list) => {
+                    live.imports.handle_report(now, peer, list, lease);
+                }
+                None => {
+                    live.imports.withdraw(&peer);
+                }
+            }
+        }
+        self.republish()
+    }
+
+    /// A gateway announces (and refreshes) its reachable address.
+    pub fn register_gateway(&self, addr: SocketAddr, lease: Duration) -> Result<(), StoreError> {
+        let is_new = {
+            let mut live = self.live.lock().expect("control state lock");
+            live.gateways.insert(addr, Instant::now() + lease).is_none()
+        };
+        if is_new {
+            tracing::info!(%addr, "gateway registered");
+            self.republish()?;
+        }
+        Ok(())
+    }
+
+    /// Expires imports, link liveness and gateway registrations whose leases ran out.
+    pub fn expire(&self) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let changed = {
+            let mut live = self.live.lock().expect("control state lock");
+            let expired = live.imports.handle_timeout(now);
+            for peer in &expired {
+                tracing::warn!(%peer, "imports withdrawn: no report from any gateway within the lease");
+            }
+            let before = live.gateways.len() + live.connected.len();
+            live.gateways.retain(|addr, until| {
+                let keep = *until > now;
+                if !keep {
+                    tracing::warn!(%addr, "gateway registration expired");
+                }
+                keep
+            });
+            live.connected.retain(|_, (_, until)| *until > now);
+            !expired.is_empty() || before != live.gateways.len() + live.connected.len()
+        };
+        if changed {
+            self.republish()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets live state about a peer (after its link was removed).
+    pub fn forget_peer(&self, peer: &ClusterId) {
+        let mut live = self.live.lock().expect("control state lock");
+        live.imports.withdraw(peer);
+        live.connected.remove(peer);
+    }
+
+    /// Runs the control plane's background work: lease expiry and health checks.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                if let Err(e) = cp.expire() {
+                    tracing::error!(error = %e, "lease expiry failed");
+                }
+            }
+        });
+        tokio::spawn(health::run(self.clone()));
+    }
+}
+
+impl ControlPlane {
+    /// Records the gateway addresses a peer announced, if they changed.
+    pub fn update_peer_gateways(&self, peer: &ClusterId, gateways: Vec<SocketAddr>) -> Result<(), StoreError> {
+        if gateways.is_empty() {
+            return Ok(());
+        }
+        let Some(mut link) = self.store.links()?.into_iter().find(|l| &l.peer == peer) else {
+            return Ok(());
+        };
+        let mut merged = gateways;
+        merged.sort();
+        merged.dedup();
+        if link.gateways != merged {
+            tracing::info!(%peer, gateways = ?merged, "peer gateways updated");
+            link.gateways = merged;
+            self.store.put_link(&link)?;
+            self.republish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves the control plane's API on its Unix socket (mode 0600) until `shutdown`.
+pub async fn serve(
+    cp: Arc<ControlPlane>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let path = cp.cfg.socket.clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+            anyhow::bail!(
+                "another control plane already listens on {}; stop it or set control.socket to another path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(socket = %path.display(), cluster = %cp.cfg.cluster, "control plane listening");
+    cp.spawn_background();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(crate::pb::control_server::ControlServer::new(api::ControlApi::new(cp)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}

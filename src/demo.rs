@@ -1,0 +1,285 @@
+//! `ferry demo`: the embedded default. Builds a two-cluster mesh on loopback in a
+//! temporary directory (root CA, clusters `east` and `west` as separate `ferry up`
+//! processes), links them with a token, exports an HTTP service from `west` and calls
+//! it from `east` through the node proxy and the QUIC gateways. Exit 0 only if the
+//! answer really came from `west`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+use crate::client::{self, status_error, Client};
+use crate::pb;
+
+/// One cluster of the demo: its config, socket and process.
+pub struct DemoCluster {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub child: Child,
+}
+
+fn step(n: usize, msg: &str) {
+    println!("[{n}] {msg}");
+}
+
+/// Writes a cluster config for the demo or tests.
+pub fn write_cluster_config(dir: &Path, name: &str, vip_range: &str) -> anyhow::Result<PathBuf> {
+    let text = format!(
+        r#"cluster = "{name}"
+
+[trust]
+dir = "{name}-ca"
+
+[control]
+data_dir = "{name}-data"
+socket = "{name}.sock"
+vip_range = "{vip_range}"
+
+[gateway]
+listen = "127.0.0.1:0"
+
+[node]
+name = "{name}-node-1"
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts `ferry up` for a config, logging to `<dir>/<name>.log`.
+pub fn spawn_up(dir: &Path, name: &str, config: &Path) -> anyhow::Result<DemoCluster> {
+    let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = Command::new(exe)
+        .arg("up")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `ferry up`")?;
+    Ok(DemoCluster {
+        name: name.to_owned(),
+        config: config.to_owned(),
+        socket: dir.join(format!("{name}.sock")),
+        child,
+    })
+}
+
+/// Waits until the cluster's control plane answers and a gateway has registered.
+pub async fn wait_ready(cluster: &mut DemoCluster, timeout: Duration) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = cluster.child.try_wait()? {
+            anyhow::bail!("cluster {} exited early ({status}); see its log", cluster.name);
+        }
+        if let Ok(mut c) = client::connect(&cluster.socket).await {
+            if let Ok(s) = c.status(pb::Empty {}).await {
+                if !s.into_inner().gateways.is_empty() {
+                    return Ok(c);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("cluster {} did not become ready within {timeout:?}", cluster.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tiny HTTP/1.1 server answering every request with `hello from <name>`.
+pub async fn serve_http(listener: TcpListener, name: String) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+                if seen.len() > 64 * 1024 {
+                    return;
+                }
+            }
+            let body = format!("hello from {name}\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// `ferry sample-http`: the same server as a process.
+pub async fn sample_http(listen: SocketAddr, name: String) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    serve_http(listener, name).await;
+    Ok(())
+}
+
+/// Sends one HTTP GET to `addr` and returns the response body.
+pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<String> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut resp))
+        .await
+        .context("no answer within 5 s")??;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {text:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("unexpected response: {head}");
+    }
+    Ok(body.to_owned())
+}
+
+/// Waits until `service` is visible in the cluster with a healthy endpoint in `from`.
+pub async fn wait_imported(c: &mut Client, service: &str, from: &str, timeout: Duration) -> anyhow::Result<pb::ServiceInfo> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = c.list_services(pb::Empty {}).await.map_err(status_error)?.into_inner();
+        if let Some(s) = list.services.into_iter().find(|s| s.name == service) {
+            if s.remote.iter().any(|r| r.cluster == from && r.healthy.values().any(|n| *n > 0)) {
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{service} from {from} did not appear within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the demo. With `keep`, stays up until Ctrl-C.
+pub async fn run(keep: bool) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
+    let result = tokio::select! {
+        r = demo(dir.path(), keep) => r,
+        _ = crate::up::shutdown_signal() => {
+            println!("interrupted; stopping the clusters");
+            Ok(())
+        }
+    };
+    if keep {
+        println!("(the demo directory {} is removed now)", dir.path().display());
+    }
+    result
+}
+
+async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("ferry demo: two clusters on loopback, in {}", dir.display());
+    step(1, "creating the mesh root CA (trust domain demo.ferry) and cluster CAs for east and west");
+    let root = dir.join("root");
+    crate::trust::init(&"demo.ferry".parse()?, &root)?;
+    for name in ["east", "west"] {
+        crate::trust::issue(&root, &name.parse()?, &dir.join(format!("{name}-ca")))?;
+    }
+    step(2, "starting `ferry up` for east and west (separate processes)");
+    let east_cfg = write_cluster_config(dir, "east", "127.10.0.0/16")?;
+    let west_cfg = write_cluster_config(dir, "west", "127.20.0.0/16")?;
+    let mut east = spawn_up(dir, "east", &east_cfg)?;
+    let mut west = spawn_up(dir, "west", &west_cfg)?;
+    let mut east_c = wait_ready(&mut east, Duration::from_secs(20)).await?;
+    let mut west_c = wait_ready(&mut west, Duration::from_secs(20)).await?;
+    let backend = TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = backend.local_addr()?;
+    tokio::spawn(serve_http(backend, "west".into()));
+    step(3, &format!("west: service web.shop (http=8080/http) backed by an HTTP server on {backend_addr}, exported"));
+    west_c
+        .add_service(pb::AddServiceRequest {
+            name: "web.shop".into(),
+            ports: vec!["http=8080/http".into()],
+            endpoints: vec![backend_addr.to_string()],
+            export: true,
+        })
+        .await
+        .map_err(status_error)?;
+    step(4, "east: `ferry link create --peer west`; west: `ferry link join <token>`");
+    let token = east_c
+        .create_link_token(pb::CreateLinkTokenRequest {
+            peer: "west".into(),
+            ttl_seconds: 900,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .token;
+    let link = west_c
+        .join_link(pb::JoinLinkRequest { token })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("    linked: west <-> {} (gateways {})", link.peer, link.gateways.join(", "));
+    step(5, "waiting for east to import web.shop with a healthy endpoint in west");
+    let svc = wait_imported(&mut east_c, "web.shop", "west", Duration::from_secs(15)).await?;
+    println!(
+        "    east sees web.shop at VIP {} (local endpoints: {}, remote: {})",
+        svc.vip,
+        svc.local.len(),
+        svc.remote.iter().map(|r| r.cluster.clone()).collect::<Vec<_>>().join(",")
+    );
+    let vip: std::net::IpAddr = svc.vip.parse()?;
+    let target = SocketAddr::new(vip, 8080);
+    step(6, &format!("east: calling http://{target}/ through east's node proxy"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match http_get(target, "web.shop.shop.svc.clusterset.local").await {
+            Ok(b) => break b,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "call not through yet; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.context("the cross-cluster call failed")),
+        }
+    };
+    println!("    answer: {}", body.trim());
+    let crossed = body.trim() == "hello from west" && svc.local.is_empty();
+    println!();
+    println!("summary:");
+    println!("  clusters      east, west (one root, trust domain demo.ferry)");
+    println!("  link          east <-> west over QUIC (mTLS, SPIFFE identities)");
+    println!("  call          east node proxy -> west gateway -> web.shop endpoint in west");
+    println!("  answer        {}", body.trim());
+    println!("  elapsed       {:.1?}", started.elapsed());
+    if !crossed {
+        anyhow::bail!("the answer did not come from west: {body:?}");
+    }
+    println!("  result        OK: the call crossed clusters");
+    if keep {
+        let exe = std::env::current_exe()?;
+        println!();
+        println!("the mesh stays up; try (Ctrl-C to stop):");
+        println!("  curl http://{target}/");
+        println!("  {} --control {} services", exe.display(), east.socket.display());
+        println!("  {} --control {} link list", exe.display(), west.socket.display());
+        println!("  {} --control {} unexport web.shop", exe.display(), west.socket.display());
+        println!("  logs: {}/east.log {}/west.log", dir.display(), dir.display());
+        std::future::pending::<()>().await;
+    }
+    let _ = east.child.kill().await;
+    let _ = west.child.kill().await;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Ferry: a multi-cluster service mesh. This crate wires the roles together: the
+//! control plane, the CLI, `ferry up` (a whole cluster in one process) and `ferry demo`.
+//! The decisions live in `ferry-federation`; the data plane in `ferry-gateway`,
+//! `ferry-proxy` and `ferry-dns`.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod pb;
+pub mod roles;
+pub mod telemetry;
+pub mod trust;
+pub mod up;

@@ -1,0 +1,66 @@
+//! The `ferry` binary: one binary, several roles, and the CLI.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferry::cli::{Cli, Command, TrustCommand};
+use ferry::config::Config;
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = cli
+        .config
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("this role needs --config <cluster.toml>"))?;
+    Ok(Config::load(path)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Demo { keep } => ferry::demo::run(*keep).await,
+        Command::Up => ferry::up::up(load_config(&cli)?).await,
+        Command::Control => ferry::up::control(load_config(&cli)?).await,
+        Command::Gateway => ferry::up::gateway(load_config(&cli)?).await,
+        Command::Node => ferry::up::node(load_config(&cli)?).await,
+        Command::Trust(TrustCommand::Init { trust_domain, out }) => {
+            let td = trust_domain
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --trust-domain `{trust_domain}`: {e}"))?;
+            ferry::trust::init(&td, out)?;
+            println!("mesh root CA for {td} written to {}", out.display());
+            Ok(())
+        }
+        Command::Trust(TrustCommand::Issue { root, cluster, out }) => {
+            let cluster = cluster
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --cluster `{cluster}`: {e}"))?;
+            ferry::trust::issue(root, &cluster, out)?;
+            println!("cluster CA for {cluster} written to {}", out.display());
+            Ok(())
+        }
+        Command::SampleHttp { listen, name } => ferry::demo::sample_http(*listen, name.clone()).await,
+        _ => ferry::cli::run_admin(&cli).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(
+        cli.command,
+        Command::Up | Command::Control | Command::Gateway | Command::Node | Command::SampleHttp { .. }
+    );
+    ferry::telemetry::init(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Obtains a role's short-lived certificate from the control plane and renews it.
+//!
+//! The key is made here and never leaves the process: the control plane sees a CSR
+//! and answers the chain. Renewal happens at two thirds of the lifetime; the new
+//! certificate is swapped into the `IdentityStore`, so new handshakes use it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_federation::TrustDomain;
+use ferry_gateway::pki;
+use ferry_gateway::tls::{IdentityStore, TrustStore};
+
+use crate::client;
+use crate::pb;
+
+/// The identity and trust a role runs with.
+pub struct RoleTls {
+    pub identity: Arc<IdentityStore>,
+    pub trust: Arc<TrustStore>,
+}
+
+async fn request(socket: &PathBuf, role: &str, node: &str) -> anyhow::Result<(pb::IssueReply, String)> {
+    let req = pki::new_leaf_request()?;
+    let mut c = client::connect(socket).await?;
+    let reply = c
+        .issue_certificate(pb::IssueRequest {
+            role: role.to_owned(),
+            node: node.to_owned(),
+            csr_pem: req.csr_pem.clone(),
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner();
+    Ok((reply, req.key_pem.clone()))
+}
+
+/// Gets a certificate for `role` ("gateway" or "node") and starts its renewal.
+pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow::Result<RoleTls> {
+    let (reply, key_pem) = request(&socket, role, &node).await?;
+    let td: TrustDomain = reply.trust_domain.parse()?;
+    let identity = Arc::new(IdentityStore::from_pem(&reply.chain_pem, &key_pem, &td)?);
+    let trust = Arc::new(TrustStore::from_pem(td, &reply.bundle_pem)?);
+    tracing::info!(identity = %identity.identity(), "certificate obtained");
+    let renew = identity.clone();
+    tokio::spawn(async move {
+        let mut not_after = reply.not_after_unix;
+        loop {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let left = not_after.saturating_sub(now);
+            let wait = Duration::from_secs((left / 3).max(5));
+            tokio::time::sleep(wait).await;
+            match request(&socket, role, &node).await {
+                Ok((reply, key_pem)) => match renew.replace(&reply.chain_pem, &key_pem) {
+                    Ok(()) => {
+                        not_after = reply.not_after_unix;
+                        tracing::info!("certificate renewed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "renewed certificate unusable"),
+                },
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
+            }
+        }
+    });
+    Ok(RoleTls { identity, trust })
+}

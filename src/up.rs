@@ -1,0 +1,80 @@
+//! `ferry up` and the single-role commands: run a cluster's roles.
+//!
+//! `ferry up` runs the control plane, a gateway and a node proxy in one process; each
+//! role still talks to the control plane over its socket, exactly as when the roles run
+//! as separate processes (`ferry control|gateway|node`).
+
+use std::future::Future;
+
+use crate::config::Config;
+use crate::control::{self, ControlPlane};
+use crate::roles;
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+async fn until_stopped(role: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        r = role => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+/// `ferry control`: the control plane alone.
+pub async fn control(cfg: Config) -> anyhow::Result<()> {
+    let cp = ControlPlane::open(cfg)?;
+    control::serve(cp, shutdown_signal()).await
+}
+
+/// `ferry gateway`.
+pub async fn gateway(cfg: Config) -> anyhow::Result<()> {
+    until_stopped(roles::gateway::run(cfg)).await
+}
+
+/// `ferry node`.
+pub async fn node(cfg: Config) -> anyhow::Result<()> {
+    until_stopped(roles::node::run(cfg)).await
+}
+
+/// `ferry up`: every role of the cluster in this process.
+pub async fn up(cfg: Config) -> anyhow::Result<()> {
+    let cp = ControlPlane::open(cfg.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(control::serve(cp, async {
+        let _ = stop_rx.await;
+    }));
+    // The roles connect over the socket; wait until it answers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::UnixStream::connect(&cfg.socket).await.is_err() {
+        if server.is_finished() {
+            return server.await?;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the control plane did not start listening on {}", cfg.socket.display());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let gateway = tokio::spawn(roles::gateway::run(cfg.clone()));
+    let node = tokio::spawn(roles::node::run(cfg.clone()));
+    eprintln!("ferry: cluster {} up (control socket {})", cfg.cluster, cfg.socket.display());
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        r = gateway => r.map_err(anyhow::Error::from).and_then(|r| r),
+        r = node => r.map_err(anyhow::Error::from).and_then(|r| r),
+    };
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    result
+}
