@@ -20,6 +20,9 @@ pub mod spiffe;
 pub mod token;
 pub mod wire;
 
+#[cfg(test)]
+mod testutil;
+
 pub use imports::ImportStore;
 pub use link::{LinkConfig, LinkError, LinkEvent, LinkSync};
 pub use model::{

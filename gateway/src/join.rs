@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_federation::{encode_frame, join_proof, ClusterId, FrameDecoder, Identity, JoinMessage, LinkToken};
+use ferry_federation::{
+    encode_frame, join_proof, ClusterId, FrameDecoder, Identity, JoinMessage, LinkToken,
+};
 use tokio::sync::oneshot;
 
 use crate::server::{GatewayEvent, RedeemRequest, Shared, CLOSE_DONE};
@@ -71,13 +73,19 @@ pub async fn join(
     own_gateways: Vec<SocketAddr>,
 ) -> Result<JoinOutcome, JoinError> {
     let issuer = token.issuer.clone();
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr")).map_err(|e| {
-        JoinError::Unreachable {
-            issuer: issuer.clone(),
-            detail: e.to_string(),
-        }
-    })?;
-    let config = tls::client_config(identity, trust, PeerExpectation::Gateway(issuer.clone()), ALPN_JOIN)?;
+    let endpoint =
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr")).map_err(|e| {
+            JoinError::Unreachable {
+                issuer: issuer.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+    let config = tls::client_config(
+        identity,
+        trust,
+        PeerExpectation::Gateway(issuer.clone()),
+        ALPN_JOIN,
+    )?;
     let mut errors = Vec::new();
     let mut conn = None;
     for &addr in &token.gateways {
@@ -121,7 +129,10 @@ pub async fn join(
             .map_err(|e| protocol(e.to_string()))?;
         let _ = send.finish();
         match read_message(&mut recv).await.map_err(protocol)? {
-            JoinMessage::Accepted { issuer: named, gateways } if named == issuer => Ok(JoinOutcome {
+            JoinMessage::Accepted {
+                issuer: named,
+                gateways,
+            } if named == issuer => Ok(JoinOutcome {
                 issuer: named,
                 gateways,
             }),
@@ -132,7 +143,9 @@ pub async fn join(
                 issuer: issuer.clone(),
                 reason,
             }),
-            JoinMessage::Request { .. } => Err(protocol("unexpected request from the issuer".into())),
+            JoinMessage::Request { .. } => {
+                Err(protocol("unexpected request from the issuer".into()))
+            }
         }
     };
     let result = match tokio::time::timeout(JOIN_TIMEOUT, exchange).await {
@@ -174,7 +187,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, caller: 
                         channel_binding: binding,
                         gateways,
                     };
-                    let _ = shared.events.send(GatewayEvent::Redeem { request, reply: tx }).await;
+                    let _ = shared
+                        .events
+                        .send(GatewayEvent::Redeem { request, reply: tx })
+                        .await;
                     match rx.await {
                         Ok(Ok(accepted)) => JoinMessage::Accepted {
                             issuer: accepted.issuer,
@@ -191,7 +207,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection, caller: 
                 reason: "expected a join request".into(),
             },
         };
-        send.write_all(&encode_frame(&reply)).await.map_err(|e| e.to_string())?;
+        send.write_all(&encode_frame(&reply))
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = send.finish();
         Ok(())
     };

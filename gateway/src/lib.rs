@@ -1,9 +1,9 @@
 //! Ferry's gateway: the QUIC endpoint that links clusters, with mutual TLS between SPIFFE
 //! identities ([`pki`] makes and reads certificates, [`tls`] builds the rustls/quinn configs).
 
-pub mod pki;
-pub mod tls;
 pub mod join;
 pub mod link;
+pub mod pki;
 pub mod server;
+pub mod tls;
 pub mod tunnel;

@@ -81,7 +81,9 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
                 backoff = Duration::from_millis(200);
                 shared.register(&peer, ConnKind::Link, &conn);
                 match conn.open_bi().await {
-                    Ok((send, recv)) => run_session(shared.clone(), conn, send, recv, peer.clone()).await,
+                    Ok((send, recv)) => {
+                        run_session(shared.clone(), conn, send, recv, peer.clone()).await
+                    }
                     Err(e) => tracing::warn!(%addr, error = %e, "cannot open the link stream"),
                 }
                 // Reconnect to the same gateway first.
@@ -96,7 +98,11 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
     }
 }
 
-async fn dial(shared: &Shared, peer: &ClusterId, addr: std::net::SocketAddr) -> Result<quinn::Connection, String> {
+async fn dial(
+    shared: &Shared,
+    peer: &ClusterId,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connection, String> {
     let config = tls::client_config(
         shared.identity.clone(),
         shared.trust.clone(),
@@ -195,7 +201,11 @@ async fn run_session(
                 }
                 LinkEvent::PeerRemovedLink { .. } => {
                     tracing::warn!("peer removed the link");
-                    emit(&shared, GatewayEvent::PeerRemovedLink { peer: peer.clone() }).await;
+                    emit(
+                        &shared,
+                        GatewayEvent::PeerRemovedLink { peer: peer.clone() },
+                    )
+                    .await;
                     conn.close(CLOSE_LINK_REMOVED, b"link removed by peer");
                 }
             }

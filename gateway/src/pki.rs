@@ -12,13 +12,14 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_federation::{ClusterId, Identity, InvalidSpiffeId, SpiffeId, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::pem::PemObject;
@@ -109,7 +110,9 @@ pub enum PkiError {
     #[error("the private key is not a PKCS#8 PEM key ({0}); pass the key file written together with the certificate")]
     KeyPem(#[source] rcgen::Error),
     /// A key or CSR is not ECDSA P-256.
-    #[error("the {what} is not ECDSA P-256; Ferry uses P-256 everywhere, create it with Ferry's tools")]
+    #[error(
+        "the {what} is not ECDSA P-256; Ferry uses P-256 everywhere, create it with Ferry's tools"
+    )]
     NotP256 {
         /// "private key" or "certificate signing request".
         what: &'static str,
@@ -156,7 +159,9 @@ pub enum PkiError {
     #[error("the CA certificate has SPIFFE ID {0}; expected spiffe://<trust domain> for a root CA or spiffe://<trust domain>/cluster/<cluster> for a cluster CA")]
     NotACaIdentity(String),
     /// A cluster CA was passed where the root is needed.
-    #[error("this is the cluster CA of {0}, not the root; cluster CAs are signed by the mesh's root CA")]
+    #[error(
+        "this is the cluster CA of {0}, not the root; cluster CAs are signed by the mesh's root CA"
+    )]
     NotARoot(ClusterId),
     /// The root was passed where a cluster CA is needed.
     #[error("this is the root CA of {0}; leaf certificates are issued by a cluster CA, create one with create_cluster_ca and issue from it")]
@@ -268,13 +273,13 @@ impl Ca {
 /// Makes a self-signed root CA for `td`: CN "Ferry root CA (<td>)", URI SAN `spiffe://<td>`,
 /// key usage keyCertSign + cRLSign, at most one CA below it, random serial, valid from
 /// `now - 5 min` to `now + validity`.
-pub fn create_root(td: &TrustDomain, now: SystemTime, validity: Duration) -> Result<Issued, PkiError> {
+pub fn create_root(
+    td: &TrustDomain,
+    now: SystemTime,
+    validity: Duration,
+) -> Result<Issued, PkiError> {
     let key = new_key()?;
-    let mut params = ca_params(
-        format!("Ferry root CA ({td})"),
-        format!("spiffe://{td}"),
-        1,
-    )?;
+    let mut params = ca_params(format!("Ferry root CA ({td})"), format!("spiffe://{td}"), 1)?;
     set_validity(&mut params, now, later(now, validity)?)?;
     let cert = params.self_signed(&key).map_err(PkiError::Generate)?;
     Ok(Issued {
@@ -366,7 +371,9 @@ pub fn issue_leaf(
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, id.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.as_str());
     params.subject_alt_names = vec![uri_san(&id)?];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -425,8 +432,14 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             format!("{} does not name a file", path.display()),
         )
     })?;
+    // Unique per process and call, so concurrent writers never share a temporary file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    tmp_name.push(format!(
+        ".tmp{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = path.with_file_name(tmp_name);
     let result = (|| {
         let mut file = fs::OpenOptions::new()
@@ -518,7 +531,10 @@ pub(crate) fn cert_not_after(cert: &X509Certificate<'_>) -> SystemTime {
 fn ca_identity(uri: &str) -> Result<(TrustDomain, Option<ClusterId>), PkiError> {
     let not_ca = || PkiError::NotACaIdentity(uri.to_owned());
     // A root's ID has no path; parse that form here rather than rely on SpiffeId accepting it.
-    if let Some(td) = uri.strip_prefix("spiffe://").filter(|rest| !rest.contains('/')) {
+    if let Some(td) = uri
+        .strip_prefix("spiffe://")
+        .filter(|rest| !rest.contains('/'))
+    {
         return Ok((td.parse().map_err(|_| not_ca())?, None));
     }
     let id = SpiffeId::parse(uri).map_err(|source| PkiError::BadSpiffeId {
@@ -536,7 +552,11 @@ fn new_key() -> Result<KeyPair, PkiError> {
     KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::Generate)
 }
 
-fn ca_params(common_name: String, uri: String, path_len: u8) -> Result<CertificateParams, PkiError> {
+fn ca_params(
+    common_name: String,
+    uri: String,
+    path_len: u8,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params

@@ -122,7 +122,8 @@ impl Shared {
                 }
             }
             tracing::info!(%peer, "link removed: closed the peer's connections");
-            metrics::counter!("ferry_gateway_link_closures_total", "reason" => "link_removed").increment(1);
+            metrics::counter!("ferry_gateway_link_closures_total", "reason" => "link_removed")
+                .increment(1);
             // Link sessions close themselves after saying goodbye.
             list.retain(|(k, c)| *k == ConnKind::Link && c.close_reason().is_none());
             !list.is_empty()
@@ -152,9 +153,16 @@ impl Gateway {
         events: mpsc::Sender<GatewayEvent>,
         link_config: LinkConfig,
     ) -> Result<Gateway, GatewayError> {
-        let server = tls::server_config(identity.clone(), trust.clone(), &[ALPN_LINK, ALPN_TUNNEL, ALPN_JOIN])?;
-        let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| GatewayError::Bind(listen, e))?;
-        let bound = endpoint.local_addr().map_err(|e| GatewayError::Bind(listen, e))?;
+        let server = tls::server_config(
+            identity.clone(),
+            trust.clone(),
+            &[ALPN_LINK, ALPN_TUNNEL, ALPN_JOIN],
+        )?;
+        let endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|e| GatewayError::Bind(listen, e))?;
+        let bound = endpoint
+            .local_addr()
+            .map_err(|e| GatewayError::Bind(listen, e))?;
         let advertise = advertise.unwrap_or(bound);
         Ok(Gateway {
             shared: Arc::new(Shared {
@@ -173,7 +181,10 @@ impl Gateway {
 
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.endpoint.local_addr().expect("bound endpoint has an address")
+        self.shared
+            .endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
     }
 
     /// The address peers are told to use.
@@ -240,8 +251,12 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         }
         let cluster = identity.cluster().clone();
         if shared.snapshot().link(&cluster).is_none() {
-            metrics::counter!("ferry_gateway_refusals_total", "reason" => "unknown_peer").increment(1);
-            tracing::warn!(reason = "unknown_peer", "connection refused: cluster is not linked");
+            metrics::counter!("ferry_gateway_refusals_total", "reason" => "unknown_peer")
+                .increment(1);
+            tracing::warn!(
+                reason = "unknown_peer",
+                "connection refused: cluster is not linked"
+            );
             conn.close(CLOSE_REFUSED, b"unknown_peer");
             return;
         }

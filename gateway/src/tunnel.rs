@@ -24,7 +24,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_HEADER: usize = 1024;
 
 /// Accepts tunnel streams on one connection until it closes.
-pub(crate) async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, caller: Identity) {
+pub(crate) async fn serve_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    caller: Identity,
+) {
     let caller = Arc::new(caller);
     loop {
         match conn.accept_bi().await {
@@ -57,22 +61,36 @@ async fn read_header(recv: &mut quinn::RecvStream) -> Result<(TunnelHeader, Vec<
     }
 }
 
-async fn refuse(mut send: quinn::SendStream, caller: &Identity, header: Option<&TunnelHeader>, refusal: Refusal) {
+async fn refuse(
+    mut send: quinn::SendStream,
+    caller: &Identity,
+    header: Option<&TunnelHeader>,
+    refusal: Refusal,
+) {
     metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str()).increment(1);
     match header {
         Some(h) => tracing::warn!(
             caller = %caller, service = %h.service, port = %h.port, reason = refusal.as_str(),
             "tunnel stream refused"
         ),
-        None => tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused"),
+        None => {
+            tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
+        }
     }
-    let _ = send.write_all(&TunnelStatus::Refused(refusal).encode()).await;
+    let _ = send
+        .write_all(&TunnelStatus::Refused(refusal).encode())
+        .await;
     let _ = send.finish();
     // Give the status a moment to leave before the stream is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
 }
 
-async fn serve_stream(shared: Arc<Shared>, send: quinn::SendStream, mut recv: quinn::RecvStream, caller: &Identity) {
+async fn serve_stream(
+    shared: Arc<Shared>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    caller: &Identity,
+) {
     let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(h)) => h,
         Ok(Err(r)) => return refuse(send, caller, None, r).await,
@@ -108,7 +126,9 @@ async fn serve_stream(shared: Arc<Shared>, send: quinn::SendStream, mut recv: qu
     metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
     let mut stream = tokio::io::join(recv, send);
     match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-        Ok((up, down)) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
+        Ok((up, down)) => {
+            tracing::debug!(service = %header.service, up, down, "tunnel stream done")
+        }
         Err(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
     }
 }
@@ -121,7 +141,10 @@ pub enum TunnelError {
     #[error("cannot reach any gateway of `{cluster}`: {detail}")]
     Unreachable { cluster: ClusterId, detail: String },
     #[error("gateway of `{cluster}` refused the stream: {}", .refusal.as_str())]
-    Refused { cluster: ClusterId, refusal: Refusal },
+    Refused {
+        cluster: ClusterId,
+        refusal: Refusal,
+    },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("cannot bind the tunnel client endpoint: {0}")]
@@ -151,8 +174,12 @@ pub struct TunnelClient {
 
 impl TunnelClient {
     /// A client with its own UDP socket, presenting `identity` (a node or gateway cert).
-    pub fn new(identity: Arc<IdentityStore>, trust: Arc<TrustStore>) -> Result<TunnelClient, TunnelError> {
-        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr")).map_err(TunnelError::Bind)?;
+    pub fn new(
+        identity: Arc<IdentityStore>,
+        trust: Arc<TrustStore>,
+    ) -> Result<TunnelClient, TunnelError> {
+        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr"))
+            .map_err(TunnelError::Bind)?;
         Ok(TunnelClient {
             endpoint,
             identity,
@@ -163,7 +190,11 @@ impl TunnelClient {
     }
 
     /// A pooled connection to one gateway of `cluster`, dialling it if needed.
-    pub async fn connection(&self, cluster: &ClusterId, addr: SocketAddr) -> Result<quinn::Connection, TunnelError> {
+    pub async fn connection(
+        &self,
+        cluster: &ClusterId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TunnelError> {
         let slot = {
             let mut pool = self.pool.lock().expect("pool lock");
             pool.entry((cluster.clone(), addr)).or_default().clone()
@@ -237,8 +268,13 @@ impl TunnelClient {
             detail: format!("{addr}: {detail}"),
         };
         let conn = self.connection(cluster, addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
-        send.write_all(header).await.map_err(|e| stream_err(e.to_string()))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        send.write_all(header)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
         let mut status = [0u8; 2];
         match tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status)).await {
             Ok(Ok(())) => {}

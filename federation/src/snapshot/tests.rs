@@ -1,1 +1,135 @@
 use super::*;
+use crate::testutil::*;
+
+#[test]
+fn fixture_shape() {
+    let s = fixture();
+    let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, ["api.shop", "db.shop", "down.shop", "web.shop"], "sorted, rogue dropped");
+    let peers: Vec<&str> = s.links.iter().map(|l| l.peer.as_str()).collect();
+    assert_eq!(peers, ["north", "south", "west"], "links sorted by peer");
+    assert_eq!(s.version, 1);
+    assert_eq!(s.cluster.as_str(), "east");
+    assert_eq!(s.gateways, vec![addr("203.0.113.1:4443")]);
+
+    let web = s.service(&sname("web.shop")).unwrap();
+    assert!(web.exported);
+    assert_eq!(web.vip, ip("10.96.0.1"));
+    assert_eq!(web.local.len(), 3);
+    assert_eq!(web.local.iter().filter(|e| e.healthy).count(), 2);
+    let remotes: Vec<&str> = web.remote.iter().map(|r| r.cluster.as_str()).collect();
+    assert_eq!(remotes, ["north", "south", "west"]);
+    assert_eq!(web.ports[0].target_port, 8080, "local ports win over imported ones");
+
+    let api = s.service(&sname("api.shop")).unwrap();
+    assert!(!api.exported && api.local.is_empty());
+    assert_eq!(api.remote.len(), 1);
+
+    assert_eq!(s.by_vip(ip("10.96.0.2")).unwrap().name, sname("db.shop"));
+    assert!(s.by_vip(ip("10.96.0.5")).is_none());
+    assert!(s.by_vip(ip("10.96.9.9")).is_none());
+    assert!(s.service(&sname("rogue.shop")).is_none());
+    assert!(s.link(&cid("west")).is_some());
+    assert!(s.link(&cid("rogue")).is_none());
+}
+
+fn build(
+    locals: &[LocalService],
+    imports: &BTreeMap<ClusterId, Vec<ExportedService>>,
+    links: &[LinkRecord],
+    vips: &[(&str, &str)],
+) -> MeshSnapshot {
+    let vips: BTreeMap<ServiceName, IpAddr> =
+        vips.iter().map(|(n, v)| (sname(n), ip(v))).collect();
+    build_snapshot(
+        7,
+        &SnapshotInputs {
+            cluster: &cid("east"),
+            trust_domain: &"mesh.local".parse().unwrap(),
+            local: locals,
+            imports,
+            links,
+            gateways: &[],
+            vips: &vips,
+        },
+    )
+}
+
+#[test]
+fn imports_from_unlinked_peers_and_self_are_dropped() {
+    let mut imports = BTreeMap::new();
+    imports.insert(cid("west"), vec![export("a.ns", &["http=80"], &[("http", 1)])]);
+    imports.insert(cid("rogue"), vec![export("b.ns", &["http=80"], &[("http", 1)])]);
+    imports.insert(cid("east"), vec![export("c.ns", &["http=80"], &[("http", 1)])]);
+    let links = [link("west", &["192.0.2.1:1"]), link("east", &[])];
+    let s = build(&[], &imports, &links, &[("a.ns", "10.96.0.1"), ("b.ns", "10.96.0.2"), ("c.ns", "10.96.0.3")]);
+    let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, ["a.ns"]);
+}
+
+#[test]
+fn import_only_ports_are_the_union_by_name() {
+    let mut imports = BTreeMap::new();
+    imports.insert(
+        cid("north"),
+        vec![export("a.ns", &["http=80/http", "admin=9000"], &[("http", 1)])],
+    );
+    imports.insert(
+        cid("west"),
+        vec![export(
+            "a.ns",
+            &["http=8080/http", "grpc=9090/grpc", "clash=9000"],
+            &[("grpc", 2)],
+        )],
+    );
+    let links = [link("west", &[]), link("north", &[])];
+    let s = build(&[], &imports, &links, &[("a.ns", "10.96.0.1")]);
+    let a = s.service(&sname("a.ns")).unwrap();
+    let ports: Vec<String> = a.ports.iter().map(|p| p.to_string()).collect();
+    // north sorts first so its http wins; west adds grpc; west's clash reuses 9000 and is left out.
+    assert_eq!(ports, ["http=80/http", "admin=9000/tcp", "grpc=9090/grpc"]);
+    assert_eq!(a.remote.len(), 2);
+    assert_eq!(a.remote[1].healthy["grpc"], 2);
+}
+
+#[test]
+fn services_without_vip_are_skipped() {
+    let locals = [
+        local("a.ns", &["http=80"], &[("10.0.0.1", true)], true),
+        local("b.ns", &["http=80"], &[("10.0.0.2", true)], true),
+    ];
+    let mut imports = BTreeMap::new();
+    imports.insert(cid("west"), vec![export("c.ns", &["http=80"], &[("http", 1)])]);
+    let s = build(&locals, &imports, &[link("west", &[])], &[("b.ns", "10.96.0.2")]);
+    let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
+    assert_eq!(names, ["b.ns"]);
+}
+
+#[test]
+fn missing_health_counts_as_unhealthy() {
+    let mut svc = local("a.ns", &["http=80"], &[("10.0.0.1", true), ("10.0.0.2", true)], true);
+    svc.health = vec![true];
+    let s = build(&[svc], &BTreeMap::new(), &[], &[("a.ns", "10.96.0.1")]);
+    let a = s.service(&sname("a.ns")).unwrap();
+    assert_eq!(a.local.iter().map(|e| e.healthy).collect::<Vec<_>>(), [true, false]);
+}
+
+#[test]
+fn local_exports_count_healthy_endpoints_per_port() {
+    let s = fixture();
+    let exports = s.local_exports();
+    let names: Vec<String> = exports.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(names, ["down.shop", "web.shop"], "only exported local services");
+    let web = &exports[1];
+    assert_eq!(web.healthy["http"], 2);
+    assert_eq!(web.healthy["grpc"], 2);
+    assert_eq!(web.ports.len(), 2);
+    assert_eq!(exports[0].healthy["http"], 0);
+}
+
+#[test]
+fn serde_round_trip() {
+    let s = fixture();
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<MeshSnapshot>(&json).unwrap(), s);
+}

@@ -1,0 +1,329 @@
+//! Test harness: real `ferry` processes on loopback, driven through the real CLI.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Waits for `cond` to hold, polling, failing the test with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A mesh root in a temporary directory.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Mesh {
+    pub fn new(trust_domain: &str) -> Mesh {
+        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir().unwrap();
+        let root = dir.path().join("root");
+        run_ok(&["trust", "init", "--trust-domain", trust_domain, "--out", root.to_str().unwrap()]);
+        Mesh { dir, root }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a cluster's CA and config; does not start it.
+    pub fn cluster(&self, name: &str, vip_range: &str) -> ClusterDef {
+        let ca = self.path().join(format!("{name}-ca"));
+        run_ok(&[
+            "trust",
+            "issue",
+            "--root",
+            self.root.to_str().unwrap(),
+            "--cluster",
+            name,
+            "--out",
+            ca.to_str().unwrap(),
+        ]);
+        let config = self.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "cluster = \"{name}\"\n[trust]\ndir = \"{name}-ca\"\n[control]\ndata_dir = \"{name}-data\"\nsocket = \"{name}.sock\"\nvip_range = \"{vip_range}\"\nhealth_interval = \"300ms\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[node]\nname = \"{name}-n1\"\n"
+            ),
+        )
+        .unwrap();
+        ClusterDef {
+            name: name.to_owned(),
+            config,
+            socket: self.path().join(format!("{name}.sock")),
+            log_dir: self.path().to_owned(),
+        }
+    }
+}
+
+/// A cluster's files.
+#[derive(Clone)]
+pub struct ClusterDef {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// A running cluster: its processes are killed on drop.
+pub struct Cluster {
+    pub def: ClusterDef,
+    pub procs: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn spawn_role(def: &ClusterDef, role: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(def.log_dir.join(format!("{}-{role}.log", def.name)))
+        .unwrap();
+    Command::new(FERRY)
+        .args([role, "--config", def.config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+impl ClusterDef {
+    /// `ferry up`: every role in one process.
+    pub async fn up(&self) -> Cluster {
+        let cluster = Cluster {
+            def: self.clone(),
+            procs: vec![spawn_role(self, "up")],
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// `ferry control`, `ferry gateway`, `ferry node` as three processes.
+    pub async fn up_apart(&self) -> Cluster {
+        let mut cluster = Cluster {
+            def: self.clone(),
+            procs: vec![spawn_role(self, "control")],
+        };
+        let socket = self.socket.clone();
+        wait_for("control socket", Duration::from_secs(20), || {
+            let socket = socket.clone();
+            async move { socket.exists() }
+        })
+        .await;
+        cluster.procs.push(spawn_role(self, "gateway"));
+        cluster.procs.push(spawn_role(self, "node"));
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    pub fn log(&self) -> String {
+        let mut out = String::new();
+        for role in ["up", "control", "gateway", "node"] {
+            if let Ok(s) = std::fs::read_to_string(self.log_dir.join(format!("{}-{role}.log", self.name))) {
+                out.push_str(&s);
+            }
+        }
+        out
+    }
+}
+
+impl Cluster {
+    async fn wait_ready(&self) {
+        let def = self.def.clone();
+        wait_for(&format!("cluster {} ready", self.def.name), Duration::from_secs(30), || {
+            let def = def.clone();
+            async move {
+                let out = def.cli(&["status", "-o", "json"]);
+                out.status.success()
+                    && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                        .map(|v| v["gateways"].as_array().is_some_and(|g| !g.is_empty()))
+                        .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    pub fn kill(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        self.procs.clear();
+    }
+}
+
+impl ClusterDef {
+    /// Runs a CLI verb against this cluster's control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(FERRY)
+            .arg("--control")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI verb that must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`ferry {}` on {} failed: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn services(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli_ok(&["services", "-o", "json"])).unwrap()
+    }
+
+    pub fn service(&self, name: &str) -> Option<serde_json::Value> {
+        self.services().into_iter().find(|s| s["name"] == name)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["status", "-o", "json"])).unwrap()
+    }
+
+    /// The value of a counter in this cluster's metrics, summed over matching lines.
+    pub fn metric(&self, name: &str, label: &str) -> u64 {
+        let status = self.status();
+        status["metrics"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// The address `service`'s first port is reachable on through this cluster's node proxy.
+    pub fn vip(&self, service: &str, port: u16) -> SocketAddr {
+        let s = self.service(service).unwrap_or_else(|| panic!("{service} unknown in {}", self.name));
+        SocketAddr::new(s["vip"].as_str().unwrap().parse().unwrap(), port)
+    }
+
+    /// Waits until `service` is imported here with a healthy endpoint in `from`.
+    pub async fn wait_imported(&self, service: &str, from: &str) {
+        let this = self.clone();
+        let (service, from) = (service.to_owned(), from.to_owned());
+        wait_for(&format!("{service} from {from} in {}", self.name), Duration::from_secs(20), || {
+            let this = this.clone();
+            let (service, from) = (service.clone(), from.clone());
+            async move {
+                this.service(&service).is_some_and(|s| {
+                    s["remote"].as_array().unwrap().iter().any(|r| {
+                        r["cluster"] == from.as_str()
+                            && r["healthy"].as_object().unwrap().values().any(|v| v.as_u64() > Some(0))
+                    })
+                })
+            }
+        })
+        .await;
+    }
+}
+
+/// Links `a` and `b` with a token from `a`.
+pub fn link(a: &ClusterDef, b: &ClusterDef) {
+    let token = a.cli_ok(&["link", "create", "--peer", &b.name]);
+    b.cli_ok(&["link", "join", token.trim()]);
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(FERRY).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`ferry {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A TCP echo server counting the connections that sent it data.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    // Health probes connect and close without data: count only
+                    // connections that carry bytes.
+                    let mut first = [0u8; 8192];
+                    let n = match conn.read(&mut first).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if conn.write_all(&first[..n]).await.is_err() {
+                        return;
+                    }
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        Echo { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends `payload` to `addr`, half-closes, and returns everything read back.
+pub async fn echo_roundtrip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let (mut r, mut w) = conn.split();
+    let write = async {
+        w.write_all(payload).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::with_capacity(payload.len());
+    let read = r.read_to_end(&mut back);
+    let (wr, rd) = tokio::join!(write, read);
+    wr?;
+    rd?;
+    Ok(back)
+}

@@ -1,0 +1,71 @@
+//! Two clusters from one root, as real processes on loopback: link with a token,
+//! export a service backed by a real TCP echo server in `west`, call it through
+//! `east`'s node proxy VIP. `west` runs its roles as separate processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_crosses_clusters_bytes_match() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.31.0.0/16");
+    let west_def = mesh.cluster("west", "127.32.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up_apart().await;
+
+    let echo = Echo::start().await;
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000/tcp",
+        "--endpoint",
+        &echo.addr.to_string(),
+    ]);
+    west_def.cli_ok(&["export", "echo.shop"]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    let vip = east_def.vip("echo.shop", 7000);
+    let svc = east_def.service("echo.shop").unwrap();
+    assert!(svc["local"].as_array().unwrap().is_empty(), "east has no local endpoint");
+
+    // 1 byte.
+    assert_eq!(echo_roundtrip(vip, b"x").await.unwrap(), b"x");
+    // 1 MiB, with a half-close from the client.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    assert_eq!(echo_roundtrip(vip, &big).await.unwrap(), big);
+    // 100 concurrent connections, each with its own payload.
+    let calls = (0..100u32).map(|i| {
+        tokio::spawn(async move {
+            let payload = format!("connection {i} ").repeat(50).into_bytes();
+            let back = echo_roundtrip(vip, &payload).await.unwrap();
+            assert_eq!(back, payload, "connection {i}");
+        })
+    });
+    for c in calls {
+        c.await.unwrap();
+    }
+    assert!(echo.accepted() >= 102, "the backend in west served the calls");
+    // All of it rode pooled connections: far fewer QUIC connections than calls.
+    let conns = east_def.metric("ferry_tunnel_connections_total", "");
+    assert!(conns >= 1 && conns <= 4, "tunnel connections opened: {conns}");
+
+    // Links and the view from both sides.
+    let links: Vec<serde_json::Value> =
+        serde_json::from_str(&west_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0]["peer"], "east");
+
+    // Unexport: the import disappears from east and calls are refused.
+    west_def.cli_ok(&["unexport", "echo.shop"]);
+    let e = east_def.clone();
+    wait_for("echo.shop withdrawn from east", Duration::from_secs(5), || {
+        let e = e.clone();
+        async move { e.service("echo.shop").is_none() }
+    })
+    .await;
+}

@@ -1,0 +1,231 @@
+//! What must be refused: unexported services, unlinked clusters, clusters from another
+//! root, bad link tokens; and `link remove` closing the peer's open streams.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry::pb;
+use ferry_federation::{Refusal, TunnelHeader};
+use ferry_gateway::tls::{IdentityStore, TrustStore};
+use ferry_gateway::tunnel::{TunnelClient, TunnelError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A tunnel client holding a real node certificate issued by `def`'s control plane.
+async fn node_client(def: &ClusterDef) -> TunnelClient {
+    let req = ferry_gateway::pki::new_leaf_request().unwrap();
+    let mut c = ferry::client::connect(&def.socket).await.unwrap();
+    let reply = c
+        .issue_certificate(pb::IssueRequest {
+            role: "node".into(),
+            node: "attacker".into(),
+            csr_pem: req.csr_pem.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let td = reply.trust_domain.parse().unwrap();
+    let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
+    let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
+    TunnelClient::new(Arc::new(identity), Arc::new(trust)).unwrap()
+}
+
+fn header(service: &str, port: &str) -> TunnelHeader {
+    TunnelHeader {
+        service: service.parse().unwrap(),
+        port: port.parse().unwrap(),
+        cluster: None,
+        hops: 0,
+        traceparent: None,
+    }
+}
+
+fn gateways(def: &ClusterDef) -> Vec<std::net::SocketAddr> {
+    def.status()["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_linked_clusters_reach_only_exported_services() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.41.0.0/16");
+    let west_def = mesh.cluster("west", "127.42.0.0/16");
+    let north_def = mesh.cluster("north", "127.43.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let _north = north_def.up().await;
+
+    let public = Echo::start().await;
+    let secret = Echo::start().await;
+    let public_ep = public.addr.to_string();
+    let secret_ep = secret.addr.to_string();
+    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &public_ep, "--export"]);
+    west_def.cli_ok(&["service", "add", "secret.shop", "--port", "tcp=7000", "--endpoint", &secret_ep]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    assert!(east_def.service("secret.shop").is_none(), "unexported services are invisible");
+    let west_gw = gateways(&west_def);
+
+    // A linked cluster's node: exported service works...
+    let east_node = node_client(&east_def).await;
+    let west: ferry_federation::ClusterId = "west".parse().unwrap();
+    let (mut send, mut recv) = east_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await.unwrap();
+    send.write_all(b"ping").await.unwrap();
+    send.finish().unwrap();
+    let back = recv.read_to_end(1024).await.unwrap();
+    assert_eq!(back, b"ping");
+
+    // ...an unexported one is refused, and so is an unknown one, with the same answer.
+    for svc in ["secret.shop", "nothing.shop"] {
+        match east_node.open(&west, &west_gw, &header(svc, "tcp")).await {
+            Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::NotExported, "{svc}"),
+            Err(e) => panic!("{svc}: wrong error {e}"),
+            Ok(_) => panic!("{svc} must be refused"),
+        }
+    }
+    match east_node.open(&west, &west_gw, &header("echo.shop", "nope")).await {
+        Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::UnknownPort),
+        other => panic!("unknown port must be refused, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(secret.accepted(), 0, "the unexported backend never saw a connection");
+    assert!(west_def.metric("ferry_gateway_refusals_total", "reason=\"not_exported\"") >= 2);
+
+    // A cluster from the same root that is not linked: refused, backend untouched.
+    let before = public.accepted();
+    let north_node = node_client(&north_def).await;
+    let err = match north_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an unlinked cluster must be refused"),
+    };
+    assert!(err.contains("unknown_peer"), "{err}");
+    assert_eq!(public.accepted(), before);
+    assert!(west_def.metric("ferry_gateway_refusals_total", "reason=\"unknown_peer\"") >= 1);
+
+    // A cluster from another root: refused at the handshake.
+    let other = Mesh::new("example.org");
+    let south_def = other.cluster("south", "127.44.0.0/16");
+    let _south = south_def.up().await;
+    let south_node = node_client(&south_def).await;
+    let err = match south_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a cluster from another root must be refused"),
+    };
+    assert!(!err.contains("refused the stream"), "must fail at the handshake, got: {err}");
+    assert!(west_def.metric("ferry_gateway_handshake_failures_total", "") >= 1);
+    assert_eq!(public.accepted(), before);
+}
+
+fn join_err(def: &ClusterDef, token: &str) -> (String, Duration) {
+    let start = Instant::now();
+    let out = def.cli(&["link", "join", token]);
+    let took = start.elapsed();
+    assert!(!out.status.success(), "join with a bad token must fail");
+    (String::from_utf8_lossy(&out.stderr).into_owned(), took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_quickly_and_change_nothing() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.51.0.0/16");
+    let west_def = mesh.cluster("west", "127.52.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let other = Mesh::new("other.org");
+    let far_def = other.cluster("far", "127.53.0.0/16");
+    let _far = far_def.up().await;
+
+    // Tampered: one character changed.
+    let token = east_def.cli_ok(&["link", "create", "--peer", "west"]).trim().to_owned();
+    let mut chars: Vec<char> = token.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    let (err, took) = join_err(&west_def, &tampered);
+    assert!(err.contains("modified"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Issued for another peer.
+    let for_north = east_def.cli_ok(&["link", "create", "--peer", "north"]).trim().to_owned();
+    let (err, took) = join_err(&west_def, &for_north);
+    assert!(err.contains("issued for peer `north`"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // From a mesh with another root.
+    let foreign = far_def.cli_ok(&["link", "create", "--peer", "west"]).trim().to_owned();
+    let (err, took) = join_err(&west_def, &foreign);
+    assert!(err.contains("another root"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Expired.
+    let short = east_def.cli_ok(&["link", "create", "--peer", "west", "--ttl", "1s"]).trim().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // let the token's lifetime pass
+    let (err, took) = join_err(&west_def, &short);
+    assert!(err.contains("expired"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Nothing changed on either side.
+    for def in [&east_def, &west_def] {
+        let links: Vec<serde_json::Value> = serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+        assert!(links.is_empty(), "{}: {links:?}", def.name);
+    }
+
+    // Used twice: the first join links, the second is refused by the issuer.
+    west_def.cli_ok(&["link", "join", &token]);
+    let (err, took) = join_err(&west_def, &token);
+    assert!(err.contains("already used"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let links: Vec<serde_json::Value> = serde_json::from_str(&east_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    assert_eq!(links.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_remove_closes_open_streams_within_2s() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.61.0.0/16");
+    let west_def = mesh.cluster("west", "127.62.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let echo = Echo::start().await;
+    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &echo.addr.to_string(), "--export"]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    let vip = east_def.vip("echo.shop", 7000);
+
+    let mut conn = tokio::net::TcpStream::connect(vip).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+
+    let removed_at = Instant::now();
+    west_def.cli_ok(&["link", "remove", "east"]);
+    let mut rest = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut rest)).await;
+    match read {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("unexpected {n} bytes after link removal"),
+        Err(_) => panic!("the open stream was not closed within 2 s"),
+    }
+    assert!(removed_at.elapsed() <= Duration::from_secs(2));
+
+    // New calls are refused, and east forgets the link (west said goodbye).
+    let e = east_def.clone();
+    wait_for("east drops the link", Duration::from_secs(5), || {
+        let e = e.clone();
+        async move {
+            let links: Vec<serde_json::Value> = serde_json::from_str(&e.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+            links.is_empty()
+        }
+    })
+    .await;
+    let before = echo.accepted();
+    let result = echo_roundtrip(vip, b"again").await;
+    assert!(result.map(|b| b.is_empty()).unwrap_or(true), "calls after removal must fail");
+    assert_eq!(echo.accepted(), before);
+}
