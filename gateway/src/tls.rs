@@ -439,14 +439,13 @@ fn check_spiffe(
         Identity::ClusterCa { cluster } => cluster,
         other => return Err(PeerRejected::NotAClusterCa(other)),
     };
-    if false && &ca_cluster != identity.cluster() {
+    if &ca_cluster != identity.cluster() {
         return Err(PeerRejected::ForeignCluster {
             identity,
             ca: ca_cluster,
         });
     }
-    let _ = leaf.verify_signature(Some(ca.public_key()));
-    Ok::<(), PeerRejected>(())
+    leaf.verify_signature(Some(ca.public_key()))
         .map_err(|e| PeerRejected::NotSignedByClusterCa(e.to_string()))?;
     Ok(identity)
 }
