@@ -136,6 +136,16 @@ fn random_session() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Every live gateway of this cluster, so peers can spread over them and fail over.
+fn cluster_gateways(shared: &Shared, snapshot: &ferry_federation::MeshSnapshot) -> Vec<std::net::SocketAddr> {
+    let mut all = snapshot.gateways.clone();
+    if !all.contains(&shared.advertise) {
+        all.push(shared.advertise);
+    }
+    all.sort();
+    all
+}
+
 async fn emit(shared: &Shared, event: GatewayEvent) {
     let _ = shared.events.send(event).await;
 }
@@ -153,7 +163,7 @@ async fn run_session(
         local,
         peer.clone(),
         random_session(),
-        vec![shared.advertise],
+        cluster_gateways(&shared, &snapshot),
         shared.link_config.clone(),
     );
     let start = Instant::now().into_std();
@@ -254,6 +264,7 @@ async fn run_session(
                     sync.remove_link();
                     removing = true;
                 } else {
+                    sync.set_gateways(cluster_gateways(&shared, &snapshot));
                     sync.set_local_exports(now, snapshot.local_exports());
                 }
             }

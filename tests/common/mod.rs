@@ -143,6 +143,12 @@ impl ClusterDef {
         cluster
     }
 
+    /// Starts one more `ferry gateway` process for this cluster; returns its index in `procs`.
+    pub fn add_gateway(&self, cluster: &mut Cluster) -> usize {
+        cluster.procs.push(spawn_role(self, "gateway"));
+        cluster.procs.len() - 1
+    }
+
     pub fn log(&self) -> String {
         let mut out = String::new();
         for role in ["up", "control", "gateway", "node"] {
@@ -168,6 +174,12 @@ impl Cluster {
             }
         })
         .await;
+    }
+
+    /// Kills one process (SIGKILL).
+    pub fn kill_one(&mut self, i: usize) {
+        let _ = self.procs[i].kill();
+        let _ = self.procs[i].wait();
     }
 
     pub fn kill(&mut self) {
