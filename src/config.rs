@@ -207,8 +207,12 @@ impl std::fmt::Display for VipRange {
 
 /// Parses a duration such as `24h`, `15m` or `500ms`.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s)
-        .map_err(|e| invalid(key, format!("`{s}` is not a duration ({e}); expected e.g. 24h, 15m, 1s")))
+    humantime::parse_duration(s).map_err(|e| {
+        invalid(
+            key,
+            format!("`{s}` is not a duration ({e}); expected e.g. 24h, 15m, 1s"),
+        )
+    })
 }
 
 impl Config {
@@ -262,7 +266,11 @@ impl Config {
             Some(s) => parse_duration("control.health_interval", s)?,
             None => Duration::from_secs(1),
         };
-        let gateway_listen = parse_addr("gateway.listen", raw.gateway.listen.as_deref(), "127.0.0.1:0")?;
+        let gateway_listen = parse_addr(
+            "gateway.listen",
+            raw.gateway.listen.as_deref(),
+            "127.0.0.1:0",
+        )?;
         let gateway_advertise = match raw.gateway.advertise.as_deref() {
             Some(s) => Some(parse_addr("gateway.advertise", Some(s), "")?),
             None => None,
@@ -285,7 +293,10 @@ impl Config {
         let dns = DnsConfig {
             enabled: raw.dns.enabled.unwrap_or(true),
             listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
-            zone: raw.dns.zone.unwrap_or_else(|| "clusterset.local".to_owned()),
+            zone: raw
+                .dns
+                .zone
+                .unwrap_or_else(|| "clusterset.local".to_owned()),
             upstreams: raw
                 .dns
                 .upstreams
@@ -298,9 +309,15 @@ impl Config {
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
             let key = format!("service[{i}]");
-            let name: ServiceName = s.name.parse().map_err(|e| invalid(format!("{key}.name"), e))?;
+            let name: ServiceName = s
+                .name
+                .parse()
+                .map_err(|e| invalid(format!("{key}.name"), e))?;
             if !seen.insert(name.clone()) {
-                return Err(invalid(format!("{key}.name"), format!("service `{name}` is declared twice")));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("service `{name}` is declared twice"),
+                ));
             }
             let ports = s
                 .ports
@@ -314,7 +331,8 @@ impl Config {
                 .map(|p| p.parse::<EndpointAddr>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| invalid(format!("{key}.endpoints"), e))?;
-            let spec = ServiceSpec::new(name, ports, endpoints).map_err(|e| invalid(key.clone(), e))?;
+            let spec =
+                ServiceSpec::new(name, ports, endpoints).map_err(|e| invalid(key.clone(), e))?;
             services.push(DeclaredService {
                 spec,
                 export: s.export,
@@ -339,8 +357,12 @@ impl Config {
 
 fn parse_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
     let s = value.unwrap_or(default);
-    s.parse()
-        .map_err(|_| invalid(key, format!("`{s}` is not an address; expected ip:port, e.g. 127.0.0.1:4433")))
+    s.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{s}` is not an address; expected ip:port, e.g. 127.0.0.1:4433"),
+        )
+    })
 }
 
 #[cfg(test)]

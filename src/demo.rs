@@ -57,6 +57,16 @@ name = "{name}-node-1"
 /// Starts `ferry up` for a config, logging to `<dir>/<name>.log`.
 pub fn spawn_up(dir: &Path, name: &str, config: &Path) -> anyhow::Result<DemoCluster> {
     let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+    spawn_up_with(&exe, dir, name, config)
+}
+
+/// Starts `<exe> up` for a config (the `ferry` binary at `exe`).
+pub fn spawn_up_with(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    config: &Path,
+) -> anyhow::Result<DemoCluster> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let child = Command::new(exe)
         .arg("up")
@@ -81,7 +91,10 @@ pub async fn wait_ready(cluster: &mut DemoCluster, timeout: Duration) -> anyhow:
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = cluster.child.try_wait()? {
-            anyhow::bail!("cluster {} exited early ({status}); see its log", cluster.name);
+            anyhow::bail!(
+                "cluster {} exited early ({status}); see its log",
+                cluster.name
+            );
         }
         if let Ok(mut c) = client::connect(&cluster.socket).await {
             if let Ok(s) = c.status(pb::Empty {}).await {
@@ -91,7 +104,10 @@ pub async fn wait_ready(cluster: &mut DemoCluster, timeout: Duration) -> anyhow:
             }
         }
         if Instant::now() > deadline {
-            anyhow::bail!("cluster {} did not become ready within {timeout:?}", cluster.name);
+            anyhow::bail!(
+                "cluster {} did not become ready within {timeout:?}",
+                cluster.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -129,7 +145,9 @@ pub async fn serve_http(listener: TcpListener, name: String) {
 
 /// `ferry sample-http`: the same server as a process.
 pub async fn sample_http(listen: SocketAddr, name: String) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     serve_http(listener, name).await;
     Ok(())
 }
@@ -156,12 +174,24 @@ pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<String> {
 }
 
 /// Waits until `service` is visible in the cluster with a healthy endpoint in `from`.
-pub async fn wait_imported(c: &mut Client, service: &str, from: &str, timeout: Duration) -> anyhow::Result<pb::ServiceInfo> {
+pub async fn wait_imported(
+    c: &mut Client,
+    service: &str,
+    from: &str,
+    timeout: Duration,
+) -> anyhow::Result<pb::ServiceInfo> {
     let deadline = Instant::now() + timeout;
     loop {
-        let list = c.list_services(pb::Empty {}).await.map_err(status_error)?.into_inner();
+        let list = c
+            .list_services(pb::Empty {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
         if let Some(s) = list.services.into_iter().find(|s| s.name == service) {
-            if s.remote.iter().any(|r| r.cluster == from && r.healthy.values().any(|n| *n > 0)) {
+            if s.remote
+                .iter()
+                .any(|r| r.cluster == from && r.healthy.values().any(|n| *n > 0))
+            {
                 return Ok(s);
             }
         }
@@ -183,7 +213,10 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         }
     };
     if keep {
-        println!("(the demo directory {} is removed now)", dir.path().display());
+        println!(
+            "(the demo directory {} is removed now)",
+            dir.path().display()
+        );
     }
     result
 }
@@ -191,13 +224,19 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
 async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("ferry demo: two clusters on loopback, in {}", dir.display());
-    step(1, "creating the mesh root CA (trust domain demo.ferry) and cluster CAs for east and west");
+    step(
+        1,
+        "creating the mesh root CA (trust domain demo.ferry) and cluster CAs for east and west",
+    );
     let root = dir.join("root");
     crate::trust::init(&"demo.ferry".parse()?, &root)?;
     for name in ["east", "west"] {
         crate::trust::issue(&root, &name.parse()?, &dir.join(format!("{name}-ca")))?;
     }
-    step(2, "starting `ferry up` for east and west (separate processes)");
+    step(
+        2,
+        "starting `ferry up` for east and west (separate processes)",
+    );
     let east_cfg = write_cluster_config(dir, "east", "127.10.0.0/16")?;
     let west_cfg = write_cluster_config(dir, "west", "127.20.0.0/16")?;
     let mut east = spawn_up(dir, "east", &east_cfg)?;
@@ -217,7 +256,10 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
         })
         .await
         .map_err(status_error)?;
-    step(4, "east: `ferry link create --peer west`; west: `ferry link join <token>`");
+    step(
+        4,
+        "east: `ferry link create --peer west`; west: `ferry link join <token>`",
+    );
     let token = east_c
         .create_link_token(pb::CreateLinkTokenRequest {
             peer: "west".into(),
@@ -232,18 +274,32 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    println!("    linked: west <-> {} (gateways {})", link.peer, link.gateways.join(", "));
-    step(5, "waiting for east to import web.shop with a healthy endpoint in west");
+    println!(
+        "    linked: west <-> {} (gateways {})",
+        link.peer,
+        link.gateways.join(", ")
+    );
+    step(
+        5,
+        "waiting for east to import web.shop with a healthy endpoint in west",
+    );
     let svc = wait_imported(&mut east_c, "web.shop", "west", Duration::from_secs(15)).await?;
     println!(
         "    east sees web.shop at VIP {} (local endpoints: {}, remote: {})",
         svc.vip,
         svc.local.len(),
-        svc.remote.iter().map(|r| r.cluster.clone()).collect::<Vec<_>>().join(",")
+        svc.remote
+            .iter()
+            .map(|r| r.cluster.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let vip: std::net::IpAddr = svc.vip.parse()?;
     let target = SocketAddr::new(vip, 8080);
-    step(6, &format!("east: calling http://{target}/ through east's node proxy"));
+    step(
+        6,
+        &format!("east: calling http://{target}/ through east's node proxy"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         match http_get(target, "web.shop.shop.svc.clusterset.local").await {
@@ -273,10 +329,26 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
         println!();
         println!("the mesh stays up; try (Ctrl-C to stop):");
         println!("  curl http://{target}/");
-        println!("  {} --control {} services", exe.display(), east.socket.display());
-        println!("  {} --control {} link list", exe.display(), west.socket.display());
-        println!("  {} --control {} unexport web.shop", exe.display(), west.socket.display());
-        println!("  logs: {}/east.log {}/west.log", dir.display(), dir.display());
+        println!(
+            "  {} --control {} services",
+            exe.display(),
+            east.socket.display()
+        );
+        println!(
+            "  {} --control {} link list",
+            exe.display(),
+            west.socket.display()
+        );
+        println!(
+            "  {} --control {} unexport web.shop",
+            exe.display(),
+            west.socket.display()
+        );
+        println!(
+            "  logs: {}/east.log {}/west.log",
+            dir.display(),
+            dir.display()
+        );
         std::future::pending::<()>().await;
     }
     let _ = east.child.kill().await;

@@ -37,7 +37,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("cluster CA for {cluster} written to {}", out.display());
             Ok(())
         }
-        Command::SampleHttp { listen, name } => ferry::demo::sample_http(*listen, name.clone()).await,
+        Command::SampleHttp { listen, name } => {
+            ferry::demo::sample_http(*listen, name.clone()).await
+        }
         _ => ferry::cli::run_admin(&cli).await,
     }
 }
@@ -46,10 +48,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(
         cli.command,
-        Command::Up | Command::Control | Command::Gateway | Command::Node | Command::SampleHttp { .. }
+        Command::Up
+            | Command::Control
+            | Command::Gateway
+            | Command::Node
+            | Command::SampleHttp { .. }
     );
     ferry::telemetry::init(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the runtime: {e}");

@@ -48,10 +48,17 @@ pub fn issue(root_dir: &Path, cluster: &ClusterId, out: &Path) -> anyhow::Result
     let root = Ca::from_pem(&root_pem, &read("root.key")?)
         .with_context(|| format!("invalid root CA in {}", root_dir.display()))?;
     if root.cluster().is_some() {
-        anyhow::bail!("{} holds a cluster CA, not a root; pass the `ferry trust init` directory", root_dir.display());
+        anyhow::bail!(
+            "{} holds a cluster CA, not a root; pass the `ferry trust init` directory",
+            root_dir.display()
+        );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let (crt, key, bundle) = (out.join("ca.crt"), out.join("ca.key"), out.join("bundle.crt"));
+    let (crt, key, bundle) = (
+        out.join("ca.crt"),
+        out.join("ca.key"),
+        out.join("bundle.crt"),
+    );
     refuse_overwrite(&crt)?;
     refuse_overwrite(&key)?;
     let ca = pki::create_cluster_ca(&root, cluster, SystemTime::now(), CLUSTER_CA_VALIDITY)?;

@@ -61,13 +61,20 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
             return server.await?;
         }
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the control plane did not start listening on {}", cfg.socket.display());
+            anyhow::bail!(
+                "the control plane did not start listening on {}",
+                cfg.socket.display()
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let gateway = tokio::spawn(roles::gateway::run(cfg.clone()));
     let node = tokio::spawn(roles::node::run(cfg.clone()));
-    eprintln!("ferry: cluster {} up (control socket {})", cfg.cluster, cfg.socket.display());
+    eprintln!(
+        "ferry: cluster {} up (control socket {})",
+        cfg.cluster,
+        cfg.socket.display()
+    );
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         r = gateway => r.map_err(anyhow::Error::from).and_then(|r| r),

@@ -31,7 +31,10 @@ async fn call_crosses_clusters_bytes_match() {
     east_def.wait_imported("echo.shop", "west").await;
     let vip = east_def.vip("echo.shop", 7000);
     let svc = east_def.service("echo.shop").unwrap();
-    assert!(svc["local"].as_array().unwrap().is_empty(), "east has no local endpoint");
+    assert!(
+        svc["local"].as_array().unwrap().is_empty(),
+        "east has no local endpoint"
+    );
 
     // 1 byte.
     assert_eq!(echo_roundtrip(vip, b"x").await.unwrap(), b"x");
@@ -49,10 +52,16 @@ async fn call_crosses_clusters_bytes_match() {
     for c in calls {
         c.await.unwrap();
     }
-    assert!(echo.accepted() >= 102, "the backend in west served the calls");
+    assert!(
+        echo.accepted() >= 102,
+        "the backend in west served the calls"
+    );
     // All of it rode pooled connections: far fewer QUIC connections than calls.
     let conns = east_def.metric("ferry_tunnel_connections_total", "");
-    assert!(conns >= 1 && conns <= 4, "tunnel connections opened: {conns}");
+    assert!(
+        (1..=4).contains(&conns),
+        "tunnel connections opened: {conns}"
+    );
 
     // Links and the view from both sides.
     let links: Vec<serde_json::Value> =
@@ -63,9 +72,13 @@ async fn call_crosses_clusters_bytes_match() {
     // Unexport: the import disappears from east and calls are refused.
     west_def.cli_ok(&["unexport", "echo.shop"]);
     let e = east_def.clone();
-    wait_for("echo.shop withdrawn from east", Duration::from_secs(5), || {
-        let e = e.clone();
-        async move { e.service("echo.shop").is_none() }
-    })
+    wait_for(
+        "echo.shop withdrawn from east",
+        Duration::from_secs(5),
+        || {
+            let e = e.clone();
+            async move { e.service("echo.shop").is_none() }
+        },
+    )
     .await;
 }

@@ -8,11 +8,19 @@ use std::time::Duration;
 use common::*;
 
 fn link_gateways(def: &ClusterDef, peer: &str) -> Vec<String> {
-    let links: Vec<serde_json::Value> = serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    let links: Vec<serde_json::Value> =
+        serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
     links
         .iter()
         .find(|l| l["peer"] == peer)
-        .map(|l| l["gateways"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_owned()).collect())
+        .map(|l| {
+            l["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -25,27 +33,47 @@ async fn two_gateways_share_load_and_survive_one_dying() {
     let mut west = west_def.up_apart().await; // procs: control, gateway, node
     let second = west_def.add_gateway(&mut west);
     let w = west_def.clone();
-    wait_for("two west gateways registered", Duration::from_secs(20), || {
-        let w = w.clone();
-        async move { w.status()["gateways"].as_array().unwrap().len() == 2 }
-    })
+    wait_for(
+        "two west gateways registered",
+        Duration::from_secs(20),
+        || {
+            let w = w.clone();
+            async move { w.status()["gateways"].as_array().unwrap().len() == 2 }
+        },
+    )
     .await;
 
     let echo = Echo::start().await;
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &echo.addr.to_string(), "--export"]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &echo.addr.to_string(),
+        "--export",
+    ]);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
     let e = east_def.clone();
-    wait_for("east knows both west gateways", Duration::from_secs(10), || {
-        let e = e.clone();
-        async move { link_gateways(&e, "west").len() == 2 }
-    })
+    wait_for(
+        "east knows both west gateways",
+        Duration::from_secs(10),
+        || {
+            let e = e.clone();
+            async move { link_gateways(&e, "west").len() == 2 }
+        },
+    )
     .await;
 
     let vip = east_def.vip("echo.shop", 7000);
     for i in 0..20 {
         let msg = format!("call {i}");
-        assert_eq!(echo_roundtrip(vip, msg.as_bytes()).await.unwrap(), msg.as_bytes());
+        assert_eq!(
+            echo_roundtrip(vip, msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
     }
     // Spread: east's node proxy opened a pooled connection to each gateway.
     assert_eq!(east_def.metric("ferry_tunnel_connections_total", ""), 2);
@@ -59,7 +87,10 @@ async fn two_gateways_share_load_and_survive_one_dying() {
             _ => failures += 1,
         }
     }
-    assert!(failures <= 2, "calls must move to the surviving gateway ({failures} failed)");
+    assert!(
+        failures <= 2,
+        "calls must move to the surviving gateway ({failures} failed)"
+    );
     let msg = b"survivor";
     assert_eq!(echo_roundtrip(vip, msg).await.unwrap(), msg);
 }

@@ -65,17 +65,40 @@ async fn only_linked_clusters_reach_only_exported_services() {
     let secret = Echo::start().await;
     let public_ep = public.addr.to_string();
     let secret_ep = secret.addr.to_string();
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &public_ep, "--export"]);
-    west_def.cli_ok(&["service", "add", "secret.shop", "--port", "tcp=7000", "--endpoint", &secret_ep]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &public_ep,
+        "--export",
+    ]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "secret.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &secret_ep,
+    ]);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
-    assert!(east_def.service("secret.shop").is_none(), "unexported services are invisible");
+    assert!(
+        east_def.service("secret.shop").is_none(),
+        "unexported services are invisible"
+    );
     let west_gw = gateways(&west_def);
 
     // A linked cluster's node: exported service works...
     let east_node = node_client(&east_def).await;
     let west: ferry_federation::ClusterId = "west".parse().unwrap();
-    let (mut send, mut recv) = east_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await.unwrap();
+    let (mut send, mut recv) = east_node
+        .open(&west, &west_gw, &header("echo.shop", "tcp"))
+        .await
+        .unwrap();
     send.write_all(b"ping").await.unwrap();
     send.finish().unwrap();
     let back = recv.read_to_end(1024).await.unwrap();
@@ -84,22 +107,34 @@ async fn only_linked_clusters_reach_only_exported_services() {
     // ...an unexported one is refused, and so is an unknown one, with the same answer.
     for svc in ["secret.shop", "nothing.shop"] {
         match east_node.open(&west, &west_gw, &header(svc, "tcp")).await {
-            Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::NotExported, "{svc}"),
+            Err(TunnelError::Refused { refusal, .. }) => {
+                assert_eq!(refusal, Refusal::NotExported, "{svc}")
+            }
             Err(e) => panic!("{svc}: wrong error {e}"),
             Ok(_) => panic!("{svc} must be refused"),
         }
     }
-    match east_node.open(&west, &west_gw, &header("echo.shop", "nope")).await {
+    match east_node
+        .open(&west, &west_gw, &header("echo.shop", "nope"))
+        .await
+    {
         Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::UnknownPort),
         other => panic!("unknown port must be refused, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(secret.accepted(), 0, "the unexported backend never saw a connection");
+    assert_eq!(
+        secret.accepted(),
+        0,
+        "the unexported backend never saw a connection"
+    );
     assert!(west_def.metric("ferry_gateway_refusals_total", "reason=\"not_exported\"") >= 2);
 
     // A cluster from the same root that is not linked: refused, backend untouched.
     let before = public.accepted();
     let north_node = node_client(&north_def).await;
-    let err = match north_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await {
+    let err = match north_node
+        .open(&west, &west_gw, &header("echo.shop", "tcp"))
+        .await
+    {
         Err(e) => e.to_string(),
         Ok(_) => panic!("an unlinked cluster must be refused"),
     };
@@ -112,11 +147,17 @@ async fn only_linked_clusters_reach_only_exported_services() {
     let south_def = other.cluster("south", "127.44.0.0/16");
     let _south = south_def.up().await;
     let south_node = node_client(&south_def).await;
-    let err = match south_node.open(&west, &west_gw, &header("echo.shop", "tcp")).await {
+    let err = match south_node
+        .open(&west, &west_gw, &header("echo.shop", "tcp"))
+        .await
+    {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a cluster from another root must be refused"),
     };
-    assert!(!err.contains("refused the stream"), "must fail at the handshake, got: {err}");
+    assert!(
+        !err.contains("refused the stream"),
+        "must fail at the handshake, got: {err}"
+    );
     assert!(west_def.metric("ferry_gateway_handshake_failures_total", "") >= 1);
     assert_eq!(public.accepted(), before);
 }
@@ -141,7 +182,10 @@ async fn bad_tokens_are_refused_quickly_and_change_nothing() {
     let _far = far_def.up().await;
 
     // Tampered: one character changed.
-    let token = east_def.cli_ok(&["link", "create", "--peer", "west"]).trim().to_owned();
+    let token = east_def
+        .cli_ok(&["link", "create", "--peer", "west"])
+        .trim()
+        .to_owned();
     let mut chars: Vec<char> = token.chars().collect();
     let i = chars.len() / 2;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
@@ -151,19 +195,28 @@ async fn bad_tokens_are_refused_quickly_and_change_nothing() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // Issued for another peer.
-    let for_north = east_def.cli_ok(&["link", "create", "--peer", "north"]).trim().to_owned();
+    let for_north = east_def
+        .cli_ok(&["link", "create", "--peer", "north"])
+        .trim()
+        .to_owned();
     let (err, took) = join_err(&west_def, &for_north);
     assert!(err.contains("issued for peer `north`"), "{err}");
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // From a mesh with another root.
-    let foreign = far_def.cli_ok(&["link", "create", "--peer", "west"]).trim().to_owned();
+    let foreign = far_def
+        .cli_ok(&["link", "create", "--peer", "west"])
+        .trim()
+        .to_owned();
     let (err, took) = join_err(&west_def, &foreign);
     assert!(err.contains("another root"), "{err}");
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // Expired.
-    let short = east_def.cli_ok(&["link", "create", "--peer", "west", "--ttl", "1s"]).trim().to_owned();
+    let short = east_def
+        .cli_ok(&["link", "create", "--peer", "west", "--ttl", "1s"])
+        .trim()
+        .to_owned();
     tokio::time::sleep(Duration::from_millis(2100)).await; // let the token's lifetime pass
     let (err, took) = join_err(&west_def, &short);
     assert!(err.contains("expired"), "{err}");
@@ -171,7 +224,8 @@ async fn bad_tokens_are_refused_quickly_and_change_nothing() {
 
     // Nothing changed on either side.
     for def in [&east_def, &west_def] {
-        let links: Vec<serde_json::Value> = serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+        let links: Vec<serde_json::Value> =
+            serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
         assert!(links.is_empty(), "{}: {links:?}", def.name);
     }
 
@@ -180,7 +234,8 @@ async fn bad_tokens_are_refused_quickly_and_change_nothing() {
     let (err, took) = join_err(&west_def, &token);
     assert!(err.contains("already used"), "{err}");
     assert!(took < Duration::from_secs(1), "{took:?}");
-    let links: Vec<serde_json::Value> = serde_json::from_str(&east_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    let links: Vec<serde_json::Value> =
+        serde_json::from_str(&east_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
     assert_eq!(links.len(), 1);
 }
 
@@ -192,7 +247,16 @@ async fn link_remove_closes_open_streams_within_2s() {
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     let echo = Echo::start().await;
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &echo.addr.to_string(), "--export"]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &echo.addr.to_string(),
+        "--export",
+    ]);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
     let vip = east_def.vip("echo.shop", 7000);
@@ -219,13 +283,17 @@ async fn link_remove_closes_open_streams_within_2s() {
     wait_for("east drops the link", Duration::from_secs(5), || {
         let e = e.clone();
         async move {
-            let links: Vec<serde_json::Value> = serde_json::from_str(&e.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+            let links: Vec<serde_json::Value> =
+                serde_json::from_str(&e.cli_ok(&["link", "list", "-o", "json"])).unwrap();
             links.is_empty()
         }
     })
     .await;
     let before = echo.accepted();
     let result = echo_roundtrip(vip, b"again").await;
-    assert!(result.map(|b| b.is_empty()).unwrap_or(true), "calls after removal must fail");
+    assert!(
+        result.map(|b| b.is_empty()).unwrap_or(true),
+        "calls after removal must fail"
+    );
     assert_eq!(echo.accepted(), before);
 }

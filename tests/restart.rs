@@ -17,9 +17,25 @@ async fn sigkill_and_restart_keeps_services_exports_links() {
     let mut west = west_def.up().await;
     let echo = Echo::start().await;
     let ep = echo.addr.to_string();
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &ep]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &ep,
+    ]);
     west_def.cli_ok(&["export", "echo.shop"]);
-    west_def.cli_ok(&["service", "add", "db.shop", "--port", "pg=5432/tcp", "--endpoint", "127.0.0.1:1"]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "db.shop",
+        "--port",
+        "pg=5432/tcp",
+        "--endpoint",
+        "127.0.0.1:1",
+    ]);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
     let before = west_def.services();
@@ -30,11 +46,23 @@ async fn sigkill_and_restart_keeps_services_exports_links() {
     let after = west_def.services();
     let pick = |list: &[serde_json::Value]| {
         list.iter()
-            .map(|s| (s["name"].clone(), s["vip"].clone(), s["ports"].clone(), s["exported"].clone()))
+            .map(|s| {
+                (
+                    s["name"].clone(),
+                    s["vip"].clone(),
+                    s["ports"].clone(),
+                    s["exported"].clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(pick(&before), pick(&after), "services, VIPs and exports survive");
-    let links: Vec<serde_json::Value> = serde_json::from_str(&west_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    assert_eq!(
+        pick(&before),
+        pick(&after),
+        "services, VIPs and exports survive"
+    );
+    let links: Vec<serde_json::Value> =
+        serde_json::from_str(&west_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0]["peer"], "east");
 
@@ -43,7 +71,9 @@ async fn sigkill_and_restart_keeps_services_exports_links() {
     let vip = east_def.vip("echo.shop", 7000);
     let mut ok = false;
     for _ in 0..100 {
-        if echo_roundtrip(vip, b"after restart").await.ok().as_deref() == Some(b"after restart".as_slice()) {
+        if echo_roundtrip(vip, b"after restart").await.ok().as_deref()
+            == Some(b"after restart".as_slice())
+        {
             ok = true;
             break;
         }
@@ -60,16 +90,29 @@ async fn silent_peer_loses_imports_after_lease_and_regains_them() {
     let _east = east_def.up().await;
     let mut west = west_def.up().await;
     let echo = Echo::start().await;
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &echo.addr.to_string(), "--export"]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &echo.addr.to_string(),
+        "--export",
+    ]);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
 
     west.kill();
     let e = east_def.clone();
-    wait_for("imports withdrawn after the lease", Duration::from_secs(15), || {
-        let e = e.clone();
-        async move { e.service("echo.shop").is_none() }
-    })
+    wait_for(
+        "imports withdrawn after the lease",
+        Duration::from_secs(15),
+        || {
+            let e = e.clone();
+            async move { e.service("echo.shop").is_none() }
+        },
+    )
     .await;
 
     let _west = west_def.up().await;
@@ -87,17 +130,34 @@ async fn health_travels_with_exports() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap().to_string();
     drop(dead);
-    west_def.cli_ok(&["service", "add", "echo.shop", "--port", "tcp=7000", "--endpoint", &dead_addr, "--export"]);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "echo.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &dead_addr,
+        "--export",
+    ]);
     link(&east_def, &west_def);
     let e = east_def.clone();
-    wait_for("east imports echo.shop with 0 healthy", Duration::from_secs(10), || {
-        let e = e.clone();
-        async move {
-            e.service("echo.shop").is_some_and(|s| {
-                s["remote"].as_array().unwrap().iter().any(|r| r["cluster"] == "west" && r["healthy"]["tcp"] == 0)
-            })
-        }
-    })
+    wait_for(
+        "east imports echo.shop with 0 healthy",
+        Duration::from_secs(10),
+        || {
+            let e = e.clone();
+            async move {
+                e.service("echo.shop").is_some_and(|s| {
+                    s["remote"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["cluster"] == "west" && r["healthy"]["tcp"] == 0)
+                })
+            }
+        },
+    )
     .await;
     // The endpoint comes up: east learns it is healthy.
     let listener = tokio::net::TcpListener::bind(&dead_addr).await.unwrap();

@@ -109,28 +109,52 @@ mod tests {
 
     #[test]
     fn report_refresh_change_and_expiry() {
-        let t0 = Instant::now();
+        let t0 = crate::testutil::t0();
         let lease = Duration::from_secs(5);
         let mut store = ImportStore::new();
         assert_eq!(store.poll_timeout(), None);
         assert!(store.handle_report(t0, cid("west"), vec![svc("web.shop", 1)], lease));
-        assert!(!store.handle_report(t0 + Duration::from_secs(1), cid("west"), vec![svc("web.shop", 1)], lease));
+        assert!(!store.handle_report(
+            t0 + Duration::from_secs(1),
+            cid("west"),
+            vec![svc("web.shop", 1)],
+            lease
+        ));
         assert_eq!(store.poll_timeout(), Some(t0 + Duration::from_secs(6)));
-        assert!(store.handle_report(t0 + Duration::from_secs(2), cid("west"), vec![svc("web.shop", 2)], lease));
-        assert!(store.handle_report(t0 + Duration::from_secs(2), cid("north"), vec![], Duration::from_secs(1)));
+        assert!(store.handle_report(
+            t0 + Duration::from_secs(2),
+            cid("west"),
+            vec![svc("web.shop", 2)],
+            lease
+        ));
+        assert!(store.handle_report(
+            t0 + Duration::from_secs(2),
+            cid("north"),
+            vec![],
+            Duration::from_secs(1)
+        ));
         assert_eq!(store.poll_timeout(), Some(t0 + Duration::from_secs(3)));
-        assert_eq!(store.handle_timeout(t0 + Duration::from_secs(2)), Vec::<ClusterId>::new());
-        assert_eq!(store.handle_timeout(t0 + Duration::from_secs(3)), vec![cid("north")]);
+        assert_eq!(
+            store.handle_timeout(t0 + Duration::from_secs(2)),
+            Vec::<ClusterId>::new()
+        );
+        assert_eq!(
+            store.handle_timeout(t0 + Duration::from_secs(3)),
+            vec![cid("north")]
+        );
         assert_eq!(store.current().len(), 1);
         assert_eq!(store.current()[&cid("west")], vec![svc("web.shop", 2)]);
-        assert_eq!(store.handle_timeout(t0 + Duration::from_secs(7)), vec![cid("west")]);
+        assert_eq!(
+            store.handle_timeout(t0 + Duration::from_secs(7)),
+            vec![cid("west")]
+        );
         assert!(store.current().is_empty());
         assert_eq!(store.poll_timeout(), None);
     }
 
     #[test]
     fn withdraw_and_order_independence() {
-        let t0 = Instant::now();
+        let t0 = crate::testutil::t0();
         let lease = Duration::from_secs(5);
         let mut store = ImportStore::new();
         assert!(!store.withdraw(&cid("west")));

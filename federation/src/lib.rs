@@ -38,8 +38,9 @@ pub use snapshot::{
 pub use spiffe::{Identity, InvalidSpiffeId, SpiffeId};
 pub use token::{
     bundle_fingerprint, fingerprint_hex, join_proof, verify_join_proof, LinkToken, TokenError,
+    TOKEN_PREFIX,
 };
 pub use wire::{
     encode_frame, ExportedService, FrameDecoder, GoodbyeReason, JoinMessage, LinkMessage,
-    TunnelHeader, TunnelStatus, WireError, MAX_FRAME, MAX_HOPS,
+    TunnelHeader, TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
 };

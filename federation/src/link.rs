@@ -231,7 +231,8 @@ impl LinkSync {
                     self.resync_sent_at = None;
                 }
                 self.peer_session = Some(session);
-                self.peer_lease = Duration::from_millis(lease_ms).clamp(self.config.lease, MAX_LEASE.max(self.config.lease));
+                self.peer_lease = Duration::from_millis(lease_ms)
+                    .clamp(self.config.lease, MAX_LEASE.max(self.config.lease));
                 self.events.push_back(LinkEvent::PeerHello {
                     peer: self.peer.clone(),
                     gateways,
@@ -319,9 +320,8 @@ impl LinkSync {
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(at) = self.next_heartbeat {
             if self.connected && now >= at {
-                self.transmit.push_back(LinkMessage::Heartbeat {
-                    seq: self.send_seq,
-                });
+                self.transmit
+                    .push_back(LinkMessage::Heartbeat { seq: self.send_seq });
                 self.next_heartbeat = Some(now + self.config.heartbeat);
             }
         }

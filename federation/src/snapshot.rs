@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterId, EndpointAddr, PortName, ServiceName, ServicePort, ServiceSpec, TrustDomain};
+use crate::model::{
+    ClusterId, EndpointAddr, PortName, ServiceName, ServicePort, ServiceSpec, TrustDomain,
+};
 use crate::wire::ExportedService;
 
 /// The state of the mesh as seen from one cluster, at one version.

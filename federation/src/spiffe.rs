@@ -15,7 +15,8 @@ use crate::model::{shorten, ClusterId, InvalidName, NodeName, TrustDomain};
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
 const SCHEME: &str = "spiffe://";
-const SHAPES: &str = "/cluster/<cluster>/gateway, /cluster/<cluster>/node/<node> or /cluster/<cluster>";
+const SHAPES: &str =
+    "/cluster/<cluster>/gateway, /cluster/<cluster>/node/<node> or /cluster/<cluster>";
 
 /// A SPIFFE ID that is malformed, or not one Ferry issues.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -24,7 +24,12 @@ pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-pub(crate) fn local(name: &str, ports: &[&str], eps: &[(&str, bool)], exported: bool) -> LocalService {
+pub(crate) fn local(
+    name: &str,
+    ports: &[&str],
+    eps: &[(&str, bool)],
+    exported: bool,
+) -> LocalService {
     LocalService {
         spec: ServiceSpec::new(
             sname(name),
@@ -79,13 +84,26 @@ pub(crate) fn fixture() -> MeshSnapshot {
     imports.insert(
         cid("west"),
         vec![
-            export("web.shop", &["http=80/http", "grpc=9090/grpc"], &[("http", 2), ("grpc", 0)]),
+            export(
+                "web.shop",
+                &["http=80/http", "grpc=9090/grpc"],
+                &[("http", 2), ("grpc", 0)],
+            ),
             export("api.shop", &["http=80/http"], &[("http", 1)]),
         ],
     );
-    imports.insert(cid("north"), vec![export("web.shop", &["http=80/http"], &[("http", 1)])]);
-    imports.insert(cid("south"), vec![export("web.shop", &["http=80/http"], &[("http", 5)])]);
-    imports.insert(cid("rogue"), vec![export("rogue.shop", &["http=80/http"], &[("http", 1)])]);
+    imports.insert(
+        cid("north"),
+        vec![export("web.shop", &["http=80/http"], &[("http", 1)])],
+    );
+    imports.insert(
+        cid("south"),
+        vec![export("web.shop", &["http=80/http"], &[("http", 5)])],
+    );
+    imports.insert(
+        cid("rogue"),
+        vec![export("rogue.shop", &["http=80/http"], &[("http", 1)])],
+    );
     let links = vec![
         link("west", &["192.0.2.1:4443", "192.0.2.2:4443"]),
         link("north", &["198.51.100.1:4443"]),
@@ -113,4 +131,10 @@ pub(crate) fn fixture() -> MeshSnapshot {
             vips: &vips,
         },
     )
+}
+
+/// A base instant for virtual time; tests advance it by adding durations.
+#[allow(clippy::disallowed_methods)] // only the base of virtual time, never read again
+pub(crate) fn t0() -> std::time::Instant {
+    std::time::Instant::now()
 }

@@ -84,7 +84,10 @@ impl fmt::Debug for LinkToken {
             .field("trust_domain", &self.trust_domain)
             .field("peer", &self.peer)
             .field("gateways", &self.gateways)
-            .field("bundle_fingerprint", &fingerprint_hex(&self.bundle_fingerprint))
+            .field(
+                "bundle_fingerprint",
+                &fingerprint_hex(&self.bundle_fingerprint),
+            )
             .field("id", &hex(&self.id))
             .field("secret", &"<redacted>")
             .field("expires_at_unix", &self.expires_at_unix)
@@ -191,7 +194,8 @@ impl<'a> Reader<'a> {
 
 fn parse_payload(payload: &[u8]) -> Result<LinkToken, TokenError> {
     let mut r = Reader { buf: payload };
-    let bad = |what: &'static str| move |e: InvalidName| TokenError::Malformed(format!("{what}: {e}"));
+    let bad =
+        |what: &'static str| move |e: InvalidName| TokenError::Malformed(format!("{what}: {e}"));
     let issuer = ClusterId::new(r.str("issuer")?).map_err(bad("issuer"))?;
     let trust_domain = TrustDomain::new(r.str("trust domain")?).map_err(bad("trust domain"))?;
     let peer = ClusterId::new(r.str("peer")?).map_err(bad("peer"))?;

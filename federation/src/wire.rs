@@ -29,7 +29,9 @@ const VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// A frame announced a body larger than [`MAX_FRAME`].
-    #[error("peer sent a {len}-byte frame, more than the {MAX_FRAME}-byte limit; closing the stream")]
+    #[error(
+        "peer sent a {len}-byte frame, more than the {MAX_FRAME}-byte limit; closing the stream"
+    )]
     FrameTooLarge {
         /// The announced length.
         len: usize,
@@ -41,7 +43,9 @@ pub enum WireError {
     #[error("tunnel stream does not start with a Ferry header (first byte {0:#04x}); only Ferry gateways may open tunnels")]
     BadMagic(u8),
     /// A tunnel header version this build does not speak.
-    #[error("tunnel header version {0} is not supported (this Ferry speaks 1); upgrade the older side")]
+    #[error(
+        "tunnel header version {0} is not supported (this Ferry speaks 1); upgrade the older side"
+    )]
     UnsupportedVersion(u8),
     /// The tunnel header would exceed [`MAX_HEADER`].
     #[error("tunnel header is longer than {MAX_HEADER} bytes")]

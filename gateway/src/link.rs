@@ -137,7 +137,10 @@ fn random_session() -> u64 {
 }
 
 /// Every live gateway of this cluster, so peers can spread over them and fail over.
-fn cluster_gateways(shared: &Shared, snapshot: &ferry_federation::MeshSnapshot) -> Vec<std::net::SocketAddr> {
+fn cluster_gateways(
+    shared: &Shared,
+    snapshot: &ferry_federation::MeshSnapshot,
+) -> Vec<std::net::SocketAddr> {
     let mut all = snapshot.gateways.clone();
     if !all.contains(&shared.advertise) {
         all.push(shared.advertise);
@@ -164,7 +167,7 @@ async fn run_session(
         peer.clone(),
         random_session(),
         cluster_gateways(&shared, &snapshot),
-        shared.link_config.clone(),
+        shared.link_config,
     );
     let start = Instant::now().into_std();
     sync.handle_connected(start);

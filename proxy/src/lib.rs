@@ -33,7 +33,10 @@ struct Shared {
 }
 
 impl NodeProxy {
-    pub fn new(snapshots: watch::Receiver<Arc<MeshSnapshot>>, tunnel: Arc<TunnelClient>) -> NodeProxy {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+        tunnel: Arc<TunnelClient>,
+    ) -> NodeProxy {
         NodeProxy {
             shared: Arc::new(Shared {
                 snapshots,
@@ -78,7 +81,9 @@ impl NodeProxy {
                         let shared = self.shared.clone();
                         listeners.insert(addr, tokio::spawn(accept_loop(shared, listener, addr)));
                     }
-                    Err(e) => tracing::error!(%addr, error = %e, "cannot listen on the service VIP"),
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "cannot listen on the service VIP")
+                    }
                 }
             }
             if rx.changed().await.is_err() {
@@ -128,17 +133,24 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
     for hop in route.hops {
         match hop {
             Hop::Local(endpoint) => {
-                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+                    .await
+                {
                     Ok(Ok(mut upstream)) => {
                         let _ = upstream.set_nodelay(true);
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "local").increment(1);
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "local")
+                            .increment(1);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                         return;
                     }
                     _ => tracing::debug!(%endpoint, "local endpoint failed; trying the next"),
                 }
             }
-            Hop::Remote { cluster, port, gateways } => {
+            Hop::Remote {
+                cluster,
+                port,
+                gateways,
+            } => {
                 let header = TunnelHeader {
                     service: route.service.clone(),
                     port,
@@ -148,7 +160,8 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                 };
                 match shared.tunnel.open(&cluster, &gateways, &header).await {
                     Ok((send, recv)) => {
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "remote").increment(1);
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
+                            .increment(1);
                         let mut stream = tokio::io::join(recv, send);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
                         return;
@@ -157,7 +170,8 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         tracing::debug!(%cluster, error = %e, "remote cluster failed; trying the next");
                     }
                     Err(e) => {
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "refused").increment(1);
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "refused")
+                            .increment(1);
                         tracing::warn!(service = %route.service, error = %e, "call refused");
                         return reset(client);
                     }

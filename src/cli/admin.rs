@@ -55,7 +55,11 @@ fn link_json(l: &pb::LinkInfo) -> serde_json::Value {
 
 fn print_services(out: Output, services: &[pb::ServiceInfo]) {
     if out == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&services.iter().map(service_json).collect::<Vec<_>>()).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&services.iter().map(service_json).collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
         return;
     }
     let rows = services
@@ -65,20 +69,44 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
             let remote = s
                 .remote
                 .iter()
-                .map(|r| format!("{}({})", r.cluster, r.healthy.values().max().copied().unwrap_or(0)))
+                .map(|r| {
+                    format!(
+                        "{}({})",
+                        r.cluster,
+                        r.healthy.values().max().copied().unwrap_or(0)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(",");
             vec![
                 s.name.clone(),
                 s.vip.clone(),
                 s.ports.join(","),
-                if s.exported { "yes".into() } else { "no".into() },
+                if s.exported {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 format!("{healthy}/{}", s.local.len()),
-                if remote.is_empty() { "-".into() } else { remote },
+                if remote.is_empty() {
+                    "-".into()
+                } else {
+                    remote
+                },
             ]
         })
         .collect();
-    print_table(&["SERVICE", "VIP", "PORTS", "EXPORTED", "LOCAL HEALTHY", "REMOTE (healthy)"], rows);
+    print_table(
+        &[
+            "SERVICE",
+            "VIP",
+            "PORTS",
+            "EXPORTED",
+            "LOCAL HEALTHY",
+            "REMOTE (healthy)",
+        ],
+        rows,
+    );
 }
 
 /// Runs one admin verb against the control plane.
@@ -112,15 +140,27 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
             done(out, &format!("service {name} removed"));
         }
         Command::Services => {
-            let list = c.list_services(pb::Empty {}).await.map_err(status_error)?.into_inner();
+            let list = c
+                .list_services(pb::Empty {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             print_services(out, &list.services);
         }
         Command::Export { service } => {
-            c.export(pb::ServiceRef { name: service.clone() }).await.map_err(status_error)?;
+            c.export(pb::ServiceRef {
+                name: service.clone(),
+            })
+            .await
+            .map_err(status_error)?;
             done(out, &format!("service {service} exported"));
         }
         Command::Unexport { service } => {
-            c.unexport(pb::ServiceRef { name: service.clone() }).await.map_err(status_error)?;
+            c.unexport(pb::ServiceRef {
+                name: service.clone(),
+            })
+            .await
+            .map_err(status_error)?;
             done(out, &format!("service {service} no longer exported"));
         }
         Command::Link(LinkCommand::Create { peer, ttl }) => {
@@ -134,7 +174,10 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             if out == Output::Json {
-                println!("{}", json!({"token": reply.token, "expires_at_unix": reply.expires_at_unix}));
+                println!(
+                    "{}",
+                    json!({"token": reply.token, "expires_at_unix": reply.expires_at_unix})
+                );
             } else {
                 println!("{}", reply.token);
                 eprintln!(
@@ -148,8 +191,12 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 (Some(t), None) => t.clone(),
                 (None, Some(f)) => std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read token file {}", f.display()))?,
-                (Some(_), Some(_)) => anyhow::bail!("give the token either as an argument or with --token-file, not both"),
-                (None, None) => anyhow::bail!("missing token: `ferry link join <token>` or `--token-file <file>`"),
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "give the token either as an argument or with --token-file, not both"
+                ),
+                (None, None) => anyhow::bail!(
+                    "missing token: `ferry link join <token>` or `--token-file <file>`"
+                ),
             };
             let info = c
                 .join_link(pb::JoinLinkRequest { token })
@@ -159,13 +206,26 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
             if out == Output::Json {
                 println!("{}", link_json(&info));
             } else {
-                println!("linked with {} (gateways {})", info.peer, info.gateways.join(", "));
+                println!(
+                    "linked with {} (gateways {})",
+                    info.peer,
+                    info.gateways.join(", ")
+                );
             }
         }
         Command::Link(LinkCommand::List) => {
-            let list = c.list_links(pb::Empty {}).await.map_err(status_error)?.into_inner();
+            let list = c
+                .list_links(pb::Empty {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             if out == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&list.links.iter().map(link_json).collect::<Vec<_>>())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &list.links.iter().map(link_json).collect::<Vec<_>>()
+                    )?
+                );
             } else {
                 let rows = list
                     .links
@@ -173,7 +233,11 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                     .map(|l| {
                         vec![
                             l.peer.clone(),
-                            if l.connected { "connected".into() } else { "down".into() },
+                            if l.connected {
+                                "connected".into()
+                            } else {
+                                "down".into()
+                            },
                             l.gateways.join(","),
                             l.imported_services.to_string(),
                         ]
@@ -183,11 +247,17 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         Command::Link(LinkCommand::Remove { peer }) => {
-            c.remove_link(pb::LinkRef { peer: peer.clone() }).await.map_err(status_error)?;
+            c.remove_link(pb::LinkRef { peer: peer.clone() })
+                .await
+                .map_err(status_error)?;
             done(out, &format!("link to {peer} removed"));
         }
         Command::Status => {
-            let s = c.status(pb::Empty {}).await.map_err(status_error)?.into_inner();
+            let s = c
+                .status(pb::Empty {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             if out == Output::Json {
                 println!(
                     "{}",
@@ -199,7 +269,14 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 );
             } else {
                 print_table(
-                    &["CLUSTER", "TRUST DOMAIN", "GATEWAYS", "SERVICES", "LINKS", "SNAPSHOT"],
+                    &[
+                        "CLUSTER",
+                        "TRUST DOMAIN",
+                        "GATEWAYS",
+                        "SERVICES",
+                        "LINKS",
+                        "SNAPSHOT",
+                    ],
                     vec![vec![
                         s.cluster,
                         s.trust_domain,

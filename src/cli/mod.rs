@@ -18,7 +18,11 @@ pub enum Output {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Ferry: a multi-cluster service mesh over QUIC")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Ferry: a multi-cluster service mesh over QUIC"
+)]
 pub struct Cli {
     /// Control plane socket (default: from --config, else /run/ferry/control.sock).
     #[arg(long, global = true, env = "FERRY_CONTROL")]

@@ -55,9 +55,12 @@ fn errors_name_the_key() {
 
 #[test]
 fn unknown_keys_are_refused() {
-    let err = Config::parse("cluster = \"east\"\nclustr = 1\n[trust]\ndir = \"ca\"", Path::new("."))
-        .unwrap_err()
-        .to_string();
+    let err = Config::parse(
+        "cluster = \"east\"\nclustr = 1\n[trust]\ndir = \"ca\"",
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("clustr"), "{err}");
 }
 

@@ -44,8 +44,11 @@ fn bad(msg: impl Into<String>) -> Status {
 }
 
 fn parse_service_name(s: &str) -> Result<ServiceName, Status> {
-    s.parse()
-        .map_err(|e| bad(format!("invalid service name `{s}`: {e} (expected <name>.<namespace>, e.g. web.shop)")))
+    s.parse().map_err(|e| {
+        bad(format!(
+            "invalid service name `{s}`: {e} (expected <name>.<namespace>, e.g. web.shop)"
+        ))
+    })
 }
 
 fn parse_peer(s: &str) -> Result<ClusterId, Status> {
@@ -112,8 +115,9 @@ impl ControlApi {
             Duration::from_secs(600),
         )
         .map_err(internal)?;
-        let store = IdentityStore::from_pem(&leaf.chain_pem, &req.key_pem, self.cp.trust.trust_domain())
-            .map_err(internal)?;
+        let store =
+            IdentityStore::from_pem(&leaf.chain_pem, &req.key_pem, self.cp.trust.trust_domain())
+                .map_err(internal)?;
         Ok(Arc::new(store))
     }
 }
@@ -141,8 +145,11 @@ impl Control for ControlApi {
             .endpoints
             .iter()
             .map(|e| {
-                e.parse::<EndpointAddr>()
-                    .map_err(|err| bad(format!("invalid --endpoint `{e}`: {err} (expected ip or ip:port)")))
+                e.parse::<EndpointAddr>().map_err(|err| {
+                    bad(format!(
+                        "invalid --endpoint `{e}`: {err} (expected ip or ip:port)"
+                    ))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let spec = ServiceSpec::new(name.clone(), ports, endpoints)
@@ -162,7 +169,10 @@ impl Control for ControlApi {
         Ok(Response::new(service_info(rec)))
     }
 
-    async fn remove_service(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_service(
+        &self,
+        request: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let name = parse_service_name(&request.into_inner().name)?;
         if !self.cp.store.remove_service(&name).map_err(internal)? {
             return Err(Status::not_found(format!(
@@ -175,19 +185,28 @@ impl Control for ControlApi {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn list_services(&self, _: Request<pb::Empty>) -> Result<Response<pb::ServiceList>, Status> {
+    async fn list_services(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::ServiceList>, Status> {
         let snapshot = self.cp.snapshot();
         Ok(Response::new(pb::ServiceList {
             services: snapshot.services.iter().map(service_info).collect(),
         }))
     }
 
-    async fn export(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn export(
+        &self,
+        request: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         self.set_exported(&request.into_inner().name, true)?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn unexport(&self, request: Request<pb::ServiceRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn unexport(
+        &self,
+        request: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         self.set_exported(&request.into_inner().name, false)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -199,7 +218,9 @@ impl Control for ControlApi {
         let req = request.into_inner();
         let peer = parse_peer(&req.peer)?;
         if peer == self.cp.cfg.cluster {
-            return Err(bad(format!("cluster `{peer}` cannot link to itself; name the other cluster with --peer")));
+            return Err(bad(format!(
+                "cluster `{peer}` cannot link to itself; name the other cluster with --peer"
+            )));
         }
         let ttl = Duration::from_secs(req.ttl_seconds);
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -245,8 +266,12 @@ impl Control for ControlApi {
         }))
     }
 
-    async fn join_link(&self, request: Request<pb::JoinLinkRequest>) -> Result<Response<pb::LinkInfo>, Status> {
-        let token = LinkToken::decode(&request.into_inner().token).map_err(|e| bad(e.to_string()))?;
+    async fn join_link(
+        &self,
+        request: Request<pb::JoinLinkRequest>,
+    ) -> Result<Response<pb::LinkInfo>, Status> {
+        let token =
+            LinkToken::decode(&request.into_inner().token).map_err(|e| bad(e.to_string()))?;
         let cp = &self.cp;
         if token.is_expired(unix_now()) {
             return Err(bad(format!(
@@ -254,7 +279,9 @@ impl Control for ControlApi {
                 token.issuer, cp.cfg.cluster
             )));
         }
-        if &token.trust_domain != cp.trust.trust_domain() || token.bundle_fingerprint != cp.trust.fingerprint {
+        if &token.trust_domain != cp.trust.trust_domain()
+            || token.bundle_fingerprint != cp.trust.fingerprint
+        {
             return Err(bad(format!(
                 "link token comes from a mesh with another root (trust domain `{}`, bundle {}; ours is `{}`, bundle {}); clusters linked in this release must share one root from `ferry trust init`",
                 token.trust_domain,
@@ -274,9 +301,15 @@ impl Control for ControlApi {
         }
         let own_gateways = cp.snapshot().gateways.clone();
         let identity = self.self_identity()?;
-        let outcome = ferry_gateway::join::join(identity, cp.trust.trust.clone(), &token, &cp.cfg.cluster, own_gateways)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let outcome = ferry_gateway::join::join(
+            identity,
+            cp.trust.trust.clone(),
+            &token,
+            &cp.cfg.cluster,
+            own_gateways,
+        )
+        .await
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let doc = LinkDoc {
             peer: outcome.issuer.clone(),
             gateways: outcome.gateways.clone(),
@@ -314,10 +347,15 @@ impl Control for ControlApi {
         Ok(Response::new(pb::LinkList { links }))
     }
 
-    async fn remove_link(&self, request: Request<pb::LinkRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove_link(
+        &self,
+        request: Request<pb::LinkRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let peer = parse_peer(&request.into_inner().peer)?;
         if !self.cp.store.remove_link(&peer).map_err(internal)? {
-            return Err(Status::not_found(format!("no link to `{peer}`; `ferry link list` shows the links")));
+            return Err(Status::not_found(format!(
+                "no link to `{peer}`; `ferry link list` shows the links"
+            )));
         }
         self.cp.forget_peer(&peer);
         tracing::info!(%peer, "link removed");
@@ -354,7 +392,11 @@ impl Control for ControlApi {
                     .map_err(|e| bad(format!("invalid node name `{}`: {e}", req.node)))?;
                 Identity::Node { cluster, node }
             }
-            other => return Err(bad(format!("unknown role `{other}`; expected gateway or node"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown role `{other}`; expected gateway or node"
+                )))
+            }
         };
         let leaf = pki::issue_leaf(
             &self.cp.trust.ca,
@@ -484,11 +526,20 @@ impl Control for ControlApi {
         self.cp.republish().map_err(internal)?;
         Ok(Response::new(pb::RedeemReply {
             issuer: self.cp.cfg.cluster.to_string(),
-            gateways: self.cp.snapshot().gateways.iter().map(|g| g.to_string()).collect(),
+            gateways: self
+                .cp
+                .snapshot()
+                .gateways
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
         }))
     }
 
-    async fn peer_removed_link(&self, request: Request<pb::LinkRef>) -> Result<Response<pb::Empty>, Status> {
+    async fn peer_removed_link(
+        &self,
+        request: Request<pb::LinkRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let peer = parse_peer(&request.into_inner().peer)?;
         if self.cp.store.remove_link(&peer).map_err(internal)? {
             tracing::warn!(%peer, "peer removed the link; removed here too");

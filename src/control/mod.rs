@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use ferry_federation::{
-    build_snapshot, ClusterId, ExportedService, ImportStore, LinkRecord, LocalService, MeshSnapshot,
-    ServiceName, SnapshotInputs, TrustDomain,
+    build_snapshot, ClusterId, ExportedService, ImportStore, LinkRecord, LocalService,
+    MeshSnapshot, ServiceName, SnapshotInputs, TrustDomain,
 };
 use ferry_gateway::pki::Ca;
 use ferry_gateway::tls::TrustStore;
@@ -68,8 +68,10 @@ impl ClusterTrust {
             ),
         }
         let bundle_pem = read("bundle.crt")?;
-        let trust = TrustStore::from_pem(ca.trust_domain().clone(), &bundle_pem)
-            .with_context(|| format!("invalid trust bundle {}", dir.join("bundle.crt").display()))?;
+        let trust =
+            TrustStore::from_pem(ca.trust_domain().clone(), &bundle_pem).with_context(|| {
+                format!("invalid trust bundle {}", dir.join("bundle.crt").display())
+            })?;
         let fingerprint = ferry_federation::bundle_fingerprint(&trust.roots_der());
         Ok(ClusterTrust {
             ca,
@@ -176,9 +178,9 @@ impl ControlPlane {
                 .flat_map(|(_, list)| list.iter().map(|s| s.name.clone())),
         );
         for name in names {
-            if !vips.contains_key(&name) {
-                let ip = self.store.allocate_vip(&name, self.cfg.vip_range)?;
-                vips.insert(name, ip);
+            if let std::collections::btree_map::Entry::Vacant(slot) = vips.entry(name) {
+                let ip = self.store.allocate_vip(slot.key(), self.cfg.vip_range)?;
+                slot.insert(ip);
             }
         }
         let local: Vec<LocalService> = services
@@ -222,7 +224,11 @@ impl ControlPlane {
         }
         live.version = current.version + 1;
         next.version = live.version;
-        tracing::debug!(version = next.version, services = next.services.len(), "snapshot published");
+        tracing::debug!(
+            version = next.version,
+            services = next.services.len(),
+            "snapshot published"
+        );
         self.snapshot_tx.send_replace(Arc::new(next));
         Ok(())
     }
@@ -250,7 +256,8 @@ impl ControlPlane {
         let now = Instant::now();
         {
             let mut live = self.live.lock().expect("control state lock");
-            live.connected.insert(peer.clone(), (connected, now + lease));
+            live.connected
+                .insert(peer.clone(), (connected, now + lease));
             match services {
                 Some(list) => {
                     live.imports.handle_report(now, peer, list, lease);
@@ -327,7 +334,11 @@ impl ControlPlane {
 
 impl ControlPlane {
     /// Records the gateway addresses a peer announced, if they changed.
-    pub fn update_peer_gateways(&self, peer: &ClusterId, gateways: Vec<SocketAddr>) -> Result<(), StoreError> {
+    pub fn update_peer_gateways(
+        &self,
+        peer: &ClusterId,
+        gateways: Vec<SocketAddr>,
+    ) -> Result<(), StoreError> {
         if gateways.is_empty() {
             return Ok(());
         }
@@ -363,7 +374,8 @@ pub async fn serve(
                 path.display()
             );
         }
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
@@ -375,7 +387,9 @@ pub async fn serve(
     cp.spawn_background();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
-        .add_service(crate::pb::control_server::ControlServer::new(api::ControlApi::new(cp)))
+        .add_service(crate::pb::control_server::ControlServer::new(
+            api::ControlApi::new(cp),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     let _ = std::fs::remove_file(&path);

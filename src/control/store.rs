@@ -110,10 +110,14 @@ impl Store {
     /// Opens (or creates) the store file under `dir`, mode 0600.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Open(dir.to_owned(), Box::new(redb::DatabaseError::Storage(e.into())))
+            StoreError::Open(
+                dir.to_owned(),
+                Box::new(redb::DatabaseError::Storage(e.into())),
+            )
         })?;
         let path = dir.join("control.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Open(path.clone(), Box::new(e)))?;
+        let db =
+            Database::create(&path).map_err(|e| StoreError::Open(path.clone(), Box::new(e)))?;
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
@@ -227,11 +231,13 @@ impl Store {
             let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
             let doc: TokenDoc = match tokens.get(key.as_str()).map_err(db_err)? {
                 None => return Ok(Err(RedeemError::Unknown)),
-                Some(v) => serde_json::from_str(v.value()).map_err(|source| StoreError::Corrupt {
-                    table: "tokens",
-                    key: key.clone(),
-                    source,
-                })?,
+                Some(v) => {
+                    serde_json::from_str(v.value()).map_err(|source| StoreError::Corrupt {
+                        table: "tokens",
+                        key: key.clone(),
+                        source,
+                    })?
+                }
             };
             if doc.used {
                 return Ok(Err(RedeemError::Used(doc.peer)));
@@ -267,7 +273,8 @@ impl Store {
 
     pub fn cert_count(&self) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
-        let n = ReadableTableMetadata::len(&tx.open_table(CERTS).map_err(db_err)?).map_err(db_err)?;
+        let n =
+            ReadableTableMetadata::len(&tx.open_table(CERTS).map_err(db_err)?).map_err(db_err)?;
         Ok(n as usize)
     }
 
@@ -347,7 +354,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store.put_service(&svc("web.shop")).unwrap();
-            store.allocate_vip(&"web.shop".parse().unwrap(), range).unwrap();
+            store
+                .allocate_vip(&"web.shop".parse().unwrap(), range)
+                .unwrap();
             store
                 .put_link(&LinkDoc {
                     peer: "west".parse().unwrap(),
@@ -371,13 +380,19 @@ mod tests {
         let a = store.allocate_vip(&"a.x".parse().unwrap(), range).unwrap();
         let b = store.allocate_vip(&"b.x".parse().unwrap(), range).unwrap();
         assert_ne!(a, b);
-        assert_eq!(store.allocate_vip(&"a.x".parse().unwrap(), range).unwrap(), a);
+        assert_eq!(
+            store.allocate_vip(&"a.x".parse().unwrap(), range).unwrap(),
+            a
+        );
         assert!(matches!(
             store.allocate_vip(&"c.x".parse().unwrap(), range),
             Err(StoreError::VipsExhausted(_))
         ));
         store.release_vip(&"a.x".parse().unwrap()).unwrap();
-        assert_eq!(store.allocate_vip(&"c.x".parse().unwrap(), range).unwrap(), a);
+        assert_eq!(
+            store.allocate_vip(&"c.x".parse().unwrap(), range).unwrap(),
+            a
+        );
     }
 
     #[test]
@@ -404,25 +419,40 @@ mod tests {
         };
         let north: ClusterId = "north".parse().unwrap();
         assert!(matches!(
-            store.redeem_token(&id, &north, 10, |_| true, &link).unwrap(),
+            store
+                .redeem_token(&id, &north, 10, |_| true, &link)
+                .unwrap(),
             Err(RedeemError::WrongPeer { .. })
         ));
         assert_eq!(
-            store.redeem_token(&id, &west, 10, |_| false, &link).unwrap(),
+            store
+                .redeem_token(&id, &west, 10, |_| false, &link)
+                .unwrap(),
             Err(RedeemError::BadProof)
         );
         assert_eq!(
-            store.redeem_token(&id, &west, 100, |_| true, &link).unwrap(),
+            store
+                .redeem_token(&id, &west, 100, |_| true, &link)
+                .unwrap(),
             Err(RedeemError::Expired(west.clone()))
         );
-        assert_eq!(store.links().unwrap().len(), 0, "failed redemptions change nothing");
-        assert_eq!(store.redeem_token(&id, &west, 10, |_| true, &link).unwrap(), Ok(()));
+        assert_eq!(
+            store.links().unwrap().len(),
+            0,
+            "failed redemptions change nothing"
+        );
+        assert_eq!(
+            store.redeem_token(&id, &west, 10, |_| true, &link).unwrap(),
+            Ok(())
+        );
         assert_eq!(
             store.redeem_token(&id, &west, 10, |_| true, &link).unwrap(),
             Err(RedeemError::Used(west.clone()))
         );
         assert_eq!(
-            store.redeem_token(&[0; 16], &west, 10, |_| true, &link).unwrap(),
+            store
+                .redeem_token(&[0; 16], &west, 10, |_| true, &link)
+                .unwrap(),
             Err(RedeemError::Unknown)
         );
         assert_eq!(store.links().unwrap().len(), 1);

@@ -59,7 +59,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let advertised = gateway.advertised();
     let _ = std::fs::create_dir_all(&cfg.data_dir);
-    let _ = std::fs::write(remembered_addr(&cfg.data_dir), gateway.local_addr().to_string());
+    let _ = std::fs::write(
+        remembered_addr(&cfg.data_dir),
+        gateway.local_addr().to_string(),
+    );
     tracing::info!(addr = %gateway.local_addr(), %advertised, "gateway listening");
     let c = client::connect(&cfg.socket).await?;
     tokio::spawn(register_loop(cfg.socket.clone(), advertised));
@@ -119,7 +122,9 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                 .await
                 .map(|_| ()),
             GatewayEvent::PeerRemovedLink { peer } => c
-                .peer_removed_link(pb::LinkRef { peer: peer.to_string() })
+                .peer_removed_link(pb::LinkRef {
+                    peer: peer.to_string(),
+                })
                 .await
                 .map(|_| ()),
             GatewayEvent::Redeem { request, reply } => {
@@ -138,7 +143,11 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                         match r.issuer.parse::<ClusterId>() {
                             Ok(issuer) => Ok(JoinAccepted {
                                 issuer,
-                                gateways: r.gateways.iter().filter_map(|g| g.parse().ok()).collect(),
+                                gateways: r
+                                    .gateways
+                                    .iter()
+                                    .filter_map(|g| g.parse().ok())
+                                    .collect(),
                             }),
                             Err(e) => Err(e.to_string()),
                         }
@@ -154,4 +163,3 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
         }
     }
 }
-

@@ -4,7 +4,7 @@
 //! and answers the chain. Renewal happens at two thirds of the lifetime; the new
 //! certificate is swapped into the `IdentityStore`, so new handshakes use it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,11 @@ pub struct RoleTls {
     pub trust: Arc<TrustStore>,
 }
 
-async fn request(socket: &PathBuf, role: &str, node: &str) -> anyhow::Result<(pb::IssueReply, String)> {
+async fn request(
+    socket: &Path,
+    role: &str,
+    node: &str,
+) -> anyhow::Result<(pb::IssueReply, String)> {
     let req = pki::new_leaf_request()?;
     let mut c = client::connect(socket).await?;
     let reply = c
@@ -47,7 +51,10 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
     tokio::spawn(async move {
         let mut not_after = reply.not_after_unix;
         loop {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let left = not_after.saturating_sub(now);
             let wait = Duration::from_secs((left / 3).max(5));
             tokio::time::sleep(wait).await;

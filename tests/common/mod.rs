@@ -21,7 +21,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -34,9 +37,19 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(trust_domain: &str) -> Mesh {
-        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .unwrap();
         let root = dir.path().join("root");
-        run_ok(&["trust", "init", "--trust-domain", trust_domain, "--out", root.to_str().unwrap()]);
+        run_ok(&[
+            "trust",
+            "init",
+            "--trust-domain",
+            trust_domain,
+            "--out",
+            root.to_str().unwrap(),
+        ]);
         Mesh { dir, root }
     }
 
@@ -152,7 +165,9 @@ impl ClusterDef {
     pub fn log(&self) -> String {
         let mut out = String::new();
         for role in ["up", "control", "gateway", "node"] {
-            if let Ok(s) = std::fs::read_to_string(self.log_dir.join(format!("{}-{role}.log", self.name))) {
+            if let Ok(s) =
+                std::fs::read_to_string(self.log_dir.join(format!("{}-{role}.log", self.name)))
+            {
                 out.push_str(&s);
             }
         }
@@ -163,16 +178,20 @@ impl ClusterDef {
 impl Cluster {
     async fn wait_ready(&self) {
         let def = self.def.clone();
-        wait_for(&format!("cluster {} ready", self.def.name), Duration::from_secs(30), || {
-            let def = def.clone();
-            async move {
-                let out = def.cli(&["status", "-o", "json"]);
-                out.status.success()
-                    && serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                        .map(|v| v["gateways"].as_array().is_some_and(|g| !g.is_empty()))
-                        .unwrap_or(false)
-            }
-        })
+        wait_for(
+            &format!("cluster {} ready", self.def.name),
+            Duration::from_secs(30),
+            || {
+                let def = def.clone();
+                async move {
+                    let out = def.cli(&["status", "-o", "json"]);
+                    out.status.success()
+                        && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                            .map(|v| v["gateways"].as_array().is_some_and(|g| !g.is_empty()))
+                            .unwrap_or(false)
+                }
+            },
+        )
         .await;
     }
 
@@ -241,7 +260,9 @@ impl ClusterDef {
 
     /// The address `service`'s first port is reachable on through this cluster's node proxy.
     pub fn vip(&self, service: &str, port: u16) -> SocketAddr {
-        let s = self.service(service).unwrap_or_else(|| panic!("{service} unknown in {}", self.name));
+        let s = self
+            .service(service)
+            .unwrap_or_else(|| panic!("{service} unknown in {}", self.name));
         SocketAddr::new(s["vip"].as_str().unwrap().parse().unwrap(), port)
     }
 
@@ -249,18 +270,26 @@ impl ClusterDef {
     pub async fn wait_imported(&self, service: &str, from: &str) {
         let this = self.clone();
         let (service, from) = (service.to_owned(), from.to_owned());
-        wait_for(&format!("{service} from {from} in {}", self.name), Duration::from_secs(20), || {
-            let this = this.clone();
-            let (service, from) = (service.clone(), from.clone());
-            async move {
-                this.service(&service).is_some_and(|s| {
-                    s["remote"].as_array().unwrap().iter().any(|r| {
-                        r["cluster"] == from.as_str()
-                            && r["healthy"].as_object().unwrap().values().any(|v| v.as_u64() > Some(0))
+        wait_for(
+            &format!("{service} from {from} in {}", self.name),
+            Duration::from_secs(20),
+            || {
+                let this = this.clone();
+                let (service, from) = (service.clone(), from.clone());
+                async move {
+                    this.service(&service).is_some_and(|s| {
+                        s["remote"].as_array().unwrap().iter().any(|r| {
+                            r["cluster"] == from.as_str()
+                                && r["healthy"]
+                                    .as_object()
+                                    .unwrap()
+                                    .values()
+                                    .any(|v| v.as_u64() > Some(0))
+                        })
                     })
-                })
-            }
-        })
+                }
+            },
+        )
         .await;
     }
 }
@@ -296,7 +325,9 @@ impl Echo {
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
                 let count = count.clone();
                 tokio::spawn(async move {
                     // Health probes connect and close without data: count only

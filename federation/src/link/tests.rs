@@ -21,7 +21,13 @@ fn config() -> LinkConfig {
 
 /// East's side of the east<->west link, connected at `t0`.
 fn east(t0: Instant) -> LinkSync {
-    let mut l = LinkSync::new(cid("east"), cid("west"), 1, vec!["192.0.2.1:4443".parse().unwrap()], config());
+    let mut l = LinkSync::new(
+        cid("east"),
+        cid("west"),
+        1,
+        vec!["192.0.2.1:4443".parse().unwrap()],
+        config(),
+    );
     l.handle_connected(t0);
     drain(&mut l);
     l
@@ -57,11 +63,14 @@ fn secs(n: u64) -> Duration {
 
 #[test]
 fn connect_sends_hello_then_snapshot_then_heartbeats() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = LinkSync::new(cid("east"), cid("west"), 9, vec![], config());
     assert_eq!(l.poll_timeout(), None);
     l.set_local_exports(t0, vec![svc("web.shop", 1)]);
-    assert!(drain(&mut l).is_empty(), "nothing is sent while disconnected");
+    assert!(
+        drain(&mut l).is_empty(),
+        "nothing is sent while disconnected"
+    );
     l.handle_connected(t0);
     let sent = drain(&mut l);
     assert_eq!(
@@ -93,7 +102,7 @@ fn connect_sends_hello_then_snapshot_then_heartbeats() {
 
 #[test]
 fn exports_changes_become_deltas() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.set_local_exports(t0, vec![svc("b.ns", 1), svc("a.ns", 1)]);
     assert_eq!(
@@ -105,7 +114,10 @@ fn exports_changes_become_deltas() {
         }]
     );
     l.set_local_exports(t0, vec![svc("a.ns", 1), svc("b.ns", 1)]);
-    assert!(drain(&mut l).is_empty(), "unchanged (order does not matter)");
+    assert!(
+        drain(&mut l).is_empty(),
+        "unchanged (order does not matter)"
+    );
     l.set_local_exports(t0, vec![svc("b.ns", 2), svc("c.ns", 1)]);
     assert_eq!(
         drain(&mut l),
@@ -127,7 +139,7 @@ fn exports_changes_become_deltas() {
 
 #[test]
 fn snapshots_and_deltas_update_imports() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
     assert_eq!(
@@ -137,13 +149,32 @@ fn snapshots_and_deltas_update_imports() {
             gateways: vec![]
         }]
     );
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 3, services: vec![svc("a.ns", 1)] })
-        .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 3,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
     // Same content again: no event. Older seq: ignored.
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 3, services: vec![svc("a.ns", 1)] })
-        .unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 2, services: vec![] }).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 3,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 2,
+            services: vec![],
+        },
+    )
+    .unwrap();
     assert!(events(&mut l).is_empty());
     assert_eq!(l.imports(), &[svc("a.ns", 1)]);
 
@@ -156,16 +187,24 @@ fn snapshots_and_deltas_update_imports() {
     assert_eq!(events(&mut l), vec![imports_event(vec![svc("b.ns", 1)])]);
     l.handle_message(t0, delta).unwrap();
     assert!(events(&mut l).is_empty(), "duplicate delta ignored");
-    l.handle_message(t0, LinkMessage::Heartbeat { seq: 4 }).unwrap();
+    l.handle_message(t0, LinkMessage::Heartbeat { seq: 4 })
+        .unwrap();
     assert!(drain(&mut l).is_empty(), "heartbeat in step needs nothing");
 }
 
 #[test]
 fn gaps_ask_for_resync_once_per_heartbeat_and_wait_for_a_snapshot() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 1, services: vec![] }).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 1,
+            services: vec![],
+        },
+    )
+    .unwrap();
     events(&mut l);
     let gap = LinkMessage::Delta {
         seq: 3,
@@ -175,63 +214,125 @@ fn gaps_ask_for_resync_once_per_heartbeat_and_wait_for_a_snapshot() {
     l.handle_message(t0, gap).unwrap();
     assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
     // The missing delta arrives late, but we already asked for a snapshot: it is not applied.
-    l.handle_message(t0, LinkMessage::Delta { seq: 2, upserts: vec![svc("z.ns", 1)], removals: vec![] })
+    l.handle_message(
+        t0,
+        LinkMessage::Delta {
+            seq: 2,
+            upserts: vec![svc("z.ns", 1)],
+            removals: vec![],
+        },
+    )
+    .unwrap();
+    l.handle_message(t0, LinkMessage::Heartbeat { seq: 3 })
         .unwrap();
-    l.handle_message(t0, LinkMessage::Heartbeat { seq: 3 }).unwrap();
-    assert!(drain(&mut l).is_empty(), "resync is not repeated within a heartbeat");
+    assert!(
+        drain(&mut l).is_empty(),
+        "resync is not repeated within a heartbeat"
+    );
     assert!(l.imports().is_empty());
-    l.handle_message(t0 + secs(1), LinkMessage::Heartbeat { seq: 3 }).unwrap();
-    assert_eq!(drain(&mut l), vec![LinkMessage::Resync], "repeated if the first was lost");
-    l.handle_message(t0 + secs(1), LinkMessage::Snapshot { seq: 3, services: vec![svc("a.ns", 1)] })
+    l.handle_message(t0 + secs(1), LinkMessage::Heartbeat { seq: 3 })
         .unwrap();
+    assert_eq!(
+        drain(&mut l),
+        vec![LinkMessage::Resync],
+        "repeated if the first was lost"
+    );
+    l.handle_message(
+        t0 + secs(1),
+        LinkMessage::Snapshot {
+            seq: 3,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
-    l.handle_message(t0 + secs(1), LinkMessage::Delta { seq: 4, upserts: vec![], removals: vec!["a.ns".parse().unwrap()] })
-        .unwrap();
+    l.handle_message(
+        t0 + secs(1),
+        LinkMessage::Delta {
+            seq: 4,
+            upserts: vec![],
+            removals: vec!["a.ns".parse().unwrap()],
+        },
+    )
+    .unwrap();
     assert_eq!(events(&mut l), vec![imports_event(vec![])]);
 }
 
 #[test]
 fn heartbeat_ahead_or_before_any_snapshot_asks_for_resync() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Heartbeat { seq: 0 }).unwrap();
-    assert_eq!(drain(&mut l), vec![LinkMessage::Resync], "the first snapshot was lost");
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 0, services: vec![] }).unwrap();
-    l.handle_message(t0 + secs(1), LinkMessage::Heartbeat { seq: 2 }).unwrap();
+    l.handle_message(t0, LinkMessage::Heartbeat { seq: 0 })
+        .unwrap();
+    assert_eq!(
+        drain(&mut l),
+        vec![LinkMessage::Resync],
+        "the first snapshot was lost"
+    );
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 0,
+            services: vec![],
+        },
+    )
+    .unwrap();
+    l.handle_message(t0 + secs(1), LinkMessage::Heartbeat { seq: 2 })
+        .unwrap();
     assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
 }
 
 #[test]
 fn lease_expiry_withdraws_once_and_traffic_brings_imports_back() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 1, services: vec![svc("a.ns", 1)] })
-        .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 1,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     events(&mut l);
-    l.handle_message(t0 + secs(2), LinkMessage::Heartbeat { seq: 1 }).unwrap();
+    l.handle_message(t0 + secs(2), LinkMessage::Heartbeat { seq: 1 })
+        .unwrap();
     l.handle_timeout(t0 + secs(6));
-    assert!(events(&mut l).is_empty(), "lease runs from the last message");
+    assert!(
+        events(&mut l).is_empty(),
+        "lease runs from the last message"
+    );
     assert!(l.poll_timeout().unwrap() <= t0 + secs(7));
     l.handle_timeout(t0 + secs(7));
-    assert_eq!(events(&mut l), vec![LinkEvent::ImportsWithdrawn { peer: cid("west") }]);
+    assert_eq!(
+        events(&mut l),
+        vec![LinkEvent::ImportsWithdrawn { peer: cid("west") }]
+    );
     assert!(l.imports().is_empty());
     for s in 8..20 {
         l.handle_timeout(t0 + secs(s));
     }
     assert!(events(&mut l).is_empty(), "withdrawn exactly once");
     drain(&mut l);
-    l.handle_message(t0 + secs(20), LinkMessage::Heartbeat { seq: 1 }).unwrap();
-    assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
-    l.handle_message(t0 + secs(20), LinkMessage::Snapshot { seq: 1, services: vec![svc("a.ns", 1)] })
+    l.handle_message(t0 + secs(20), LinkMessage::Heartbeat { seq: 1 })
         .unwrap();
+    assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
+    l.handle_message(
+        t0 + secs(20),
+        LinkMessage::Snapshot {
+            seq: 1,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
 }
 
 #[test]
 fn no_withdrawal_without_imports() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
     events(&mut l);
@@ -241,14 +342,21 @@ fn no_withdrawal_without_imports() {
 
 #[test]
 fn peer_lease_is_honoured_within_bounds() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     let mut h = hello(7);
     if let LinkMessage::Hello { lease_ms, .. } = &mut h {
         *lease_ms = 30_000;
     }
     l.handle_message(t0, h).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 0, services: vec![] }).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 0,
+            services: vec![],
+        },
+    )
+    .unwrap();
     events(&mut l);
     l.handle_timeout(t0 + secs(29));
     assert!(events(&mut l).is_empty());
@@ -261,7 +369,14 @@ fn peer_lease_is_honoured_within_bounds() {
         *lease_ms = u64::MAX;
     }
     l.handle_message(t0, h).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 0, services: vec![] }).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 0,
+            services: vec![],
+        },
+    )
+    .unwrap();
     events(&mut l);
     l.handle_timeout(t0 + MAX_LEASE);
     assert_eq!(events(&mut l).len(), 1, "a huge lease is capped");
@@ -269,28 +384,47 @@ fn peer_lease_is_honoured_within_bounds() {
 
 #[test]
 fn new_peer_session_resets_sequence() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 9, services: vec![svc("a.ns", 1)] })
-        .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 9,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     events(&mut l);
     // Same session again (reconnect): old seq still holds.
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 2, services: vec![] }).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 2,
+            services: vec![],
+        },
+    )
+    .unwrap();
     assert_eq!(l.imports(), &[svc("a.ns", 1)]);
     // The peer restarted: seq starts over, old imports stay until the new snapshot.
     l.handle_message(t0, hello(8)).unwrap();
     assert_eq!(l.imports(), &[svc("a.ns", 1)]);
     events(&mut l);
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 0, services: vec![svc("b.ns", 1)] })
-        .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 0,
+            services: vec![svc("b.ns", 1)],
+        },
+    )
+    .unwrap();
     assert_eq!(events(&mut l), vec![imports_event(vec![svc("b.ns", 1)])]);
 }
 
 #[test]
 fn protocol_violations() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     let wrong = LinkMessage::Hello {
         cluster: cid("north"),
@@ -311,39 +445,77 @@ fn protocol_violations() {
         gateways: vec![],
         lease_ms: 0,
     };
-    assert!(matches!(l.handle_message(t0, zero), Err(LinkError::ProtocolViolation(_))));
+    assert!(matches!(
+        l.handle_message(t0, zero),
+        Err(LinkError::ProtocolViolation(_))
+    ));
     let dup = LinkMessage::Snapshot {
         seq: 1,
         services: vec![svc("a.ns", 1), svc("a.ns", 2)],
     };
-    assert!(matches!(l.handle_message(t0, dup), Err(LinkError::ProtocolViolation(_))));
+    assert!(matches!(
+        l.handle_message(t0, dup),
+        Err(LinkError::ProtocolViolation(_))
+    ));
     let both = LinkMessage::Delta {
         seq: 1,
         upserts: vec![svc("a.ns", 1)],
         removals: vec!["a.ns".parse().unwrap()],
     };
-    assert!(matches!(l.handle_message(t0, both), Err(LinkError::ProtocolViolation(_))));
-    assert!(events(&mut l).is_empty(), "rejected messages change nothing");
+    assert!(matches!(
+        l.handle_message(t0, both),
+        Err(LinkError::ProtocolViolation(_))
+    ));
+    assert!(
+        events(&mut l).is_empty(),
+        "rejected messages change nothing"
+    );
     assert!(l.imports().is_empty());
-    let msg = LinkError::UnexpectedPeer { expected: cid("west"), got: cid("north") }.to_string();
+    let msg = LinkError::UnexpectedPeer {
+        expected: cid("west"),
+        got: cid("north"),
+    }
+    .to_string();
     assert!(msg.contains("north") && msg.contains("west"), "{msg}");
 }
 
 #[test]
 fn goodbyes() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(t0, LinkMessage::Snapshot { seq: 0, services: vec![svc("a.ns", 1)] })
-        .unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 0,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
     events(&mut l);
-    l.handle_message(t0, LinkMessage::Goodbye { reason: GoodbyeReason::ShuttingDown })
-        .unwrap();
-    assert!(events(&mut l).is_empty(), "shutting down keeps imports for the lease");
+    l.handle_message(
+        t0,
+        LinkMessage::Goodbye {
+            reason: GoodbyeReason::ShuttingDown,
+        },
+    )
+    .unwrap();
+    assert!(
+        events(&mut l).is_empty(),
+        "shutting down keeps imports for the lease"
+    );
     assert_eq!(l.imports().len(), 1);
-    l.handle_message(t0, LinkMessage::Goodbye { reason: GoodbyeReason::LinkRemoved })
-        .unwrap();
-    assert_eq!(events(&mut l), vec![LinkEvent::PeerRemovedLink { peer: cid("west") }]);
+    l.handle_message(
+        t0,
+        LinkMessage::Goodbye {
+            reason: GoodbyeReason::LinkRemoved,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        events(&mut l),
+        vec![LinkEvent::PeerRemovedLink { peer: cid("west") }]
+    );
     assert!(l.imports().is_empty());
     l.handle_timeout(t0 + secs(60));
     assert!(events(&mut l).is_empty(), "no withdrawal after removal");
@@ -352,7 +524,9 @@ fn goodbyes() {
     l.remove_link();
     assert_eq!(
         drain(&mut l),
-        vec![LinkMessage::Goodbye { reason: GoodbyeReason::LinkRemoved }]
+        vec![LinkMessage::Goodbye {
+            reason: GoodbyeReason::LinkRemoved
+        }]
     );
     l.handle_timeout(t0 + secs(61));
     l.set_local_exports(t0 + secs(61), vec![svc("x.ns", 1)]);
@@ -361,7 +535,7 @@ fn goodbyes() {
 
 #[test]
 fn gateway_changes_resend_hello() {
-    let t0 = Instant::now();
+    let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.set_gateways(vec!["192.0.2.1:4443".parse().unwrap()]);
     assert!(drain(&mut l).is_empty(), "unchanged");

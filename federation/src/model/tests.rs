@@ -1,4 +1,5 @@
 use super::*;
+use std::net::IpAddr;
 
 #[test]
 fn dns_label_names() {
@@ -36,11 +37,27 @@ fn name_errors_say_what_and_how() {
     assert!(msg.contains("cluster id \"East\""), "{msg}");
     assert!(msg.contains("a-z"), "{msg}");
     assert!(matches!(ClusterId::new(""), Err(InvalidName::Empty { .. })));
-    assert!(matches!(ClusterId::new("1a"), Err(InvalidName::BadStart { .. })));
-    assert!(matches!(ClusterId::new("a-"), Err(InvalidName::TrailingHyphen { .. })));
+    assert!(matches!(
+        ClusterId::new("1a"),
+        Err(InvalidName::BadStart { .. })
+    ));
+    assert!(matches!(
+        ClusterId::new("a-"),
+        Err(InvalidName::TrailingHyphen { .. })
+    ));
     let e = ClusterId::new("a".repeat(10_000)).unwrap_err();
-    assert!(matches!(e, InvalidName::TooLong { len: 10_000, max: 63, .. }));
-    assert!(e.to_string().len() < 400, "long input is shortened in the message");
+    assert!(matches!(
+        e,
+        InvalidName::TooLong {
+            len: 10_000,
+            max: 63,
+            ..
+        }
+    ));
+    assert!(
+        e.to_string().len() < 400,
+        "long input is shortened in the message"
+    );
 }
 
 #[test]
@@ -161,13 +178,33 @@ fn service_ports() {
         protocol,
     };
     let ok = [
-        ("http=8080/http", p("http", 8080, 8080, Protocol::Http), "http=8080/http"),
-        ("http=80:8080/http", p("http", 80, 8080, Protocol::Http), "http=80:8080/http"),
+        (
+            "http=8080/http",
+            p("http", 8080, 8080, Protocol::Http),
+            "http=8080/http",
+        ),
+        (
+            "http=80:8080/http",
+            p("http", 80, 8080, Protocol::Http),
+            "http=80:8080/http",
+        ),
         ("db=5432", p("db", 5432, 5432, Protocol::Tcp), "db=5432/tcp"),
         ("dns=53/udp", p("dns", 53, 53, Protocol::Udp), "dns=53/udp"),
-        ("api=443:8443/grpc", p("api", 443, 8443, Protocol::Grpc), "api=443:8443/grpc"),
-        ("x=65535:1", p("x", 65535, 1, Protocol::Tcp), "x=65535:1/tcp"),
-        ("same=80:80", p("same", 80, 80, Protocol::Tcp), "same=80/tcp"),
+        (
+            "api=443:8443/grpc",
+            p("api", 443, 8443, Protocol::Grpc),
+            "api=443:8443/grpc",
+        ),
+        (
+            "x=65535:1",
+            p("x", 65535, 1, Protocol::Tcp),
+            "x=65535:1/tcp",
+        ),
+        (
+            "same=80:80",
+            p("same", 80, 80, Protocol::Tcp),
+            "same=80/tcp",
+        ),
     ];
     for (input, want, display) in ok {
         let got: ServicePort = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -199,7 +236,10 @@ fn service_ports() {
         "http = 80",
     ];
     for input in bad {
-        assert!(input.parse::<ServicePort>().is_err(), "{input:?} should fail");
+        assert!(
+            input.parse::<ServicePort>().is_err(),
+            "{input:?} should fail"
+        );
     }
     assert!(matches!(
         "http=0".parse::<ServicePort>(),
@@ -247,7 +287,10 @@ fn endpoints() {
     ];
     for input in bad {
         assert!(
-            matches!(input.parse::<EndpointAddr>(), Err(InvalidEndpoint::Syntax { .. })),
+            matches!(
+                input.parse::<EndpointAddr>(),
+                Err(InvalidEndpoint::Syntax { .. })
+            ),
             "{input:?}"
         );
     }
@@ -277,7 +320,9 @@ fn eps(list: &[&str]) -> Vec<EndpointAddr> {
 fn service_specs() {
     type Check = fn(&Result<ServiceSpec, InvalidService>) -> bool;
     let cases: Vec<(Vec<ServicePort>, Vec<EndpointAddr>, Check)> = vec![
-        (ports(&["http=80"]), eps(&["10.0.0.1", "10.0.0.2"]), |r| r.is_ok()),
+        (ports(&["http=80"]), eps(&["10.0.0.1", "10.0.0.2"]), |r| {
+            r.is_ok()
+        }),
         (ports(&["http=80"]), eps(&["10.0.0.1:8080"]), |r| r.is_ok()),
         (ports(&["http=80", "grpc=81"]), eps(&[]), |r| r.is_ok()),
         (ports(&[]), eps(&["10.0.0.1"]), |r| {
@@ -289,9 +334,11 @@ fn service_specs() {
         (ports(&["http=80", "web=80"]), eps(&[]), |r| {
             matches!(r, Err(InvalidService::DuplicatePortNumber { port: 80, .. }))
         }),
-        (ports(&["http=80", "grpc=81"]), eps(&["10.0.0.1:8080"]), |r| {
-            matches!(r, Err(InvalidService::EndpointPortAmbiguous { .. }))
-        }),
+        (
+            ports(&["http=80", "grpc=81"]),
+            eps(&["10.0.0.1:8080"]),
+            |r| matches!(r, Err(InvalidService::EndpointPortAmbiguous { .. })),
+        ),
         (ports(&["http=80"]), eps(&["10.0.0.1", "10.0.0.1"]), |r| {
             matches!(r, Err(InvalidService::DuplicateEndpoint { .. }))
         }),
@@ -315,7 +362,9 @@ fn service_spec_lookup_and_serde() {
     assert_eq!(spec.port_by_number(80).unwrap().target_port, 8080);
     assert!(spec.port_by_number(8080).is_none());
     assert_eq!(
-        spec.port_by_name(&PortName::new("grpc").unwrap()).unwrap().port,
+        spec.port_by_name(&PortName::new("grpc").unwrap())
+            .unwrap()
+            .port,
         9090
     );
     assert!(spec.port_by_name(&PortName::new("nope").unwrap()).is_none());
@@ -329,5 +378,8 @@ fn service_spec_lookup_and_serde() {
     let unknown = r#"{"name":"web.shop","ports":["http=80"],"extra":1}"#;
     assert!(serde_json::from_str::<ServiceSpec>(unknown).is_err());
     let no_eps = r#"{"name":"web.shop","ports":["http=80"]}"#;
-    assert!(serde_json::from_str::<ServiceSpec>(no_eps).unwrap().endpoints.is_empty());
+    assert!(serde_json::from_str::<ServiceSpec>(no_eps)
+        .unwrap()
+        .endpoints
+        .is_empty());
 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::model::ClusterId;
 use crate::testutil::*;
+use std::net::SocketAddr;
 
 fn gw(c: &str) -> Identity {
     Identity::Gateway { cluster: cid(c) }
@@ -24,26 +25,111 @@ fn admission_table() {
         node: "n1".parse().unwrap(),
     };
     let ok_web = Ok(vec![addr("10.0.0.1:8080"), addr("10.0.0.3:8080")]);
-    let cases: Vec<(&str, Identity, TunnelHeader, Result<Vec<std::net::SocketAddr>, Refusal>)> = vec![
-        ("gateway of linked peer", gw("west"), hdr("web.shop", "http", None, 1), ok_web.clone()),
-        ("node of linked peer", node, hdr("web.shop", "http", None, 0), ok_web.clone()),
-        ("linked peer without gateways", gw("south"), hdr("web.shop", "http", None, 0), ok_web.clone()),
-        ("header names us", gw("west"), hdr("web.shop", "http", Some("east"), 1), ok_web),
-        ("second port", gw("west"), hdr("web.shop", "grpc", None, 1),
-            Ok(vec![addr("10.0.0.1:9090"), addr("10.0.0.3:9090")])),
-        ("unlinked caller", gw("rogue"), hdr("web.shop", "http", None, 1), Err(Refusal::UnknownPeer)),
-        ("local cluster caller", gw("east"), hdr("web.shop", "http", None, 1), Err(Refusal::UnknownPeer)),
-        ("cluster CA as caller", Identity::ClusterCa { cluster: cid("west") },
-            hdr("web.shop", "http", None, 1), Err(Refusal::UnknownPeer)),
-        ("wrong cluster", gw("west"), hdr("web.shop", "http", Some("north"), 1), Err(Refusal::WrongCluster)),
-        ("max hops ok", gw("west"), hdr("web.shop", "http", None, MAX_HOPS),
-            Ok(vec![addr("10.0.0.1:8080"), addr("10.0.0.3:8080")])),
-        ("too many hops", gw("west"), hdr("web.shop", "http", None, MAX_HOPS + 1), Err(Refusal::TooManyHops)),
-        ("not exported", gw("west"), hdr("db.shop", "db", None, 1), Err(Refusal::NotExported)),
-        ("unknown service", gw("west"), hdr("nope.shop", "db", None, 1), Err(Refusal::NotExported)),
-        ("import-only service", gw("west"), hdr("api.shop", "http", None, 1), Err(Refusal::NotExported)),
-        ("unknown port", gw("west"), hdr("web.shop", "admin", None, 1), Err(Refusal::UnknownPort)),
-        ("no healthy endpoints", gw("west"), hdr("down.shop", "http", None, 1), Err(Refusal::NoEndpoints)),
+    type Case = (
+        &'static str,
+        Identity,
+        TunnelHeader,
+        Result<Vec<SocketAddr>, Refusal>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "gateway of linked peer",
+            gw("west"),
+            hdr("web.shop", "http", None, 1),
+            ok_web.clone(),
+        ),
+        (
+            "node of linked peer",
+            node,
+            hdr("web.shop", "http", None, 0),
+            ok_web.clone(),
+        ),
+        (
+            "linked peer without gateways",
+            gw("south"),
+            hdr("web.shop", "http", None, 0),
+            ok_web.clone(),
+        ),
+        (
+            "header names us",
+            gw("west"),
+            hdr("web.shop", "http", Some("east"), 1),
+            ok_web,
+        ),
+        (
+            "second port",
+            gw("west"),
+            hdr("web.shop", "grpc", None, 1),
+            Ok(vec![addr("10.0.0.1:9090"), addr("10.0.0.3:9090")]),
+        ),
+        (
+            "unlinked caller",
+            gw("rogue"),
+            hdr("web.shop", "http", None, 1),
+            Err(Refusal::UnknownPeer),
+        ),
+        (
+            "local cluster caller",
+            gw("east"),
+            hdr("web.shop", "http", None, 1),
+            Err(Refusal::UnknownPeer),
+        ),
+        (
+            "cluster CA as caller",
+            Identity::ClusterCa {
+                cluster: cid("west"),
+            },
+            hdr("web.shop", "http", None, 1),
+            Err(Refusal::UnknownPeer),
+        ),
+        (
+            "wrong cluster",
+            gw("west"),
+            hdr("web.shop", "http", Some("north"), 1),
+            Err(Refusal::WrongCluster),
+        ),
+        (
+            "max hops ok",
+            gw("west"),
+            hdr("web.shop", "http", None, MAX_HOPS),
+            Ok(vec![addr("10.0.0.1:8080"), addr("10.0.0.3:8080")]),
+        ),
+        (
+            "too many hops",
+            gw("west"),
+            hdr("web.shop", "http", None, MAX_HOPS + 1),
+            Err(Refusal::TooManyHops),
+        ),
+        (
+            "not exported",
+            gw("west"),
+            hdr("db.shop", "db", None, 1),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "unknown service",
+            gw("west"),
+            hdr("nope.shop", "db", None, 1),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "import-only service",
+            gw("west"),
+            hdr("api.shop", "http", None, 1),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "unknown port",
+            gw("west"),
+            hdr("web.shop", "admin", None, 1),
+            Err(Refusal::UnknownPort),
+        ),
+        (
+            "no healthy endpoints",
+            gw("west"),
+            hdr("down.shop", "http", None, 1),
+            Err(Refusal::NoEndpoints),
+        ),
     ];
     for (what, caller, header, want) in cases {
         assert_eq!(admit(&snap, &caller, &header, 0), want, "{what}");
@@ -71,7 +157,12 @@ fn pick_rotates_endpoints() {
         .collect();
     assert_eq!(
         first,
-        [addr("10.0.0.1:8080"), addr("10.0.0.3:8080"), addr("10.0.0.1:8080"), addr("10.0.0.3:8080")]
+        [
+            addr("10.0.0.1:8080"),
+            addr("10.0.0.3:8080"),
+            addr("10.0.0.1:8080"),
+            addr("10.0.0.3:8080")
+        ]
     );
     let all = admit(&snap, &gw("west"), &h, u64::MAX).unwrap();
     assert_eq!(all.len(), 2, "rotation keeps every endpoint");

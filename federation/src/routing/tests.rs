@@ -19,7 +19,8 @@ fn plan_table() {
     let west = ["192.0.2.1:4443", "192.0.2.2:4443"];
     let west_rot = ["192.0.2.2:4443", "192.0.2.1:4443"];
     let north = ["198.51.100.1:4443"];
-    let cases: Vec<(&str, Target, u64, Result<Vec<Hop>, NoRoute>)> = vec![
+    type Case = (&'static str, Target, u64, Result<Vec<Hop>, NoRoute>);
+    let cases: Vec<Case> = vec![
         (
             "local first, unhealthy skipped, then remotes with gateways and healthy counts",
             target("10.96.0.1", 80),
@@ -46,7 +47,10 @@ fn plan_table() {
             "remote with zero healthy for this port skipped",
             target("10.96.0.1", 9090),
             0,
-            Ok(vec![Hop::Local(addr("10.0.0.1:9090")), Hop::Local(addr("10.0.0.3:9090"))]),
+            Ok(vec![
+                Hop::Local(addr("10.0.0.1:9090")),
+                Hop::Local(addr("10.0.0.3:9090")),
+            ]),
         ),
         (
             "import-only fails over to remote",
@@ -66,12 +70,20 @@ fn plan_table() {
             0,
             Err(NoRoute::NoHealthyEndpoints(sname("down.shop"))),
         ),
-        ("unknown vip", target("10.96.9.9", 80), 0, Err(NoRoute::UnknownVip(ip("10.96.9.9")))),
+        (
+            "unknown vip",
+            target("10.96.9.9", 80),
+            0,
+            Err(NoRoute::UnknownVip(ip("10.96.9.9"))),
+        ),
         (
             "unknown port (target port is not a service port)",
             target("10.96.0.1", 8080),
             0,
-            Err(NoRoute::UnknownPort { service: sname("web.shop"), port: 8080 }),
+            Err(NoRoute::UnknownPort {
+                service: sname("web.shop"),
+                port: 8080,
+            }),
         ),
     ];
     for (what, t, pick, want) in cases {
@@ -90,12 +102,19 @@ fn plan_carries_service_and_port() {
 #[test]
 fn failover_when_local_all_unhealthy() {
     let mut snap = fixture();
-    let web = snap.services.iter_mut().find(|s| s.name == sname("web.shop")).unwrap();
+    let web = snap
+        .services
+        .iter_mut()
+        .find(|s| s.name == sname("web.shop"))
+        .unwrap();
     for e in &mut web.local {
         e.healthy = false;
     }
     let hops = plan(&snap, &target("10.96.0.1", 80), 0).unwrap().hops;
-    assert!(hops.iter().all(|h| matches!(h, Hop::Remote { .. })), "{hops:?}");
+    assert!(
+        hops.iter().all(|h| matches!(h, Hop::Remote { .. })),
+        "{hops:?}"
+    );
     assert_eq!(hops.len(), 2);
     // A remote without a link record is never a hop.
     snap.links.retain(|l| l.peer != cid("west"));

@@ -5,7 +5,11 @@ use crate::testutil::*;
 fn fixture_shape() {
     let s = fixture();
     let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
-    assert_eq!(names, ["api.shop", "db.shop", "down.shop", "web.shop"], "sorted, rogue dropped");
+    assert_eq!(
+        names,
+        ["api.shop", "db.shop", "down.shop", "web.shop"],
+        "sorted, rogue dropped"
+    );
     let peers: Vec<&str> = s.links.iter().map(|l| l.peer.as_str()).collect();
     assert_eq!(peers, ["north", "south", "west"], "links sorted by peer");
     assert_eq!(s.version, 1);
@@ -19,7 +23,10 @@ fn fixture_shape() {
     assert_eq!(web.local.iter().filter(|e| e.healthy).count(), 2);
     let remotes: Vec<&str> = web.remote.iter().map(|r| r.cluster.as_str()).collect();
     assert_eq!(remotes, ["north", "south", "west"]);
-    assert_eq!(web.ports[0].target_port, 8080, "local ports win over imported ones");
+    assert_eq!(
+        web.ports[0].target_port, 8080,
+        "local ports win over imported ones"
+    );
 
     let api = s.service(&sname("api.shop")).unwrap();
     assert!(!api.exported && api.local.is_empty());
@@ -39,8 +46,7 @@ fn build(
     links: &[LinkRecord],
     vips: &[(&str, &str)],
 ) -> MeshSnapshot {
-    let vips: BTreeMap<ServiceName, IpAddr> =
-        vips.iter().map(|(n, v)| (sname(n), ip(v))).collect();
+    let vips: BTreeMap<ServiceName, IpAddr> = vips.iter().map(|(n, v)| (sname(n), ip(v))).collect();
     build_snapshot(
         7,
         &SnapshotInputs {
@@ -58,11 +64,29 @@ fn build(
 #[test]
 fn imports_from_unlinked_peers_and_self_are_dropped() {
     let mut imports = BTreeMap::new();
-    imports.insert(cid("west"), vec![export("a.ns", &["http=80"], &[("http", 1)])]);
-    imports.insert(cid("rogue"), vec![export("b.ns", &["http=80"], &[("http", 1)])]);
-    imports.insert(cid("east"), vec![export("c.ns", &["http=80"], &[("http", 1)])]);
+    imports.insert(
+        cid("west"),
+        vec![export("a.ns", &["http=80"], &[("http", 1)])],
+    );
+    imports.insert(
+        cid("rogue"),
+        vec![export("b.ns", &["http=80"], &[("http", 1)])],
+    );
+    imports.insert(
+        cid("east"),
+        vec![export("c.ns", &["http=80"], &[("http", 1)])],
+    );
     let links = [link("west", &["192.0.2.1:1"]), link("east", &[])];
-    let s = build(&[], &imports, &links, &[("a.ns", "10.96.0.1"), ("b.ns", "10.96.0.2"), ("c.ns", "10.96.0.3")]);
+    let s = build(
+        &[],
+        &imports,
+        &links,
+        &[
+            ("a.ns", "10.96.0.1"),
+            ("b.ns", "10.96.0.2"),
+            ("c.ns", "10.96.0.3"),
+        ],
+    );
     let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
     assert_eq!(names, ["a.ns"]);
 }
@@ -72,7 +96,11 @@ fn import_only_ports_are_the_union_by_name() {
     let mut imports = BTreeMap::new();
     imports.insert(
         cid("north"),
-        vec![export("a.ns", &["http=80/http", "admin=9000"], &[("http", 1)])],
+        vec![export(
+            "a.ns",
+            &["http=80/http", "admin=9000"],
+            &[("http", 1)],
+        )],
     );
     imports.insert(
         cid("west"),
@@ -99,19 +127,35 @@ fn services_without_vip_are_skipped() {
         local("b.ns", &["http=80"], &[("10.0.0.2", true)], true),
     ];
     let mut imports = BTreeMap::new();
-    imports.insert(cid("west"), vec![export("c.ns", &["http=80"], &[("http", 1)])]);
-    let s = build(&locals, &imports, &[link("west", &[])], &[("b.ns", "10.96.0.2")]);
+    imports.insert(
+        cid("west"),
+        vec![export("c.ns", &["http=80"], &[("http", 1)])],
+    );
+    let s = build(
+        &locals,
+        &imports,
+        &[link("west", &[])],
+        &[("b.ns", "10.96.0.2")],
+    );
     let names: Vec<String> = s.services.iter().map(|r| r.name.to_string()).collect();
     assert_eq!(names, ["b.ns"]);
 }
 
 #[test]
 fn missing_health_counts_as_unhealthy() {
-    let mut svc = local("a.ns", &["http=80"], &[("10.0.0.1", true), ("10.0.0.2", true)], true);
+    let mut svc = local(
+        "a.ns",
+        &["http=80"],
+        &[("10.0.0.1", true), ("10.0.0.2", true)],
+        true,
+    );
     svc.health = vec![true];
     let s = build(&[svc], &BTreeMap::new(), &[], &[("a.ns", "10.96.0.1")]);
     let a = s.service(&sname("a.ns")).unwrap();
-    assert_eq!(a.local.iter().map(|e| e.healthy).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(
+        a.local.iter().map(|e| e.healthy).collect::<Vec<_>>(),
+        [true, false]
+    );
 }
 
 #[test]
@@ -119,7 +163,11 @@ fn local_exports_count_healthy_endpoints_per_port() {
     let s = fixture();
     let exports = s.local_exports();
     let names: Vec<String> = exports.iter().map(|e| e.name.to_string()).collect();
-    assert_eq!(names, ["down.shop", "web.shop"], "only exported local services");
+    assert_eq!(
+        names,
+        ["down.shop", "web.shop"],
+        "only exported local services"
+    );
     let web = &exports[1];
     assert_eq!(web.healthy["http"], 2);
     assert_eq!(web.healthy["grpc"], 2);

@@ -8,8 +8,16 @@ fn td(s: &str) -> TrustDomain {
 fn parses_valid_ids() {
     let cases = [
         ("spiffe://mesh.local", "mesh.local", ""),
-        ("spiffe://mesh.local/cluster/east", "mesh.local", "/cluster/east"),
-        ("spiffe://example.org/ns/Prod/sa-1_x.y", "example.org", "/ns/Prod/sa-1_x.y"),
+        (
+            "spiffe://mesh.local/cluster/east",
+            "mesh.local",
+            "/cluster/east",
+        ),
+        (
+            "spiffe://example.org/ns/Prod/sa-1_x.y",
+            "example.org",
+            "/ns/Prod/sa-1_x.y",
+        ),
         ("spiffe://a_b-c/x", "a_b-c", "/x"),
         ("spiffe://td/...", "td", "/..."),
         ("spiffe://td/.a/a.", "td", "/.a/a."),
@@ -29,25 +37,63 @@ fn rejects_invalid_ids() {
     let long = format!("spiffe://td/{}", "a".repeat(2040));
     let cases: Vec<(&str, Check)> = vec![
         ("", |e| matches!(e, InvalidSpiffeId::WrongScheme { .. })),
-        ("http://td/x", |e| matches!(e, InvalidSpiffeId::WrongScheme { .. })),
-        ("SPIFFE://td/x", |e| matches!(e, InvalidSpiffeId::WrongScheme { .. })),
-        ("spiffe:/td/x", |e| matches!(e, InvalidSpiffeId::WrongScheme { .. })),
-        ("spiffe://", |e| matches!(e, InvalidSpiffeId::MissingTrustDomain { .. })),
-        ("spiffe:///x", |e| matches!(e, InvalidSpiffeId::MissingTrustDomain { .. })),
-        ("spiffe://TD/x", |e| matches!(e, InvalidSpiffeId::TrustDomain(_))),
-        ("spiffe://t%64/x", |e| matches!(e, InvalidSpiffeId::TrustDomain(_))),
-        ("spiffe://td:443/x", |e| matches!(e, InvalidSpiffeId::PortOrUserInfo { .. })),
-        ("spiffe://user@td/x", |e| matches!(e, InvalidSpiffeId::PortOrUserInfo { .. })),
-        ("spiffe://td/x?a=b", |e| matches!(e, InvalidSpiffeId::QueryOrFragment { .. })),
-        ("spiffe://td/x#frag", |e| matches!(e, InvalidSpiffeId::QueryOrFragment { .. })),
-        ("spiffe://td/", |e| matches!(e, InvalidSpiffeId::EmptySegment { .. })),
-        ("spiffe://td/x/", |e| matches!(e, InvalidSpiffeId::EmptySegment { .. })),
-        ("spiffe://td//x", |e| matches!(e, InvalidSpiffeId::EmptySegment { .. })),
-        ("spiffe://td/./x", |e| matches!(e, InvalidSpiffeId::DotSegment { .. })),
-        ("spiffe://td/x/..", |e| matches!(e, InvalidSpiffeId::DotSegment { .. })),
-        ("spiffe://td/x%20y", |e| matches!(e, InvalidSpiffeId::BadPathChar { ch: '%', .. })),
-        ("spiffe://td/a b", |e| matches!(e, InvalidSpiffeId::BadPathChar { ch: ' ', .. })),
-        ("spiffe://td/é", |e| matches!(e, InvalidSpiffeId::BadPathChar { .. })),
+        ("http://td/x", |e| {
+            matches!(e, InvalidSpiffeId::WrongScheme { .. })
+        }),
+        ("SPIFFE://td/x", |e| {
+            matches!(e, InvalidSpiffeId::WrongScheme { .. })
+        }),
+        ("spiffe:/td/x", |e| {
+            matches!(e, InvalidSpiffeId::WrongScheme { .. })
+        }),
+        ("spiffe://", |e| {
+            matches!(e, InvalidSpiffeId::MissingTrustDomain { .. })
+        }),
+        ("spiffe:///x", |e| {
+            matches!(e, InvalidSpiffeId::MissingTrustDomain { .. })
+        }),
+        ("spiffe://TD/x", |e| {
+            matches!(e, InvalidSpiffeId::TrustDomain(_))
+        }),
+        ("spiffe://t%64/x", |e| {
+            matches!(e, InvalidSpiffeId::TrustDomain(_))
+        }),
+        ("spiffe://td:443/x", |e| {
+            matches!(e, InvalidSpiffeId::PortOrUserInfo { .. })
+        }),
+        ("spiffe://user@td/x", |e| {
+            matches!(e, InvalidSpiffeId::PortOrUserInfo { .. })
+        }),
+        ("spiffe://td/x?a=b", |e| {
+            matches!(e, InvalidSpiffeId::QueryOrFragment { .. })
+        }),
+        ("spiffe://td/x#frag", |e| {
+            matches!(e, InvalidSpiffeId::QueryOrFragment { .. })
+        }),
+        ("spiffe://td/", |e| {
+            matches!(e, InvalidSpiffeId::EmptySegment { .. })
+        }),
+        ("spiffe://td/x/", |e| {
+            matches!(e, InvalidSpiffeId::EmptySegment { .. })
+        }),
+        ("spiffe://td//x", |e| {
+            matches!(e, InvalidSpiffeId::EmptySegment { .. })
+        }),
+        ("spiffe://td/./x", |e| {
+            matches!(e, InvalidSpiffeId::DotSegment { .. })
+        }),
+        ("spiffe://td/x/..", |e| {
+            matches!(e, InvalidSpiffeId::DotSegment { .. })
+        }),
+        ("spiffe://td/x%20y", |e| {
+            matches!(e, InvalidSpiffeId::BadPathChar { ch: '%', .. })
+        }),
+        ("spiffe://td/a b", |e| {
+            matches!(e, InvalidSpiffeId::BadPathChar { ch: ' ', .. })
+        }),
+        ("spiffe://td/é", |e| {
+            matches!(e, InvalidSpiffeId::BadPathChar { .. })
+        }),
         (&long, |e| matches!(e, InvalidSpiffeId::TooLong { .. })),
     ];
     for (input, check) in cases {
@@ -71,7 +117,9 @@ fn identities_from_ids() {
     let cases = [
         (
             "spiffe://mesh.local/cluster/east/gateway",
-            Identity::Gateway { cluster: "east".parse().unwrap() },
+            Identity::Gateway {
+                cluster: "east".parse().unwrap(),
+            },
             "gateway of east",
         ),
         (
@@ -84,7 +132,9 @@ fn identities_from_ids() {
         ),
         (
             "spiffe://mesh.local/cluster/west",
-            Identity::ClusterCa { cluster: "west".parse().unwrap() },
+            Identity::ClusterCa {
+                cluster: "west".parse().unwrap(),
+            },
             "cluster CA of west",
         ),
     ];
@@ -114,7 +164,10 @@ fn rejects_foreign_and_unknown_identities() {
     for input in unexpected {
         let id = SpiffeId::parse(input).unwrap();
         let e = Identity::from_spiffe(&id, &mesh).unwrap_err();
-        assert!(matches!(e, InvalidSpiffeId::UnexpectedPath { .. }), "{input}: {e:?}");
+        assert!(
+            matches!(e, InvalidSpiffeId::UnexpectedPath { .. }),
+            "{input}: {e:?}"
+        );
         assert!(e.to_string().contains("/cluster/<cluster>/gateway"), "{e}");
     }
     let bad_names = [
@@ -125,11 +178,17 @@ fn rejects_foreign_and_unknown_identities() {
     for input in bad_names {
         let id = SpiffeId::parse(input).unwrap();
         let e = Identity::from_spiffe(&id, &mesh).unwrap_err();
-        assert!(matches!(e, InvalidSpiffeId::BadName { .. }), "{input}: {e:?}");
+        assert!(
+            matches!(e, InvalidSpiffeId::BadName { .. }),
+            "{input}: {e:?}"
+        );
     }
     let other = SpiffeId::parse("spiffe://evil.example/cluster/east/gateway").unwrap();
     let e = Identity::from_spiffe(&other, &mesh).unwrap_err();
-    assert!(matches!(e, InvalidSpiffeId::WrongTrustDomain { .. }), "{e:?}");
+    assert!(
+        matches!(e, InvalidSpiffeId::WrongTrustDomain { .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("mesh.local"));
 }
 

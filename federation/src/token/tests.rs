@@ -21,9 +21,15 @@ fn round_trip() {
     let t = sample();
     let s = t.encode();
     assert!(s.starts_with("ferry-link-v1."), "{s}");
-    assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    assert!(s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     assert_eq!(LinkToken::decode(&s).unwrap(), t);
-    assert_eq!(LinkToken::decode(&format!("  {s}\n")).unwrap(), t, "whitespace trimmed");
+    assert_eq!(
+        LinkToken::decode(&format!("  {s}\n")).unwrap(),
+        t,
+        "whitespace trimmed"
+    );
     let empty = LinkToken {
         gateways: vec![],
         ..sample()
@@ -60,7 +66,9 @@ fn decode_rejects() {
         (format!("ferry-link-v2.{body}"), |e| {
             *e == TokenError::UnsupportedVersion("v2".into())
         }),
-        (format!("{TOKEN_PREFIX}not base64!"), |e| *e == TokenError::Encoding),
+        (format!("{TOKEN_PREFIX}not base64!"), |e| {
+            *e == TokenError::Encoding
+        }),
         (format!("{good}="), |e| *e == TokenError::Encoding),
         (tampered, |e| *e == TokenError::Corrupted),
         (truncated.into(), |e| {
@@ -127,7 +135,11 @@ fn join_proofs() {
     let east: ClusterId = "east".parse().unwrap();
     let west: ClusterId = "west".parse().unwrap();
     let proof = join_proof(&secret, b"binding", &west);
-    assert_eq!(proof, join_proof(&secret, b"binding", &west), "deterministic");
+    assert_eq!(
+        proof,
+        join_proof(&secret, b"binding", &west),
+        "deterministic"
+    );
     assert!(verify_join_proof(&secret, b"binding", &west, &proof));
     assert!(!verify_join_proof(&[8u8; 32], b"binding", &west, &proof));
     assert!(!verify_join_proof(&secret, b"other", &west, &proof));
@@ -148,7 +160,11 @@ fn bundle_fingerprints() {
     let a = vec![1u8, 2, 3];
     let b = vec![4u8, 5];
     let fp = bundle_fingerprint(&[a.clone(), b.clone()]);
-    assert_eq!(fp, bundle_fingerprint(&[b.clone(), a.clone()]), "order independent");
+    assert_eq!(
+        fp,
+        bundle_fingerprint(&[b.clone(), a.clone()]),
+        "order independent"
+    );
     assert_ne!(fp, bundle_fingerprint(std::slice::from_ref(&a)));
     assert_ne!(
         bundle_fingerprint(&[vec![1, 2], vec![3]]),
@@ -158,7 +174,9 @@ fn bundle_fingerprints() {
     let hex = fingerprint_hex(&fp);
     assert!(hex.starts_with("sha256:"));
     assert_eq!(hex.len(), 7 + 64);
-    assert!(hex[7..].bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    assert!(hex[7..]
+        .bytes()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
     // SHA-256 of nothing, a fixed known value.
     assert_eq!(
         fingerprint_hex(&bundle_fingerprint(&[])),

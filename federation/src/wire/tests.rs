@@ -87,27 +87,75 @@ fn garbage_headers_are_errors() {
     bad_utf8.extend_from_slice(&[0xff, 0xfe]);
     bad_utf8.extend_from_slice(b"\x04shop\x04http\x00\x00");
     let cases: Vec<(Vec<u8>, Check)> = vec![
-        (b"GET / HTTP/1.1\r\n".to_vec(), |e| *e == WireError::BadMagic(b'G')),
+        (b"GET / HTTP/1.1\r\n".to_vec(), |e| {
+            *e == WireError::BadMagic(b'G')
+        }),
         (vec![0], |e| *e == WireError::BadMagic(0)),
         (vec![b'F', 2], |e| *e == WireError::UnsupportedVersion(2)),
         (oversize, |e| *e == WireError::HeaderTooLarge),
-        (bad_utf8, |e| matches!(e, WireError::BadField { field: "service", .. })),
-        (with(4, b'W'), |e| matches!(e, WireError::BadField { field: "service", .. })),
+        (bad_utf8, |e| {
+            matches!(
+                e,
+                WireError::BadField {
+                    field: "service",
+                    ..
+                }
+            )
+        }),
+        (with(4, b'W'), |e| {
+            matches!(
+                e,
+                WireError::BadField {
+                    field: "service",
+                    ..
+                }
+            )
+        }),
         (b"F\x01\x00\x00\x04shop\x04http\x00\x00".to_vec(), |e| {
-            matches!(e, WireError::BadField { field: "service", .. })
+            matches!(
+                e,
+                WireError::BadField {
+                    field: "service",
+                    ..
+                }
+            )
         }),
         (b"F\x01\x00\x03web\x04sh.p\x04http\x00\x00".to_vec(), |e| {
-            matches!(e, WireError::BadField { field: "namespace", .. })
+            matches!(
+                e,
+                WireError::BadField {
+                    field: "namespace",
+                    ..
+                }
+            )
         }),
         (b"F\x01\x00\x03web\x04shop\x04HTTP\x00\x00".to_vec(), |e| {
             matches!(e, WireError::BadField { field: "port", .. })
         }),
-        (b"F\x01\x00\x03web\x04shop\x04http\x02-x\x00".to_vec(), |e| {
-            matches!(e, WireError::BadField { field: "cluster", .. })
-        }),
-        (b"F\x01\x00\x03web\x04shop\x04http\x00\x02a\n".to_vec(), |e| {
-            matches!(e, WireError::BadField { field: "traceparent", .. })
-        }),
+        (
+            b"F\x01\x00\x03web\x04shop\x04http\x02-x\x00".to_vec(),
+            |e| {
+                matches!(
+                    e,
+                    WireError::BadField {
+                        field: "cluster",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            b"F\x01\x00\x03web\x04shop\x04http\x00\x02a\n".to_vec(),
+            |e| {
+                matches!(
+                    e,
+                    WireError::BadField {
+                        field: "traceparent",
+                        ..
+                    }
+                )
+            },
+        ),
     ];
     for (input, check) in cases {
         let e = TunnelHeader::decode(&input).expect_err(&format!("{input:?} should fail"));
@@ -238,12 +286,20 @@ fn oversize_frame_is_refused_before_its_body_arrives() {
 
 #[test]
 fn bad_frame_bodies_are_errors() {
-    for body in [&b"not json"[..], b"{}", b"{\"heartbeat\":{\"seq\":-1}}", b""] {
+    for body in [
+        &b"not json"[..],
+        b"{}",
+        b"{\"heartbeat\":{\"seq\":-1}}",
+        b"",
+    ] {
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(body);
         let mut dec = FrameDecoder::<LinkMessage>::new();
         dec.push(&frame);
-        assert!(matches!(dec.next(), Err(WireError::BadFrame(_))), "{body:?}");
+        assert!(
+            matches!(dec.next(), Err(WireError::BadFrame(_))),
+            "{body:?}"
+        );
     }
     // A name that breaks its rules is refused while decoding.
     let body = br#"{"hello":{"cluster":"EAST","session":1,"gateways":[],"lease_ms":1}}"#;
