@@ -250,26 +250,24 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
             return;
         }
         let cluster = identity.cluster().clone();
-        if shared.snapshot().link(&cluster).is_none() {
-            metrics::counter!("ferry_gateway_refusals_total", "reason" => "unknown_peer")
-                .increment(1);
-            tracing::warn!(
-                reason = "unknown_peer",
-                "connection refused: cluster is not linked"
-            );
-            conn.close(CLOSE_REFUSED, b"unknown_peer");
-            return;
-        }
+        let linked = shared.snapshot().link(&cluster).is_some();
         if alpn == ALPN_LINK {
-            if !matches!(identity, Identity::Gateway { .. }) {
-                tracing::warn!(reason = "not_a_gateway", "link connection refused");
-                conn.close(CLOSE_REFUSED, b"not_a_gateway");
+            if !linked || !matches!(identity, Identity::Gateway { .. }) {
+                let reason = if linked { "not_a_gateway" } else { "unknown_peer" };
+                metrics::counter!("ferry_gateway_refusals_total", "reason" => reason).increment(1);
+                tracing::warn!(reason, "link connection refused");
+                conn.close(CLOSE_REFUSED, reason.as_bytes());
                 return;
             }
             shared.register(&cluster, ConnKind::Link, &conn);
             crate::link::accept_session(shared, conn, cluster).await;
         } else if alpn == ALPN_TUNNEL {
-            shared.register(&cluster, ConnKind::Tunnel, &conn);
+            // An unlinked caller still gets its answer as a status on each stream
+            // (`admit` refuses it as unknown_peer); only linked callers are registered,
+            // so removing a link closes exactly their connections.
+            if linked {
+                shared.register(&cluster, ConnKind::Tunnel, &conn);
+            }
             crate::tunnel::serve_connection(shared, conn, identity).await;
         } else {
             conn.close(CLOSE_REFUSED, b"unknown protocol");
