@@ -118,14 +118,18 @@ impl ControlPlane {
     pub fn open(cfg: Config) -> anyhow::Result<Arc<ControlPlane>> {
         let trust = ClusterTrust::load(&cfg)?;
         let store = Store::open(&cfg.data_dir)?;
+        // Services declared in the config seed the store. Once stored, a runtime
+        // `export`/`unexport` survives restarts unless the file's definition of that service
+        // changed; a declared service removed at runtime comes back, since the file declares it.
+        let stored = store.services()?;
         for declared in &cfg.services {
-            let existing = store.services()?.remove(&declared.spec.name);
             let doc = store::ServiceDoc {
                 spec: declared.spec.clone(),
                 exported: declared.export,
             };
-            if existing.as_ref() != Some(&doc) {
-                store.put_service(&doc)?;
+            match stored.get(&declared.spec.name) {
+                Some(existing) if existing.spec == declared.spec => {}
+                _ => store.put_service(&doc)?,
             }
         }
         let empty = MeshSnapshot {
