@@ -4,7 +4,10 @@ use std::process::Command;
 
 #[test]
 fn demo_crosses_clusters_and_exits_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry")).arg("demo").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("demo")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -253,7 +253,11 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let linked = shared.snapshot().link(&cluster).is_some();
         if alpn == ALPN_LINK {
             if !linked || !matches!(identity, Identity::Gateway { .. }) {
-                let reason = if linked { "not_a_gateway" } else { "unknown_peer" };
+                let reason = if linked {
+                    "not_a_gateway"
+                } else {
+                    "unknown_peer"
+                };
                 metrics::counter!("ferry_gateway_refusals_total", "reason" => reason).increment(1);
                 tracing::warn!(reason, "link connection refused");
                 conn.close(CLOSE_REFUSED, reason.as_bytes());
