@@ -64,21 +64,13 @@ async fn call_crosses_clusters_bytes_match() {
     );
 
     // Links and the view from both sides.
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&west_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    let links: Vec<serde_json::Value> = west_def.links();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0]["peer"], "east");
 
     // Unexport: the import disappears from east and calls are refused.
     west_def.cli_ok(&["unexport", "echo.shop"]);
-    let e = east_def.clone();
-    wait_for(
-        "echo.shop withdrawn from east",
-        Duration::from_secs(5),
-        || {
-            let e = e.clone();
-            async move { e.service("echo.shop").is_none() }
-        },
-    )
-    .await;
+    east_def
+        .wait_service_gone("echo.shop", Duration::from_secs(5))
+        .await; // echo.shop withdrawn from east
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn link_gateways(def: &ClusterDef, peer: &str) -> Vec<String> {
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    let links: Vec<serde_json::Value> = def.links();
     links
         .iter()
         .find(|l| l["peer"] == peer)
@@ -44,16 +43,7 @@ async fn two_gateways_share_load_and_survive_one_dying() {
     .await;
 
     let echo = Echo::start().await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "echo.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &echo.addr.to_string(),
-        "--export",
-    ]);
+    west_def.add_exported_echo(&echo);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
     let e = east_def.clone();

@@ -162,12 +162,15 @@ async fn only_linked_clusters_reach_only_exported_services() {
     assert_eq!(public.accepted(), before);
 }
 
-fn join_err(def: &ClusterDef, token: &str) -> (String, Duration) {
+/// `ferry link join <token>` on `def` must fail within 1 s with `needle` in its error.
+fn assert_join_refused(def: &ClusterDef, token: &str, needle: &str) {
     let start = Instant::now();
     let out = def.cli(&["link", "join", token]);
     let took = start.elapsed();
     assert!(!out.status.success(), "join with a bad token must fail");
-    (String::from_utf8_lossy(&out.stderr).into_owned(), took)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,60 +185,36 @@ async fn bad_tokens_are_refused_quickly_and_change_nothing() {
     let _far = far_def.up().await;
 
     // Tampered: one character changed.
-    let token = east_def
-        .cli_ok(&["link", "create", "--peer", "west"])
-        .trim()
-        .to_owned();
+    let token = east_def.token_for("west", &[]);
     let mut chars: Vec<char> = token.chars().collect();
     let i = chars.len() / 2;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
-    let (err, took) = join_err(&west_def, &tampered);
-    assert!(err.contains("modified"), "{err}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_join_refused(&west_def, &tampered, "modified");
 
     // Issued for another peer.
-    let for_north = east_def
-        .cli_ok(&["link", "create", "--peer", "north"])
-        .trim()
-        .to_owned();
-    let (err, took) = join_err(&west_def, &for_north);
-    assert!(err.contains("issued for peer `north`"), "{err}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let for_north = east_def.token_for("north", &[]);
+    assert_join_refused(&west_def, &for_north, "issued for peer `north`");
 
     // From a mesh with another root.
-    let foreign = far_def
-        .cli_ok(&["link", "create", "--peer", "west"])
-        .trim()
-        .to_owned();
-    let (err, took) = join_err(&west_def, &foreign);
-    assert!(err.contains("another root"), "{err}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let foreign = far_def.token_for("west", &[]);
+    assert_join_refused(&west_def, &foreign, "another root");
 
     // Expired.
-    let short = east_def
-        .cli_ok(&["link", "create", "--peer", "west", "--ttl", "1s"])
-        .trim()
-        .to_owned();
+    let short = east_def.token_for("west", &["--ttl", "1s"]);
     tokio::time::sleep(Duration::from_millis(2100)).await; // let the token's lifetime pass
-    let (err, took) = join_err(&west_def, &short);
-    assert!(err.contains("expired"), "{err}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_join_refused(&west_def, &short, "expired");
 
     // Nothing changed on either side.
     for def in [&east_def, &west_def] {
-        let links: Vec<serde_json::Value> =
-            serde_json::from_str(&def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+        let links: Vec<serde_json::Value> = def.links();
         assert!(links.is_empty(), "{}: {links:?}", def.name);
     }
 
     // Used twice: the first join links, the second is refused by the issuer.
     west_def.cli_ok(&["link", "join", &token]);
-    let (err, took) = join_err(&west_def, &token);
-    assert!(err.contains("already used"), "{err}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&east_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    assert_join_refused(&west_def, &token, "already used");
+    let links: Vec<serde_json::Value> = east_def.links();
     assert_eq!(links.len(), 1);
 }
 
@@ -247,16 +226,7 @@ async fn link_remove_closes_open_streams_within_2s() {
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     let echo = Echo::start().await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "echo.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &echo.addr.to_string(),
-        "--export",
-    ]);
+    west_def.add_exported_echo(&echo);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
     let vip = east_def.vip("echo.shop", 7000);
@@ -283,8 +253,7 @@ async fn link_remove_closes_open_streams_within_2s() {
     wait_for("east drops the link", Duration::from_secs(5), || {
         let e = e.clone();
         async move {
-            let links: Vec<serde_json::Value> =
-                serde_json::from_str(&e.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+            let links: Vec<serde_json::Value> = e.links();
             links.is_empty()
         }
     })

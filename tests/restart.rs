@@ -61,8 +61,7 @@ async fn sigkill_and_restart_keeps_services_exports_links() {
         pick(&after),
         "services, VIPs and exports survive"
     );
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&west_def.cli_ok(&["link", "list", "-o", "json"])).unwrap();
+    let links: Vec<serde_json::Value> = west_def.links();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0]["peer"], "east");
 
@@ -90,30 +89,14 @@ async fn silent_peer_loses_imports_after_lease_and_regains_them() {
     let _east = east_def.up().await;
     let mut west = west_def.up().await;
     let echo = Echo::start().await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "echo.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &echo.addr.to_string(),
-        "--export",
-    ]);
+    west_def.add_exported_echo(&echo);
     link(&east_def, &west_def);
     east_def.wait_imported("echo.shop", "west").await;
 
     west.kill();
-    let e = east_def.clone();
-    wait_for(
-        "imports withdrawn after the lease",
-        Duration::from_secs(15),
-        || {
-            let e = e.clone();
-            async move { e.service("echo.shop").is_none() }
-        },
-    )
-    .await;
+    east_def
+        .wait_service_gone("echo.shop", Duration::from_secs(15))
+        .await; // imports withdrawn after the lease
 
     let _west = west_def.up().await;
     east_def.wait_imported("echo.shop", "west").await;

@@ -234,6 +234,48 @@ impl ClusterDef {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `ferry link list -o json`.
+    pub fn links(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli_ok(&["link", "list", "-o", "json"])).unwrap()
+    }
+
+    /// A link token for `peer` (`extra` adds flags such as `--ttl`).
+    pub fn token_for(&self, peer: &str, extra: &[&str]) -> String {
+        let mut args = vec!["link", "create", "--peer", peer];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args).trim().to_owned()
+    }
+
+    /// Adds `echo.shop` (port `tcp=7000`) backed by `echo` and exports it.
+    pub fn add_exported_echo(&self, echo: &Echo) {
+        self.cli_ok(&[
+            "service",
+            "add",
+            "echo.shop",
+            "--port",
+            "tcp=7000",
+            "--endpoint",
+            &echo.addr.to_string(),
+            "--export",
+        ]);
+    }
+
+    /// Waits until `service` is no longer visible in this cluster.
+    pub async fn wait_service_gone(&self, service: &str, timeout: Duration) {
+        let this = self.clone();
+        let service = service.to_owned();
+        wait_for(
+            &format!("{service} gone from {}", self.name),
+            timeout,
+            || {
+                let this = this.clone();
+                let service = service.clone();
+                async move { this.service(&service).is_none() }
+            },
+        )
+        .await;
+    }
+
     pub fn services(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli_ok(&["services", "-o", "json"])).unwrap()
     }
@@ -296,8 +338,8 @@ impl ClusterDef {
 
 /// Links `a` and `b` with a token from `a`.
 pub fn link(a: &ClusterDef, b: &ClusterDef) {
-    let token = a.cli_ok(&["link", "create", "--peer", &b.name]);
-    b.cli_ok(&["link", "join", token.trim()]);
+    let token = a.token_for(&b.name, &[]);
+    b.cli_ok(&["link", "join", &token]);
 }
 
 pub fn run_ok(args: &[&str]) -> String {
