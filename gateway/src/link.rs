@@ -78,16 +78,23 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
         attempt = attempt.wrapping_add(1);
         match dial(&shared, &peer, addr).await {
             Ok(conn) => {
-                backoff = Duration::from_millis(200);
                 shared.register(&peer, ConnKind::Link, &conn);
+                let began = Instant::now();
                 match conn.open_bi().await {
                     Ok((send, recv)) => {
                         run_session(shared.clone(), conn, send, recv, peer.clone()).await
                     }
                     Err(e) => tracing::warn!(%addr, error = %e, "cannot open the link stream"),
                 }
-                // Reconnect to the same gateway first.
-                attempt = attempt.wrapping_sub(1);
+                // A session that ended at once (refused, peer not ready) backs off like a
+                // failed dial; one that ran for a while reconnects straight away. Either
+                // way the next attempt goes to the next gateway, so a dead one is skipped.
+                if began.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                } else {
+                    backoff = Duration::from_millis(200);
+                }
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "link dial failed");

@@ -395,8 +395,10 @@ pub fn peer_identity(conn: &quinn::Connection, td: &TrustDomain) -> Result<Ident
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
-        .keep_alive_interval(Some(Duration::from_secs(1)))
-        .max_idle_timeout(Some(quinn::VarInt::from_u32(6_000).into()))
+        // A dead peer must be noticed before the 5 s import lease runs out, so a link
+        // session can move to a surviving gateway without its imports being withdrawn.
+        .keep_alive_interval(Some(Duration::from_millis(750)))
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(3_000).into()))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
     Arc::new(transport)

@@ -279,7 +279,12 @@ impl TunnelClient {
         match tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(stream_err(e.to_string())),
-            Err(_) => return Err(stream_err("no status from the gateway".into())),
+            Err(_) => {
+                // The gateway is gone or wedged: drop the pooled connection so the next
+                // call dials afresh instead of waiting on it again.
+                conn.close(quinn::VarInt::from_u32(0), b"no status");
+                return Err(stream_err("no status from the gateway".into()));
+            }
         }
         match TunnelStatus::decode(status) {
             Ok(TunnelStatus::Ok) => Ok((send, recv)),
