@@ -84,6 +84,9 @@ struct RawDns {
     zone: Option<String>,
     upstreams: Option<Vec<String>>,
     enabled: Option<bool>,
+    ttl: Option<String>,
+    rate_limit: Option<u32>,
+    forward_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,33 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     pub zone: String,
     pub upstreams: Vec<SocketAddr>,
+    /// TTL of answers; negative answers use this too, at most 5 s.
+    pub ttl: Duration,
+    /// Queries per second per client address (0: unlimited).
+    pub rate_limit: u32,
+    /// Clients allowed to have non-mesh names forwarded to the upstreams.
+    pub forward_from: Vec<ipnet::IpNet>,
+}
+
+impl Config {
+    /// The DNS server's settings: the `[dns]` section plus the VIP range for PTR answers.
+    pub fn dns_settings(&self) -> ferry_dns::DnsSettings {
+        let ttl = u32::try_from(self.dns.ttl.as_secs()).unwrap_or(u32::MAX);
+        let vip_range = ipnet::Ipv4Net::new(self.vip_range.base, self.vip_range.prefix)
+            .map(|n| vec![ipnet::IpNet::V4(n.trunc())])
+            .unwrap_or_default();
+        let mut zone = ferry_dns::ZoneConfig::new(&self.dns.zone, vip_range)
+            .expect("the zone was validated when the config was loaded");
+        zone.ttl = ttl;
+        zone.negative_ttl = ttl.min(5);
+        ferry_dns::DnsSettings {
+            listen: self.dns.listen,
+            zone,
+            upstreams: self.dns.upstreams.clone(),
+            forward_from: self.dns.forward_from.clone(),
+            rate_limit: self.dns.rate_limit,
+        }
+    }
 }
 
 /// A service declared in the config file; applied to the store at control-plane start.
@@ -290,13 +320,46 @@ impl Config {
             .unwrap_or("node-1")
             .parse()
             .map_err(|e| invalid("node.name", e))?;
+        let zone = raw
+            .dns
+            .zone
+            .unwrap_or_else(|| "clusterset.local".to_owned());
+        ferry_dns::ZoneConfig::new(&zone, vec![]).map_err(|e| invalid("dns.zone", e))?;
+        let dns_ttl = match raw.dns.ttl.as_deref() {
+            None => Duration::from_secs(5),
+            Some(s) => humantime::parse_duration(s)
+                .ok()
+                .filter(|d| (1..=86_400).contains(&d.as_secs()) && d.subsec_nanos() == 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "dns.ttl",
+                        format!(
+                            "`{s}` is not a TTL; use whole seconds between 1s and 24h, e.g. \"5s\""
+                        ),
+                    )
+                })?,
+        };
+        let forward_from = match raw.dns.forward_from {
+            None => ferry_dns::private_networks(),
+            Some(nets) => nets
+                .iter()
+                .map(|s| {
+                    s.parse::<ipnet::IpNet>().map_err(|_| {
+                        invalid(
+                            "dns.forward_from",
+                            format!("`{s}` is not a network; use CIDR notation, e.g. 10.0.0.0/8"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let dns = DnsConfig {
             enabled: raw.dns.enabled.unwrap_or(true),
             listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
-            zone: raw
-                .dns
-                .zone
-                .unwrap_or_else(|| "clusterset.local".to_owned()),
+            zone,
+            ttl: dns_ttl,
+            rate_limit: raw.dns.rate_limit.unwrap_or(2000),
+            forward_from,
             upstreams: raw
                 .dns
                 .upstreams

@@ -21,6 +21,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Control => ferry::up::control(load_config(&cli)?).await,
         Command::Gateway => ferry::up::gateway(load_config(&cli)?).await,
         Command::Node => ferry::up::node(load_config(&cli)?).await,
+        Command::Dns => ferry::up::dns(load_config(&cli)?).await,
         Command::Trust(TrustCommand::Init { trust_domain, out }) => {
             let td = trust_domain
                 .parse()
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             | Command::Control
             | Command::Gateway
             | Command::Node
+            | Command::Dns
             | Command::SampleHttp { .. }
     );
     ferry::telemetry::init(if quiet { "warn" } else { "info" });

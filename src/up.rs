@@ -1,6 +1,7 @@
 //! `ferry up` and the single-role commands: run a cluster's roles.
 //!
-//! `ferry up` runs the control plane, a gateway and a node proxy in one process; each
+//! `ferry up` runs the control plane, a gateway, a node proxy and the DNS server (unless
+//! `[dns] enabled = false`) in one process; each
 //! role still talks to the control plane over its socket, exactly as when the roles run
 //! as separate processes (`ferry control|gateway|node`).
 
@@ -47,6 +48,11 @@ pub async fn node(cfg: Config) -> anyhow::Result<()> {
     until_stopped(roles::node::run(cfg)).await
 }
 
+/// `ferry dns`.
+pub async fn dns(cfg: Config) -> anyhow::Result<()> {
+    until_stopped(roles::dns::run(cfg)).await
+}
+
 /// `ferry up`: every role of the cluster in this process.
 pub async fn up(cfg: Config) -> anyhow::Result<()> {
     let cp = ControlPlane::open(cfg.clone())?;
@@ -70,6 +76,11 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
     }
     let gateway = tokio::spawn(roles::gateway::run(cfg.clone()));
     let node = tokio::spawn(roles::node::run(cfg.clone()));
+    let dns = if cfg.dns.enabled {
+        tokio::spawn(roles::dns::run(cfg.clone()))
+    } else {
+        tokio::spawn(std::future::pending())
+    };
     eprintln!(
         "ferry: cluster {} up (control socket {})",
         cfg.cluster,
@@ -79,6 +90,7 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
         _ = shutdown_signal() => Ok(()),
         r = gateway => r.map_err(anyhow::Error::from).and_then(|r| r),
         r = node => r.map_err(anyhow::Error::from).and_then(|r| r),
+        r = dns => r.map_err(anyhow::Error::from).and_then(|r| r),
     };
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;

@@ -53,6 +53,8 @@ pub enum Command {
     Gateway,
     /// Run a node proxy alone (finds the control plane by config).
     Node,
+    /// Run the mesh DNS server alone (finds the control plane by config; listens on [dns] listen).
+    Dns,
     /// Mesh root and cluster CAs.
     #[command(subcommand)]
     Trust(TrustCommand),

@@ -9,18 +9,14 @@ use std::time::Duration;
 
 use ferry_federation::MeshSnapshot;
 use tokio::sync::watch;
+use tonic::Streaming;
 
 use crate::client;
 use crate::pb;
 
 /// Connects, waits for the first snapshot, then keeps the channel fed in the background.
 pub async fn follow(socket: PathBuf) -> anyhow::Result<watch::Receiver<Arc<MeshSnapshot>>> {
-    let mut client = client::connect(&socket).await?;
-    let mut stream = client
-        .watch(pb::Empty {})
-        .await
-        .map_err(client::status_error)?
-        .into_inner();
+    let mut stream = open(&socket).await?;
     let first = stream
         .message()
         .await
@@ -29,30 +25,66 @@ pub async fn follow(socket: PathBuf) -> anyhow::Result<watch::Receiver<Arc<MeshS
     let first: MeshSnapshot = serde_json::from_str(&first.snapshot_json)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
-        loop {
-            while let Ok(Some(msg)) = stream.message().await {
+        pump(socket, Some(stream), |s| {
+            tx.send_replace(Arc::new(s));
+            !tx.is_closed()
+        })
+        .await
+    });
+    Ok(rx)
+}
+
+/// Returns at once with `None` in the channel; snapshots replace it as they arrive, whether
+/// or not the control plane is up yet (for the DNS server, which must answer SERVFAIL rather
+/// than nothing until it knows the mesh).
+pub fn follow_lazy(socket: PathBuf) -> watch::Receiver<Option<Arc<MeshSnapshot>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        pump(socket, None, |s| {
+            tx.send_replace(Some(Arc::new(s)));
+            !tx.is_closed()
+        })
+        .await
+    });
+    rx
+}
+
+async fn open(socket: &std::path::Path) -> anyhow::Result<Streaming<pb::SnapshotMessage>> {
+    let mut client = client::connect(socket).await?;
+    Ok(client
+        .watch(pb::Empty {})
+        .await
+        .map_err(client::status_error)?
+        .into_inner())
+}
+
+/// Feeds `publish` from the stream, reconnecting forever, until `publish` returns false.
+async fn pump(
+    socket: PathBuf,
+    mut stream: Option<Streaming<pb::SnapshotMessage>>,
+    mut publish: impl FnMut(MeshSnapshot) -> bool,
+) {
+    loop {
+        if let Some(s) = stream.as_mut() {
+            while let Ok(Some(msg)) = s.message().await {
                 match serde_json::from_str::<MeshSnapshot>(&msg.snapshot_json) {
-                    Ok(s) => {
-                        tx.send_replace(Arc::new(s));
+                    Ok(snapshot) => {
+                        if !publish(snapshot) {
+                            return;
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "undecodable snapshot ignored"),
                 }
             }
             tracing::warn!("snapshot stream lost; serving the last snapshot and reconnecting");
-            loop {
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let Ok(mut c) = client::connect(&socket).await else {
-                    continue;
-                };
-                if let Ok(resp) = c.watch(pb::Empty {}).await {
-                    stream = resp.into_inner();
-                    break;
-                }
+        }
+        stream = None;
+        while stream.is_none() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match open(&socket).await {
+                Ok(s) => stream = Some(s),
+                Err(e) => tracing::debug!(error = %e, "control plane not reachable yet"),
             }
         }
-    });
-    Ok(rx)
+    }
 }

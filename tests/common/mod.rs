@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub mod dns;
+
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// Waits for `cond` to hold, polling, failing the test with `what` after `timeout`.
@@ -128,6 +130,43 @@ fn spawn_role(def: &ClusterDef, role: &str) -> Child {
 }
 
 impl ClusterDef {
+    /// Appends TOML to the cluster's config (e.g. a `[dns]` section), before it starts.
+    pub fn append_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(toml);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.log_dir.join(format!("{}-data", self.name))
+    }
+
+    /// Starts one more role process (`dns`, `gateway`, ...) for this cluster.
+    pub fn spawn(&self, cluster: &mut Cluster, role: &str) -> usize {
+        cluster.procs.push(spawn_role(self, role));
+        cluster.procs.len() - 1
+    }
+
+    /// The address the cluster's DNS server bound (it writes it to its data directory).
+    pub async fn dns_addr(&self) -> SocketAddr {
+        let file = self.data_dir().join("dns.addr");
+        wait_for(
+            &format!("{} DNS address", self.name),
+            Duration::from_secs(20),
+            || {
+                let file = file.clone();
+                async move { file.exists() }
+            },
+        )
+        .await;
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// `ferry up`: every role in one process.
     pub async fn up(&self) -> Cluster {
         let cluster = Cluster {
@@ -164,7 +203,7 @@ impl ClusterDef {
 
     pub fn log(&self) -> String {
         let mut out = String::new();
-        for role in ["up", "control", "gateway", "node"] {
+        for role in ["up", "control", "gateway", "node", "dns"] {
             if let Ok(s) =
                 std::fs::read_to_string(self.log_dir.join(format!("{}-{role}.log", self.name)))
             {

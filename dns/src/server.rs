@@ -1,0 +1,196 @@
+//! Transports: one UDP socket and one TCP listener on the same address, feeding the
+//! [`MeshHandler`].
+//!
+//! Every message passes [`precheck`] and the rate limiter before hickory parses it. Over UDP
+//! an answer is never larger than [`MAX_AMPLIFICATION`](crate::handler::MAX_AMPLIFICATION) times the query (nor the client's
+//! EDNS size, nor 1232 bytes): see [`udp_answer_limit`]. A larger one goes out truncated with TC set and the
+//! client repeats it over TCP, where the source address is proven. Answers from the zone are
+//! computed inline on the UDP loop; forwarded queries run in their own tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use crate::handler::udp_answer_limit;
+use crate::handler::MeshHandler;
+use crate::packet::{header_reply, precheck, rcode, Precheck};
+use crate::ratelimit::{RateLimiter, Verdict};
+
+/// Largest UDP query accepted; larger datagrams are dropped.
+const MAX_UDP_QUERY: usize = 4096;
+/// Most TCP connections open at once; more are closed at accept.
+const MAX_TCP_CONNECTIONS: usize = 512;
+/// A TCP connection idle this long (or this slow to deliver a message) is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Shared state of both transports.
+pub(crate) struct Shared {
+    pub handler: Arc<MeshHandler>,
+    pub limiter: Option<RateLimiter>,
+}
+
+impl Shared {
+    fn verdict(&self, src: SocketAddr) -> Verdict {
+        match &self.limiter {
+            Some(l) => l.check(src.ip(), Instant::now()),
+            None => Verdict::Allow,
+        }
+    }
+}
+
+pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(v) => v,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; they are not fatal.
+                tracing::debug!(error = %e, "udp receive error");
+                continue;
+            }
+        };
+        if n > MAX_UDP_QUERY {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "oversized").increment(1);
+            continue;
+        }
+        let packet = &buf[..n];
+        match precheck(packet) {
+            Precheck::Drop => {
+                metrics::counter!("ferry_dns_dropped_total", "reason" => "malformed").increment(1);
+                continue;
+            }
+            Precheck::FormErr => {
+                let _ = socket
+                    .send_to(&header_reply(packet, rcode::FORMERR, false), src)
+                    .await;
+                continue;
+            }
+            Precheck::Parse => {}
+        }
+        match shared.verdict(src) {
+            Verdict::Allow => {}
+            Verdict::Slip => {
+                metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit_slip")
+                    .increment(1);
+                let _ = socket.send_to(&header_reply(packet, 0, true), src).await;
+                continue;
+            }
+            Verdict::Drop => {
+                metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit").increment(1);
+                continue;
+            }
+        }
+        let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = socket
+                    .send_to(&header_reply(packet, rcode::FORMERR, false), src)
+                    .await;
+                continue;
+            }
+        };
+        let limit = udp_answer_limit(n, request.max_payload());
+        if shared.handler.answers_at_once(&request) {
+            let reply = shared.handler.respond(&request, limit).await;
+            let _ = socket.send_to(&reply, src).await;
+        } else {
+            let socket = socket.clone();
+            let handler = shared.handler.clone();
+            tokio::spawn(async move {
+                let reply = handler.respond(&request, limit).await;
+                let _ = socket.send_to(&reply, src).await;
+            });
+        }
+    }
+}
+
+pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (stream, src) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "tcp accept error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "tcp_connections")
+                .increment(1);
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, src, &shared).await {
+                tracing::debug!(%src, error = %e, "dns tcp connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    src: SocketAddr,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    loop {
+        let len = match timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(Ok(len)) => usize::from(len),
+            // Idle, or the client closed: both end the connection quietly.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        };
+        let mut msg = vec![0u8; len];
+        timeout(TCP_IDLE, stream.read_exact(&mut msg))
+            .await
+            .map_err(|_| std::io::Error::other("message not delivered in time"))??;
+        let mut head = [0u8; crate::packet::HEADER_LEN];
+        let n = head.len();
+        if msg.len() >= n {
+            head.copy_from_slice(&msg[..n]);
+        }
+        let reply = match precheck(&msg) {
+            Precheck::Drop => return Ok(()),
+            Precheck::FormErr => header_reply(&msg, rcode::FORMERR, false).to_vec(),
+            Precheck::Parse => match shared.verdict(src) {
+                Verdict::Allow => match Request::from_bytes(msg, src, Protocol::Tcp) {
+                    Ok(request) => shared.handler.respond(&request, u16::MAX).await,
+                    Err(_) => header_reply(&head, rcode::FORMERR, false).to_vec(),
+                },
+                Verdict::Slip | Verdict::Drop => {
+                    metrics::counter!("ferry_dns_refused_total", "reason" => "rate_limit")
+                        .increment(1);
+                    header_reply(&msg, rcode::REFUSED, false).to_vec()
+                }
+            },
+        };
+        let len = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(&reply[..usize::from(len)]);
+        stream.write_all(&framed).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::MAX_UDP_PAYLOAD;
+
+    #[test]
+    fn udp_answers_are_bounded_by_the_query_size() {
+        assert_eq!(udp_answer_limit(50, 512), 200);
+        assert_eq!(udp_answer_limit(200, 512), 512);
+        assert_eq!(udp_answer_limit(1000, 4096), MAX_UDP_PAYLOAD);
+        assert_eq!(udp_answer_limit(1000, 100), 512);
+    }
+}
