@@ -98,6 +98,8 @@ struct RawService {
     endpoints: Vec<String>,
     #[serde(default)]
     export: bool,
+    #[serde(default)]
+    headless: bool,
 }
 
 /// A validated cluster configuration.
@@ -394,8 +396,8 @@ impl Config {
                 .map(|p| p.parse::<EndpointAddr>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| invalid(format!("{key}.endpoints"), e))?;
-            let spec =
-                ServiceSpec::new(name, ports, endpoints).map_err(|e| invalid(key.clone(), e))?;
+            let spec = ServiceSpec::with_headless(name, ports, endpoints, s.headless)
+                .map_err(|e| invalid(key.clone(), e))?;
             services.push(DeclaredService {
                 spec,
                 export: s.export,

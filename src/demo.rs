@@ -253,6 +253,7 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
             ports: vec!["http=8080/http".into()],
             endpoints: vec![backend_addr.to_string()],
             export: true,
+            headless: false,
         })
         .await
         .map_err(status_error)?;

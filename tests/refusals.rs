@@ -3,52 +3,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferry::pb;
 use ferry_federation::{Refusal, TunnelHeader};
-use ferry_gateway::tls::{IdentityStore, TrustStore};
-use ferry_gateway::tunnel::{TunnelClient, TunnelError};
+use ferry_gateway::tunnel::TunnelError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A tunnel client holding a real node certificate issued by `def`'s control plane.
-async fn node_client(def: &ClusterDef) -> TunnelClient {
-    let req = ferry_gateway::pki::new_leaf_request().unwrap();
-    let mut c = ferry::client::connect(&def.socket).await.unwrap();
-    let reply = c
-        .issue_certificate(pb::IssueRequest {
-            role: "node".into(),
-            node: "attacker".into(),
-            csr_pem: req.csr_pem.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let td = reply.trust_domain.parse().unwrap();
-    let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
-    let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
-    TunnelClient::new(Arc::new(identity), Arc::new(trust)).unwrap()
-}
-
 fn header(service: &str, port: &str) -> TunnelHeader {
-    TunnelHeader {
-        service: service.parse().unwrap(),
-        port: port.parse().unwrap(),
-        cluster: None,
-        hops: 0,
-        traceparent: None,
-    }
-}
-
-fn gateways(def: &ClusterDef) -> Vec<std::net::SocketAddr> {
-    def.status()["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g.as_str().unwrap().parse().unwrap())
-        .collect()
+    tunnel_header(service, port, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,10 +53,10 @@ async fn only_linked_clusters_reach_only_exported_services() {
         east_def.service("secret.shop").is_none(),
         "unexported services are invisible"
     );
-    let west_gw = gateways(&west_def);
+    let west_gw = west_def.gateways();
 
     // A linked cluster's node: exported service works...
-    let east_node = node_client(&east_def).await;
+    let east_node = east_def.node_client().await;
     let west: ferry_federation::ClusterId = "west".parse().unwrap();
     let (mut send, mut recv) = east_node
         .open(&west, &west_gw, &header("echo.shop", "tcp"))
@@ -130,7 +93,7 @@ async fn only_linked_clusters_reach_only_exported_services() {
 
     // A cluster from the same root that is not linked: refused, backend untouched.
     let before = public.accepted();
-    let north_node = node_client(&north_def).await;
+    let north_node = north_def.node_client().await;
     let err = match north_node
         .open(&west, &west_gw, &header("echo.shop", "tcp"))
         .await
@@ -146,7 +109,7 @@ async fn only_linked_clusters_reach_only_exported_services() {
     let other = Mesh::new("example.org");
     let south_def = other.cluster("south", "127.44.0.0/16");
     let _south = south_def.up().await;
-    let south_node = node_client(&south_def).await;
+    let south_node = south_def.node_client().await;
     let err = match south_node
         .open(&west, &west_gw, &header("echo.shop", "tcp"))
         .await

@@ -100,6 +100,8 @@ mod tests {
             name: name.parse().unwrap(),
             ports: vec!["http=80/http".parse().unwrap()],
             healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
+            headless: false,
+            endpoints: Vec::new(),
         }
     }
 

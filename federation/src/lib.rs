@@ -32,8 +32,8 @@ pub use model::{
 pub use policy::{admit, Refusal};
 pub use routing::{plan, Hop, NoRoute, Plan, Target};
 pub use snapshot::{
-    build_snapshot, EndpointState, LinkRecord, LocalService, MeshSnapshot, RemoteState,
-    ServiceRecord, SnapshotInputs,
+    build_snapshot, endpoint_keys, EndpointKey, EndpointRecord, EndpointState, LinkRecord,
+    LocalService, MeshSnapshot, RemoteState, ServiceRecord, SnapshotInputs,
 };
 pub use spiffe::{Identity, InvalidSpiffeId, SpiffeId};
 pub use token::{
@@ -41,6 +41,6 @@ pub use token::{
     TOKEN_PREFIX,
 };
 pub use wire::{
-    encode_frame, ExportedService, FrameDecoder, GoodbyeReason, JoinMessage, LinkMessage,
-    TunnelHeader, TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
+    encode_frame, ExportedEndpoint, ExportedService, FrameDecoder, GoodbyeReason, JoinMessage,
+    LinkMessage, TunnelHeader, TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
 };

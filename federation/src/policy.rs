@@ -28,9 +28,14 @@ pub enum Refusal {
     BadHeader,
     /// The caller asked for a different cluster than this one.
     WrongCluster,
+    /// The header named an endpoint the (exported) service does not have here, or the
+    /// service is not headless.
+    UnknownEndpoint,
+    /// The header named an endpoint that is not healthy.
+    EndpointUnhealthy,
 }
 
-const ALL: [Refusal; 7] = [
+const ALL: [Refusal; 9] = [
     Refusal::UnknownPeer,
     Refusal::NotExported,
     Refusal::UnknownPort,
@@ -38,6 +43,8 @@ const ALL: [Refusal; 7] = [
     Refusal::TooManyHops,
     Refusal::BadHeader,
     Refusal::WrongCluster,
+    Refusal::UnknownEndpoint,
+    Refusal::EndpointUnhealthy,
 ];
 
 impl Refusal {
@@ -51,10 +58,13 @@ impl Refusal {
             Refusal::TooManyHops => "too_many_hops",
             Refusal::BadHeader => "bad_header",
             Refusal::WrongCluster => "wrong_cluster",
+            Refusal::UnknownEndpoint => "unknown_endpoint",
+            Refusal::EndpointUnhealthy => "endpoint_unhealthy",
         }
     }
 
-    /// The wire code (1..=7; 0 is never a refusal).
+    /// The wire code (1..=9; 0 is never a refusal). Only callers that name an endpoint
+    /// (and so know codes 8 and 9) are ever sent 8 or 9.
     pub fn code(&self) -> u8 {
         match self {
             Refusal::UnknownPeer => 1,
@@ -64,6 +74,8 @@ impl Refusal {
             Refusal::TooManyHops => 5,
             Refusal::BadHeader => 6,
             Refusal::WrongCluster => 7,
+            Refusal::UnknownEndpoint => 8,
+            Refusal::EndpointUnhealthy => 9,
         }
     }
 
@@ -87,6 +99,12 @@ impl fmt::Display for Refusal {
             Refusal::TooManyHops => "the tunnel crossed too many gateways; check for a routing loop",
             Refusal::BadHeader => "the tunnel header was malformed; check both sides run compatible Ferry versions",
             Refusal::WrongCluster => "the tunnel was meant for another cluster; check the caller's routing",
+            Refusal::UnknownEndpoint => {
+                "the serving cluster's service has no endpoint of that hostname, or is not headless; check the endpoint's DNS name"
+            }
+            Refusal::EndpointUnhealthy => {
+                "the named endpoint is not healthy in the serving cluster; retry later or use the service name"
+            }
         })
     }
 }
@@ -97,6 +115,10 @@ impl fmt::Display for Refusal {
 /// Checks, in order: the caller is a gateway or node of a linked peer (not this cluster, not a
 /// CA), the header names this cluster if it names one, the hop count, the service exists and
 /// is exported, the port exists, and at least one endpoint is healthy.
+///
+/// When the header names an endpoint, the answer is that one endpoint's address: the service
+/// must be headless and have a local endpoint of that hostname (else `UnknownEndpoint`), and
+/// it must be healthy (else `EndpointUnhealthy`).
 pub fn admit(
     snapshot: &MeshSnapshot,
     caller: &Identity,
@@ -129,6 +151,20 @@ pub fn admit(
         .iter()
         .find(|p| p.name == header.port)
         .ok_or(Refusal::UnknownPort)?;
+    if let Some(hostname) = &header.endpoint {
+        if !service.headless {
+            return Err(Refusal::UnknownEndpoint);
+        }
+        let endpoint = service
+            .local
+            .iter()
+            .find(|e| &e.addr.hostname_or_default() == hostname)
+            .ok_or(Refusal::UnknownEndpoint)?;
+        if !endpoint.healthy {
+            return Err(Refusal::EndpointUnhealthy);
+        }
+        return Ok(vec![endpoint.addr.target(port)]);
+    }
     let mut addrs: Vec<SocketAddr> = service
         .local
         .iter()

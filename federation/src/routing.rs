@@ -1,5 +1,5 @@
-//! The node proxy's routing decision: for a connection to a service VIP and port, which hops
-//! to try, in order.
+//! The node proxy's routing decision: for a connection to a service VIP (or the VIP of one
+//! endpoint of a headless service) and port, which hops to try, in order.
 //!
 //! [`plan`] is a pure function of the snapshot; it decides before anything connects. It must
 //! not dial, resolve names or remember earlier choices: spreading load comes from the caller's
@@ -8,14 +8,14 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::model::{ClusterId, PortName, ServiceName, ServicePort};
+use crate::model::{ClusterId, Label, PortName, ServiceName, ServicePort};
 use crate::policy::rotate;
-use crate::snapshot::MeshSnapshot;
+use crate::snapshot::{EndpointRecord, MeshSnapshot, ServiceRecord};
 
 /// Where a client connection was headed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// The service VIP.
+    /// The service VIP or an endpoint VIP.
     pub vip: IpAddr,
     /// The port dialled on the VIP.
     pub port: u16,
@@ -34,6 +34,9 @@ pub enum Hop {
         port: PortName,
         /// The peer's gateways.
         gateways: Vec<SocketAddr>,
+        /// The one endpoint (of a headless service) to reach, for a connection to an
+        /// endpoint VIP; `None` lets the peer pick.
+        endpoint: Option<Label>,
     },
 }
 
@@ -65,13 +68,37 @@ pub enum NoRoute {
     /// Neither local endpoints nor any reachable peer are healthy.
     #[error("service {0} has no healthy endpoints here or in any reachable linked cluster")]
     NoHealthyEndpoints(ServiceName),
+    /// The endpoint behind an endpoint VIP is unhealthy, or its cluster has no gateway.
+    #[error(
+        "endpoint {hostname} of service {service} in cluster {cluster} is not healthy or not \
+         reachable; use the service's own name to reach any healthy endpoint"
+    )]
+    EndpointUnavailable {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint's cluster.
+        cluster: ClusterId,
+        /// The endpoint's hostname.
+        hostname: Label,
+    },
 }
 
 impl fmt::Display for Hop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Hop::Local(addr) => write!(f, "local {addr}"),
-            Hop::Remote { cluster, port, .. } => write!(f, "cluster {cluster} port {port}"),
+            Hop::Remote {
+                cluster,
+                port,
+                endpoint: None,
+                ..
+            } => write!(f, "cluster {cluster} port {port}"),
+            Hop::Remote {
+                cluster,
+                port,
+                endpoint: Some(e),
+                ..
+            } => write!(f, "cluster {cluster} endpoint {e} port {port}"),
         }
     }
 }
@@ -79,18 +106,17 @@ impl fmt::Display for Hop {
 /// Plans a connection to `target`: healthy local endpoints first (rotated by `pick`), then
 /// peer clusters with healthy endpoints for the port's name and at least one gateway (rotated
 /// by `pick`, each gateway list rotated by `pick` too). Unhealthy endpoints are never tried.
+///
+/// A target on an endpoint VIP gets exactly one hop: the local endpoint, or its cluster's
+/// gateways with the endpoint named; an unhealthy endpoint has no route.
 pub fn plan(snapshot: &MeshSnapshot, target: &Target, pick: u64) -> Result<Plan, NoRoute> {
-    let service = snapshot
-        .by_vip(target.vip)
-        .ok_or(NoRoute::UnknownVip(target.vip))?;
-    let port = service
-        .ports
-        .iter()
-        .find(|p| p.port == target.port)
-        .ok_or_else(|| NoRoute::UnknownPort {
-            service: service.name.clone(),
-            port: target.port,
-        })?;
+    let Some(service) = snapshot.by_vip(target.vip) else {
+        return match snapshot.by_endpoint_vip(target.vip) {
+            Some((service, endpoint)) => plan_endpoint(snapshot, service, endpoint, target, pick),
+            None => Err(NoRoute::UnknownVip(target.vip)),
+        };
+    };
+    let port = service_port(service, target)?;
 
     let mut local: Vec<Hop> = service
         .local
@@ -116,6 +142,7 @@ pub fn plan(snapshot: &MeshSnapshot, target: &Target, pick: u64) -> Result<Plan,
                 cluster: r.cluster.clone(),
                 port: port.name.clone(),
                 gateways,
+                endpoint: None,
             })
         })
         .collect();
@@ -129,6 +156,66 @@ pub fn plan(snapshot: &MeshSnapshot, target: &Target, pick: u64) -> Result<Plan,
         service: service.name.clone(),
         port: port.clone(),
         hops: local,
+    })
+}
+
+fn service_port<'a>(
+    service: &'a ServiceRecord,
+    target: &Target,
+) -> Result<&'a ServicePort, NoRoute> {
+    service
+        .ports
+        .iter()
+        .find(|p| p.port == target.port)
+        .ok_or_else(|| NoRoute::UnknownPort {
+            service: service.name.clone(),
+            port: target.port,
+        })
+}
+
+/// The one hop to an endpoint of a headless service.
+fn plan_endpoint(
+    snapshot: &MeshSnapshot,
+    service: &ServiceRecord,
+    endpoint: &EndpointRecord,
+    target: &Target,
+    pick: u64,
+) -> Result<Plan, NoRoute> {
+    let port = service_port(service, target)?;
+    let unavailable = || NoRoute::EndpointUnavailable {
+        service: service.name.clone(),
+        cluster: endpoint.cluster.clone(),
+        hostname: endpoint.hostname.clone(),
+    };
+    if !endpoint.healthy {
+        return Err(unavailable());
+    }
+    let hop = if endpoint.cluster == snapshot.cluster {
+        let local = service
+            .local
+            .iter()
+            .find(|e| e.addr.hostname_or_default() == endpoint.hostname)
+            .filter(|e| e.healthy)
+            .ok_or_else(unavailable)?;
+        Hop::Local(local.addr.target(port))
+    } else {
+        let link = snapshot
+            .link(&endpoint.cluster)
+            .filter(|l| !l.gateways.is_empty())
+            .ok_or_else(unavailable)?;
+        let mut gateways = link.gateways.clone();
+        rotate(&mut gateways, pick);
+        Hop::Remote {
+            cluster: endpoint.cluster.clone(),
+            port: port.name.clone(),
+            gateways,
+            endpoint: Some(endpoint.hostname.clone()),
+        }
+    };
+    Ok(Plan {
+        service: service.name.clone(),
+        port: port.clone(),
+        hops: vec![hop],
     })
 }
 

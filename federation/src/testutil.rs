@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{ClusterId, ServiceName, ServiceSpec};
-use crate::snapshot::{build_snapshot, LinkRecord, LocalService, MeshSnapshot, SnapshotInputs};
-use crate::wire::ExportedService;
+use crate::snapshot::{
+    build_snapshot, EndpointKey, LinkRecord, LocalService, MeshSnapshot, SnapshotInputs,
+};
+use crate::wire::{ExportedEndpoint, ExportedService};
 
 pub(crate) fn cid(s: &str) -> ClusterId {
     s.parse().unwrap()
@@ -30,11 +32,31 @@ pub(crate) fn local(
     eps: &[(&str, bool)],
     exported: bool,
 ) -> LocalService {
+    local_with(name, ports, eps, exported, false)
+}
+
+pub(crate) fn local_headless(
+    name: &str,
+    ports: &[&str],
+    eps: &[(&str, bool)],
+    exported: bool,
+) -> LocalService {
+    local_with(name, ports, eps, exported, true)
+}
+
+fn local_with(
+    name: &str,
+    ports: &[&str],
+    eps: &[(&str, bool)],
+    exported: bool,
+    headless: bool,
+) -> LocalService {
     LocalService {
-        spec: ServiceSpec::new(
+        spec: ServiceSpec::with_headless(
             sname(name),
             ports.iter().map(|p| p.parse().unwrap()).collect(),
             eps.iter().map(|(e, _)| e.parse().unwrap()).collect(),
+            headless,
         )
         .unwrap(),
         exported,
@@ -50,7 +72,30 @@ pub(crate) fn export(name: &str, ports: &[&str], healthy: &[(&str, u32)]) -> Exp
             .iter()
             .map(|(p, n)| (p.parse().unwrap(), *n))
             .collect(),
+        headless: false,
+        endpoints: Vec::new(),
     }
+}
+
+/// An export of a headless service with `eps` as (hostname, healthy), one port.
+pub(crate) fn export_headless(name: &str, port: &str, eps: &[(&str, bool)]) -> ExportedService {
+    let healthy = eps.iter().filter(|(_, h)| *h).count() as u32;
+    let port_name = port.split('=').next().unwrap();
+    ExportedService {
+        headless: true,
+        endpoints: eps
+            .iter()
+            .map(|(h, ok)| ExportedEndpoint {
+                hostname: h.parse().unwrap(),
+                healthy: *ok,
+            })
+            .collect(),
+        ..export(name, &[port], &[(port_name, healthy)])
+    }
+}
+
+pub(crate) fn ekey(service: &str, cluster: &str, hostname: &str) -> EndpointKey {
+    (sname(service), cid(cluster), hostname.parse().unwrap())
 }
 
 pub(crate) fn link(peer: &str, gateways: &[&str]) -> LinkRecord {
@@ -119,16 +164,125 @@ pub(crate) fn fixture() -> MeshSnapshot {
     .into_iter()
     .map(|(n, v)| (sname(n), ip(v)))
     .collect();
+    build_east(1, &locals, &imports, &links, &vips, &BTreeMap::new())
+}
+
+/// Cluster `east` with headless services (VIPs 10.96.1.x, endpoint VIPs 10.96.2.x):
+/// - `kafka.data` (10.96.1.1): local, headless, exported, port broker=9092; endpoints
+///   kafka-0=10.0.3.1 healthy (.1), kafka-1=10.0.3.2 unhealthy (.2), 10.0.3.3 (default
+///   hostname 10-0-3-3) healthy (.3). Exported headless by west (kafka-0 healthy (.10),
+///   kafka-5 unhealthy (.11)) and south (kafka-9 healthy (.12), south has no gateways); by
+///   north as a plain service (no endpoints); by unlinked rogue (dropped, VIP .13 unused).
+/// - `zk.data` (10.96.1.2): imported headless from west; zk-0 healthy (.20), zk-1 healthy
+///   but without an endpoint VIP.
+/// - `plain.data` (10.96.1.3): local, not headless, exported, endpoint p-0=10.0.4.1 healthy;
+///   west claims it is headless with endpoint w-0 (.30): ignored.
+/// - `hidden.data` (10.96.1.4): local, headless, not exported, h-0=10.0.5.1 healthy (.40).
+pub(crate) fn headless_fixture() -> MeshSnapshot {
+    let locals = vec![
+        local_headless(
+            "kafka.data",
+            &["broker=9092"],
+            &[
+                ("kafka-0=10.0.3.1", true),
+                ("kafka-1=10.0.3.2", false),
+                ("10.0.3.3", true),
+            ],
+            true,
+        ),
+        local("plain.data", &["http=80"], &[("p-0=10.0.4.1", true)], true),
+        local_headless(
+            "hidden.data",
+            &["http=80"],
+            &[("h-0=10.0.5.1", true)],
+            false,
+        ),
+    ];
+    let mut imports = BTreeMap::new();
+    imports.insert(
+        cid("west"),
+        vec![
+            export_headless(
+                "kafka.data",
+                "broker=9092",
+                &[("kafka-0", true), ("kafka-5", false)],
+            ),
+            export_headless("zk.data", "client=2181", &[("zk-0", true), ("zk-1", true)]),
+            export_headless("plain.data", "http=80", &[("w-0", true)]),
+        ],
+    );
+    imports.insert(
+        cid("south"),
+        vec![export_headless(
+            "kafka.data",
+            "broker=9092",
+            &[("kafka-9", true)],
+        )],
+    );
+    imports.insert(
+        cid("north"),
+        vec![export("kafka.data", &["broker=9092"], &[("broker", 1)])],
+    );
+    imports.insert(
+        cid("rogue"),
+        vec![export_headless(
+            "kafka.data",
+            "broker=9092",
+            &[("kafka-0", true)],
+        )],
+    );
+    let links = vec![
+        link("west", &["192.0.2.1:4443", "192.0.2.2:4443"]),
+        link("north", &["198.51.100.1:4443"]),
+        link("south", &[]),
+    ];
+    let vips: BTreeMap<ServiceName, IpAddr> = [
+        ("kafka.data", "10.96.1.1"),
+        ("zk.data", "10.96.1.2"),
+        ("plain.data", "10.96.1.3"),
+        ("hidden.data", "10.96.1.4"),
+    ]
+    .into_iter()
+    .map(|(n, v)| (sname(n), ip(v)))
+    .collect();
+    let endpoint_vips: BTreeMap<EndpointKey, IpAddr> = [
+        (ekey("kafka.data", "east", "kafka-0"), "10.96.2.1"),
+        (ekey("kafka.data", "east", "kafka-1"), "10.96.2.2"),
+        (ekey("kafka.data", "east", "10-0-3-3"), "10.96.2.3"),
+        (ekey("kafka.data", "west", "kafka-0"), "10.96.2.10"),
+        (ekey("kafka.data", "west", "kafka-5"), "10.96.2.11"),
+        (ekey("kafka.data", "south", "kafka-9"), "10.96.2.12"),
+        (ekey("kafka.data", "rogue", "kafka-0"), "10.96.2.13"),
+        (ekey("zk.data", "west", "zk-0"), "10.96.2.20"),
+        (ekey("plain.data", "west", "w-0"), "10.96.2.30"),
+        (ekey("hidden.data", "east", "h-0"), "10.96.2.40"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, ip(v)))
+    .collect();
+    build_east(2, &locals, &imports, &links, &vips, &endpoint_vips)
+}
+
+/// Builds cluster `east`'s snapshot, with gateway 203.0.113.1:4443.
+fn build_east(
+    version: u64,
+    local: &[LocalService],
+    imports: &BTreeMap<ClusterId, Vec<ExportedService>>,
+    links: &[LinkRecord],
+    vips: &BTreeMap<ServiceName, IpAddr>,
+    endpoint_vips: &BTreeMap<EndpointKey, IpAddr>,
+) -> MeshSnapshot {
     build_snapshot(
-        1,
+        version,
         &SnapshotInputs {
             cluster: &cid("east"),
             trust_domain: &"mesh.local".parse().unwrap(),
-            local: &locals,
-            imports: &imports,
-            links: &links,
+            local,
+            imports,
+            links,
             gateways: &[addr("203.0.113.1:4443")],
-            vips: &vips,
+            vips,
+            endpoint_vips,
         },
     )
 }

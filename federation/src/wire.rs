@@ -23,7 +23,11 @@ pub const MAX_HOPS: u8 = 4;
 pub const MAX_HEADER: usize = 1024;
 
 const MAGIC: u8 = b'F';
-const VERSION: u8 = 1;
+/// Header without an endpoint: the layout every Ferry speaks.
+const VERSION_1: u8 = 1;
+/// Header naming one endpoint of a headless service: version 1's fields plus the endpoint.
+/// A gateway that only speaks version 1 refuses it instead of ignoring the endpoint.
+const VERSION_2: u8 = 2;
 
 /// Bytes that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +48,7 @@ pub enum WireError {
     BadMagic(u8),
     /// A tunnel header version this build does not speak.
     #[error(
-        "tunnel header version {0} is not supported (this Ferry speaks 1); upgrade the older side"
+        "tunnel header version {0} is not supported (this Ferry speaks 1 and 2); upgrade the older side"
     )]
     UnsupportedVersion(u8),
     /// The tunnel header would exceed [`MAX_HEADER`].
@@ -64,6 +68,9 @@ pub enum WireError {
 }
 
 /// One service a cluster exports to a peer, with its healthy endpoint count per port.
+///
+/// `headless` and `endpoints` are newer than the rest: they are left out when unused and
+/// default when absent, so peers that predate them keep decoding.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ExportedService {
     /// The service.
@@ -72,6 +79,26 @@ pub struct ExportedService {
     pub ports: Vec<ServicePort>,
     /// Healthy endpoints per port name.
     pub healthy: BTreeMap<PortName, u32>,
+    /// Whether the service is headless (each endpoint has its own name and VIP).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub headless: bool,
+    /// The endpoints of a headless service by hostname, sorted; empty otherwise. No
+    /// addresses cross the link: a caller names the endpoint and the gateway resolves it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ExportedEndpoint>,
+}
+
+/// One endpoint of an exported headless service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExportedEndpoint {
+    /// The endpoint's hostname (given, or derived from its IP).
+    pub hostname: Label,
+    /// Whether it passes health checks.
+    pub healthy: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why a peer says goodbye.
@@ -248,13 +275,22 @@ pub struct TunnelHeader {
     pub hops: u8,
     /// W3C trace context, if any (dropped on encode if empty or over 255 bytes).
     pub traceparent: Option<String>,
+    /// The hostname of the one endpoint of a headless service to reach; `None` lets the
+    /// gateway pick any healthy endpoint.
+    pub endpoint: Option<Label>,
 }
 
 impl TunnelHeader {
-    /// Appends the encoded header: `b'F'`, version 1, hops, then u8-length-prefixed service
-    /// name, namespace, port, cluster (0 = none) and traceparent (0 = none).
+    /// Appends the encoded header: `b'F'`, version, hops, then u8-length-prefixed service
+    /// name, namespace, port, cluster (0 = none) and traceparent (0 = none). Version 1 ends
+    /// there; with an endpoint, the version is 2 and the endpoint's hostname follows
+    /// (never empty).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[MAGIC, VERSION, self.hops]);
+        let version = match self.endpoint {
+            None => VERSION_1,
+            Some(_) => VERSION_2,
+        };
+        out.extend_from_slice(&[MAGIC, version, self.hops]);
         put_str(out, self.service.name().as_str());
         put_str(out, self.service.namespace().as_str());
         put_str(out, self.port.as_str());
@@ -265,12 +301,15 @@ impl TunnelHeader {
             .filter(|t| t.len() <= 255 && is_trace_text(t))
             .unwrap_or("");
         put_str(out, trace);
+        if let Some(endpoint) = &self.endpoint {
+            put_str(out, endpoint.as_str());
+        }
     }
 
     /// Decodes a header from the start of `buf`: `Ok(None)` if more bytes are needed,
     /// otherwise the header and how many bytes it used.
     pub fn decode(buf: &[u8]) -> Result<Option<(TunnelHeader, usize)>, WireError> {
-        let mut fields: [&[u8]; 5] = [&[]; 5];
+        let mut fields: [&[u8]; 6] = [&[]; 6];
         let Some(&magic) = buf.first() else {
             return Ok(None);
         };
@@ -280,14 +319,16 @@ impl TunnelHeader {
         let Some(&version) = buf.get(1) else {
             return Ok(None);
         };
-        if version != VERSION {
-            return Err(WireError::UnsupportedVersion(version));
-        }
+        let field_count = match version {
+            VERSION_1 => 5,
+            VERSION_2 => 6,
+            v => return Err(WireError::UnsupportedVersion(v)),
+        };
         let Some(&hops) = buf.get(2) else {
             return Ok(None);
         };
         let mut pos = 3;
-        for field in &mut fields {
+        for field in &mut fields[..field_count] {
             let Some(&len) = buf.get(pos) else {
                 return Ok(None);
             };
@@ -301,7 +342,7 @@ impl TunnelHeader {
             *field = bytes;
             pos = end;
         }
-        let [name, namespace, port, cluster, trace] = fields;
+        let [name, namespace, port, cluster, trace, endpoint] = fields;
         let bad = |field: &'static str| {
             move |e: InvalidName| WireError::BadField {
                 field,
@@ -330,12 +371,24 @@ impl TunnelHeader {
                 Some(t.to_owned())
             }
         };
+        let endpoint = match (version, endpoint) {
+            (VERSION_1, _) => None,
+            (_, []) => {
+                return Err(WireError::BadField {
+                    field: "endpoint",
+                    reason: "empty in a version 2 header; name the endpoint or send version 1"
+                        .into(),
+                })
+            }
+            (_, e) => Some(Label::new(text("endpoint", e)?).map_err(bad("endpoint"))?),
+        };
         let header = TunnelHeader {
             service,
             port,
             cluster,
             hops,
             traceparent,
+            endpoint,
         };
         Ok(Some((header, pos)))
     }

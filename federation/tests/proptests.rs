@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use ferry_federation::{
-    encode_frame, ClusterId, ExportedService, FrameDecoder, GoodbyeReason, JoinMessage, LinkConfig,
-    LinkMessage, LinkSync, LinkToken, ServiceName, SpiffeId, TunnelHeader,
+    encode_frame, ClusterId, EndpointAddr, ExportedEndpoint, ExportedService, FrameDecoder,
+    GoodbyeReason, JoinMessage, Label, LinkConfig, LinkMessage, LinkSync, LinkToken, ServiceName,
+    SpiffeId, TunnelHeader,
 };
 
 fn cluster() -> impl Strategy<Value = ClusterId> {
@@ -15,7 +16,11 @@ fn cluster() -> impl Strategy<Value = ClusterId> {
 }
 
 fn label() -> impl Strategy<Value = String> {
-    "[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+    "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+}
+
+fn hostname() -> impl Strategy<Value = Label> {
+    label().prop_map(|s| s.parse().unwrap())
 }
 
 fn service_name() -> impl Strategy<Value = ServiceName> {
@@ -36,14 +41,18 @@ fn header() -> impl Strategy<Value = TunnelHeader> {
         proptest::option::of(cluster()),
         any::<u8>(),
         proptest::option::of("[!-~]{1,255}"),
+        proptest::option::of(hostname()),
     )
-        .prop_map(|(service, port, cluster, hops, traceparent)| TunnelHeader {
-            service,
-            port: port.parse().unwrap(),
-            cluster,
-            hops,
-            traceparent,
-        })
+        .prop_map(
+            |(service, port, cluster, hops, traceparent, endpoint)| TunnelHeader {
+                service,
+                port: port.parse().unwrap(),
+                cluster,
+                hops,
+                traceparent,
+                endpoint,
+            },
+        )
 }
 
 fn token() -> impl Strategy<Value = LinkToken> {
@@ -74,11 +83,21 @@ fn token() -> impl Strategy<Value = LinkToken> {
 }
 
 fn exported() -> impl Strategy<Value = ExportedService> {
-    ("[a-c]\\.ns", 0u32..3).prop_map(|(name, healthy)| ExportedService {
-        name: name.parse().unwrap(),
-        ports: vec!["http=80/http".parse().unwrap()],
-        healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
-    })
+    (
+        "[a-c]\\.ns",
+        0u32..3,
+        proptest::collection::vec((hostname(), any::<bool>()), 0..3),
+    )
+        .prop_map(|(name, healthy, endpoints)| ExportedService {
+            name: name.parse().unwrap(),
+            ports: vec!["http=80/http".parse().unwrap()],
+            healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
+            headless: !endpoints.is_empty(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(hostname, healthy)| ExportedEndpoint { hostname, healthy })
+                .collect(),
+        })
 }
 
 fn link_message() -> impl Strategy<Value = LinkMessage> {
@@ -159,6 +178,28 @@ proptest! {
         let (got, used) = TunnelHeader::decode(&buf).unwrap().unwrap();
         prop_assert_eq!(got, h);
         prop_assert_eq!(used, len);
+    }
+
+    #[test]
+    fn endpoint_addrs_round_trip(
+        ip in prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ],
+        port in proptest::option::of(1u16..),
+        hostname in proptest::option::of(hostname()),
+    ) {
+        let e = EndpointAddr { ip, port, hostname };
+        let text = e.to_string();
+        prop_assert_eq!(text.parse::<EndpointAddr>(), Ok(e.clone()));
+        // The default hostname of any IP is a valid label (it is built, never panics).
+        let _ = EndpointAddr { hostname: None, ..e }.hostname_or_default();
+    }
+
+    #[test]
+    fn endpoint_parse_never_panics(s in "\\PC{0,80}", t in "[a-z0-9=:.\\[\\]-]{0,40}") {
+        let _ = s.parse::<EndpointAddr>();
+        let _ = t.parse::<EndpointAddr>();
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Tunnel streams: one QUIC bidirectional stream per proxied connection.
 //!
 //! Server side (in the gateway): read the header, admit it against the snapshot (linked
-//! caller, exported service, known port, healthy endpoint), connect to a local endpoint
-//! of that service only, answer a status, then relay bytes both ways with half-closes.
+//! caller, exported service, known port, healthy endpoint, or the one named endpoint of a
+//! headless service), connect to a local endpoint admission answered with only, answer a
+//! status, then relay bytes both ways with half-closes.
 //! Client side ([`TunnelClient`], used by node proxies): pooled long-lived connections
 //! to remote gateways, so a call costs one stream, never a handshake.
 //! Never connects to an address the caller chose.
@@ -70,8 +71,9 @@ async fn refuse(
     metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str()).increment(1);
     match header {
         Some(h) => tracing::warn!(
-            caller = %caller, service = %h.service, port = %h.port, reason = refusal.as_str(),
-            "tunnel stream refused"
+            caller = %caller, service = %h.service, port = %h.port,
+            endpoint = h.endpoint.as_ref().map_or("", |e| e.as_str()),
+            reason = refusal.as_str(), "tunnel stream refused"
         ),
         None => {
             tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
@@ -113,7 +115,12 @@ async fn serve_stream(
         }
     }
     let Some(mut tcp) = upstream else {
-        return refuse(send, caller, Some(&header), Refusal::NoEndpoints).await;
+        // A named endpoint that does not answer is that endpoint's failure, not the service's.
+        let refusal = match header.endpoint {
+            Some(_) => Refusal::EndpointUnhealthy,
+            None => Refusal::NoEndpoints,
+        };
+        return refuse(send, caller, Some(&header), refusal).await;
     };
     let _ = tcp.set_nodelay(true);
     let mut send = send;

@@ -1,13 +1,15 @@
 //! `ferry node`: the node proxy.
 //!
-//! Listens on `VIP:port` for every local and imported service in the snapshot, decides
+//! Listens on `VIP:port` for every local and imported service in the snapshot, and on
+//! every endpoint VIP of a headless service for each of the service's ports; decides
 //! each connection with the pure `ferry_federation::plan` (healthy local endpoints
-//! first, then remote clusters whose exported service is healthy) and forwards it:
+//! first, then remote clusters whose exported service is healthy; exactly the named
+//! endpoint for an endpoint VIP) and forwards it:
 //! directly over TCP to a local endpoint, or as one stream on a pooled QUIC connection
 //! to the remote cluster's gateway. Refusals and dead ends reach the application as a
 //! reset connection. Reads only the snapshot; never calls the control plane per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,16 +55,7 @@ impl NodeProxy {
         let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
         loop {
             let snapshot = rx.borrow_and_update().clone();
-            let wanted: Vec<SocketAddr> = snapshot
-                .services
-                .iter()
-                .flat_map(|s| {
-                    s.ports
-                        .iter()
-                        .filter(|p| p.protocol != Protocol::Udp)
-                        .map(move |p| SocketAddr::new(s.vip, p.port))
-                })
-                .collect();
+            let wanted = listen_addrs(&snapshot);
             listeners.retain(|addr, task| {
                 let keep = wanted.contains(addr) && !task.is_finished();
                 if !keep {
@@ -91,6 +84,24 @@ impl NodeProxy {
             }
         }
     }
+}
+
+/// Every `VIP:port` to listen on: each service's VIP, and each endpoint VIP of a headless
+/// service, on every TCP port of the service.
+fn listen_addrs(snapshot: &MeshSnapshot) -> HashSet<SocketAddr> {
+    snapshot
+        .services
+        .iter()
+        .flat_map(|s| {
+            let vips = std::iter::once(s.vip).chain(s.endpoints.iter().map(|e| e.vip));
+            vips.flat_map(move |vip| {
+                s.ports
+                    .iter()
+                    .filter(|p| p.protocol != Protocol::Udp)
+                    .map(move |p| SocketAddr::new(vip, p.port))
+            })
+        })
+        .collect()
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
@@ -150,6 +161,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                 cluster,
                 port,
                 gateways,
+                endpoint,
             } => {
                 let header = TunnelHeader {
                     service: route.service.clone(),
@@ -157,6 +169,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                     cluster: Some(cluster.clone()),
                     hops: 0,
                     traceparent: None,
+                    endpoint,
                 };
                 match shared.tunnel.open(&cluster, &gateways, &header).await {
                     Ok((send, recv)) => {

@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         ports: vec!["tcp=9000/tcp".into()],
         endpoints: vec![backend.to_string()],
         export: true,
+        headless: false,
     })
     .await?;
     let token = ec

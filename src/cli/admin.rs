@@ -40,6 +40,10 @@ fn service_json(s: &pb::ServiceInfo) -> serde_json::Value {
         "exported": s.exported,
         "local": s.local.iter().map(|e| json!({"addr": e.addr, "healthy": e.healthy})).collect::<Vec<_>>(),
         "remote": s.remote.iter().map(|r| json!({"cluster": r.cluster, "healthy": r.healthy})).collect::<Vec<_>>(),
+        "headless": s.headless,
+        "endpoints": s.endpoints.iter().map(|e| json!({
+            "cluster": e.cluster, "hostname": e.hostname, "vip": e.vip, "healthy": e.healthy,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -93,6 +97,12 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
                 } else {
                     remote
                 },
+                if s.headless {
+                    let healthy = s.endpoints.iter().filter(|e| e.healthy).count();
+                    format!("{healthy}/{}", s.endpoints.len())
+                } else {
+                    "-".into()
+                },
             ]
         })
         .collect();
@@ -104,6 +114,7 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
             "EXPORTED",
             "LOCAL HEALTHY",
             "REMOTE (healthy)",
+            "ENDPOINT VIPS (healthy)",
         ],
         rows,
     );
@@ -120,6 +131,7 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
             ports,
             endpoints,
             export,
+            headless,
         }) => {
             let info = c
                 .add_service(pb::AddServiceRequest {
@@ -127,6 +139,7 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                     ports: ports.clone(),
                     endpoints: endpoints.clone(),
                     export: *export,
+                    headless: *headless,
                 })
                 .await
                 .map_err(status_error)?

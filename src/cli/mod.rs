@@ -111,12 +111,16 @@ pub enum ServiceCommand {
         /// name=port[:target]/proto, e.g. http=8080/http (repeatable)
         #[arg(long = "port", required = true)]
         ports: Vec<String>,
-        /// ip or ip:port of an instance (repeatable)
+        /// ip, ip:port or hostname=ip[:port] of an instance (repeatable)
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
         /// Export it to linked clusters right away.
         #[arg(long)]
         export: bool,
+        /// Headless: every endpoint gets its own VIP and DNS name
+        /// (<hostname>.<cluster>.<name>.<namespace>.svc.<zone>); hostnames must be unique.
+        #[arg(long)]
+        headless: bool,
     },
     /// Remove a local service.
     Remove { name: String },

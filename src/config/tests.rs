@@ -87,3 +87,43 @@ fn deploy_examples_parse() {
     }
     assert!(n >= 2, "expected example configs in deploy/");
 }
+
+#[test]
+fn headless_services_and_named_endpoints() {
+    let service = |body: &str| {
+        format!("{MINIMAL}\n[[service]]\nname = \"kafka.data\"\nports = [\"broker=9092\"]\n{body}")
+    };
+    let cfg = Config::parse(
+        &service("endpoints = [\"kafka-0=127.0.0.1:9100\", \"127.0.0.2\"]\nheadless = true\n"),
+        Path::new("."),
+    )
+    .unwrap();
+    let spec = &cfg.services[0].spec;
+    assert!(spec.headless);
+    let hosts: Vec<String> = spec
+        .endpoints
+        .iter()
+        .map(|e| e.hostname_or_default().to_string())
+        .collect();
+    assert_eq!(hosts, ["kafka-0", "127-0-0-2"]);
+
+    let plain = Config::parse(&service("endpoints = [\"127.0.0.1\"]\n"), Path::new(".")).unwrap();
+    assert!(
+        !plain.services[0].spec.headless,
+        "headless defaults to false"
+    );
+
+    let dup = service("endpoints = [\"k=127.0.0.1\", \"k=127.0.0.2\"]\nheadless = true\n");
+    let err = Config::parse(&dup, Path::new(".")).unwrap_err().to_string();
+    assert!(
+        err.contains("`service[0]`") && err.contains("two endpoints named k"),
+        "{err}"
+    );
+
+    let bad = service("endpoints = [\"Kafka=127.0.0.1\"]\n");
+    let err = Config::parse(&bad, Path::new(".")).unwrap_err().to_string();
+    assert!(
+        err.contains("`service[0].endpoints`") && err.contains("hostname"),
+        "{err}"
+    );
+}

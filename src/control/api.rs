@@ -79,6 +79,17 @@ pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
                 healthy: r.healthy.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             })
             .collect(),
+        headless: rec.headless,
+        endpoints: rec
+            .endpoints
+            .iter()
+            .map(|e| pb::EndpointVipInfo {
+                cluster: e.cluster.to_string(),
+                hostname: e.hostname.to_string(),
+                vip: e.vip.to_string(),
+                healthy: e.healthy,
+            })
+            .collect(),
     }
 }
 
@@ -147,19 +158,19 @@ impl Control for ControlApi {
             .map(|e| {
                 e.parse::<EndpointAddr>().map_err(|err| {
                     bad(format!(
-                        "invalid --endpoint `{e}`: {err} (expected ip or ip:port)"
+                        "invalid --endpoint `{e}`: {err} (expected ip, ip:port or hostname=ip[:port])"
                     ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let spec = ServiceSpec::new(name.clone(), ports, endpoints)
+        let spec = ServiceSpec::with_headless(name.clone(), ports, endpoints, req.headless)
             .map_err(|e| bad(format!("invalid service `{name}`: {e}")))?;
         let doc = ServiceDoc {
             spec,
             exported: req.export,
         };
         self.cp.store.put_service(&doc).map_err(internal)?;
-        tracing::info!(service = %name, exported = req.export, "service added");
+        tracing::info!(service = %name, exported = req.export, headless = req.headless, "service added");
         self.cp.republish().map_err(internal)?;
         self.cp.services_changed.notify_one();
         let snapshot = self.cp.snapshot();

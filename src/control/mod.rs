@@ -9,6 +9,7 @@
 pub mod api;
 mod health;
 pub mod store;
+mod vips;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -173,20 +174,6 @@ impl ControlPlane {
         let links = self.store.links()?;
         let mut live = self.live.lock().expect("control state lock");
         let imports = live.imports.current();
-        // Every local and imported service gets a stable VIP before it is published.
-        let mut vips = self.store.vips()?;
-        let names = services.keys().cloned().chain(
-            imports
-                .iter()
-                .filter(|(peer, _)| links.iter().any(|l| &l.peer == *peer))
-                .flat_map(|(_, list)| list.iter().map(|s| s.name.clone())),
-        );
-        for name in names {
-            if let std::collections::btree_map::Entry::Vacant(slot) = vips.entry(name) {
-                let ip = self.store.allocate_vip(slot.key(), self.cfg.vip_range)?;
-                slot.insert(ip);
-            }
-        }
         let local: Vec<LocalService> = services
             .values()
             .map(|doc| {
@@ -212,6 +199,16 @@ impl ControlPlane {
             })
             .collect();
         let gateways: Vec<SocketAddr> = live.gateways.keys().copied().collect();
+        // Every local and imported service, and every endpoint of a headless one, gets a
+        // stable VIP before it is published.
+        let vip_inputs = vips::VipInputs {
+            cluster: &self.cfg.cluster,
+            local: &local,
+            imports: &imports,
+            links: &link_records,
+        };
+        let vips = vips::service_vips(&self.store, self.cfg.vip_range, &vip_inputs)?;
+        let endpoint_vips = vips::endpoint_vips(&self.store, self.cfg.vip_range, &vip_inputs)?;
         let inputs = SnapshotInputs {
             cluster: &self.cfg.cluster,
             trust_domain: self.trust.trust_domain(),
@@ -220,6 +217,7 @@ impl ControlPlane {
             links: &link_records,
             gateways: &gateways,
             vips: &vips,
+            endpoint_vips: &endpoint_vips,
         };
         let current = self.snapshot_tx.borrow().clone();
         let mut next = build_snapshot(current.version, &inputs);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ferry_federation::{ClusterId, ServiceName, ServiceSpec};
+use ferry_federation::{ClusterId, EndpointKey, ServiceName, ServiceSpec};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -278,6 +278,7 @@ impl Store {
         Ok(n as usize)
     }
 
+    /// Service VIPs by service.
     pub fn vips(&self) -> Result<BTreeMap<ServiceName, IpAddr>, StoreError> {
         let mut out = BTreeMap::new();
         for (k, v) in self.all::<IpAddr>(VIPS, "vips")? {
@@ -288,13 +289,42 @@ impl Store {
         Ok(out)
     }
 
+    /// Endpoint VIPs (of headless services' endpoints) by endpoint.
+    pub fn endpoint_vips(&self) -> Result<BTreeMap<EndpointKey, IpAddr>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.all::<IpAddr>(VIPS, "vips")? {
+            if let Some(key) = parse_endpoint_key(&k) {
+                out.insert(key, v);
+            }
+        }
+        Ok(out)
+    }
+
     /// Returns the service's VIP, allocating the lowest free one in `range` if it has none.
     pub fn allocate_vip(&self, name: &ServiceName, range: VipRange) -> Result<IpAddr, StoreError> {
-        let key = name.to_string();
+        self.allocate(&name.to_string(), range)
+    }
+
+    /// Returns the endpoint's VIP, allocating the lowest free one in `range` (shared with
+    /// service VIPs) if it has none.
+    pub fn allocate_endpoint_vip(
+        &self,
+        key: &EndpointKey,
+        range: VipRange,
+    ) -> Result<IpAddr, StoreError> {
+        self.allocate(&endpoint_key(key), range)
+    }
+
+    /// Frees the endpoint's VIP for reuse.
+    pub fn release_endpoint_vip(&self, key: &EndpointKey) -> Result<(), StoreError> {
+        self.remove(VIPS, &endpoint_key(key)).map(|_| ())
+    }
+
+    fn allocate(&self, key: &str, range: VipRange) -> Result<IpAddr, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         let ip = {
             let mut table = tx.open_table(VIPS).map_err(db_err)?;
-            if let Some(v) = table.get(key.as_str()).map_err(db_err)? {
+            if let Some(v) = table.get(key).map_err(db_err)? {
                 if let Ok(ip) = serde_json::from_str::<IpAddr>(v.value()) {
                     if range.contains(ip) {
                         return Ok(ip);
@@ -314,7 +344,7 @@ impl Store {
                 .find(|ip| !used.contains(ip))
                 .ok_or(StoreError::VipsExhausted(range))?;
             let json = serde_json::to_string(&ip).expect("ip serializes");
-            table.insert(key.as_str(), json.as_str()).map_err(db_err)?;
+            table.insert(key, json.as_str()).map_err(db_err)?;
             ip
         };
         tx.commit().map_err(db_err)?;
@@ -324,6 +354,23 @@ impl Store {
     pub fn release_vip(&self, name: &ServiceName) -> Result<(), StoreError> {
         self.remove(VIPS, &name.to_string()).map(|_| ())
     }
+}
+
+/// The VIP table key of an endpoint: `<service>/<cluster>/<hostname>`. It never parses as a
+/// service name, so endpoint and service VIPs share one table (and so one address pool)
+/// without being mistaken for each other.
+fn endpoint_key((service, cluster, hostname): &EndpointKey) -> String {
+    format!("{service}/{cluster}/{hostname}")
+}
+
+fn parse_endpoint_key(s: &str) -> Option<EndpointKey> {
+    let mut parts = s.split('/');
+    let key = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(key)
 }
 
 /// Lowercase hex of bytes.
@@ -392,6 +439,55 @@ mod tests {
         assert_eq!(
             store.allocate_vip(&"c.x".parse().unwrap(), range).unwrap(),
             a
+        );
+    }
+
+    #[test]
+    fn endpoint_vips_share_the_pool_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let range: VipRange = "127.10.0.0/29".parse().unwrap();
+        let kafka0: EndpointKey = (
+            "kafka.data".parse().unwrap(),
+            "west".parse().unwrap(),
+            "kafka-0".parse().unwrap(),
+        );
+        let dashed: EndpointKey = (
+            "kafka.data".parse().unwrap(),
+            "east".parse().unwrap(),
+            "10-0-0-5".parse().unwrap(),
+        );
+        let (svc, ep0, ep1) = {
+            let store = Store::open(dir.path()).unwrap();
+            let svc = store
+                .allocate_vip(&"kafka.data".parse().unwrap(), range)
+                .unwrap();
+            let ep0 = store.allocate_endpoint_vip(&kafka0, range).unwrap();
+            let ep1 = store.allocate_endpoint_vip(&dashed, range).unwrap();
+            assert_eq!(store.allocate_endpoint_vip(&kafka0, range).unwrap(), ep0);
+            (svc, ep0, ep1)
+        };
+        assert!(svc != ep0 && svc != ep1 && ep0 != ep1, "one pool");
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.vips().unwrap().len(),
+            1,
+            "endpoint keys are not services"
+        );
+        let eps = store.endpoint_vips().unwrap();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps[&kafka0], ep0);
+        assert_eq!(eps[&dashed], ep1);
+        store.release_endpoint_vip(&kafka0).unwrap();
+        assert_eq!(store.endpoint_vips().unwrap().len(), 1);
+        let other: EndpointKey = (
+            kafka0.0.clone(),
+            kafka0.1.clone(),
+            "kafka-9".parse().unwrap(),
+        );
+        assert_eq!(
+            store.allocate_endpoint_vip(&other, range).unwrap(),
+            ep0,
+            "reused"
         );
     }
 

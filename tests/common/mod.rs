@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry::pb;
+use ferry_federation::TunnelHeader;
+use ferry_gateway::tls::{IdentityStore, TrustStore};
+use ferry_gateway::tunnel::TunnelClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -373,6 +377,61 @@ impl ClusterDef {
         )
         .await;
     }
+}
+
+impl ClusterDef {
+    /// This cluster's live gateway addresses, from `ferry status`.
+    pub fn gateways(&self) -> Vec<SocketAddr> {
+        self.status()["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// A tunnel client holding a real node certificate (node `attacker`) issued by this
+    /// cluster's control plane: it opens tunnel streams with headers the test writes.
+    pub async fn node_client(&self) -> TunnelClient {
+        let req = ferry_gateway::pki::new_leaf_request().unwrap();
+        let mut c = ferry::client::connect(&self.socket).await.unwrap();
+        let reply = c
+            .issue_certificate(pb::IssueRequest {
+                role: "node".into(),
+                node: "attacker".into(),
+                csr_pem: req.csr_pem.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let td = reply.trust_domain.parse().unwrap();
+        let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
+        let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
+        TunnelClient::new(Arc::new(identity), Arc::new(trust)).unwrap()
+    }
+}
+
+/// A tunnel header for `service`'s port `port`, naming `endpoint` if given.
+pub fn tunnel_header(service: &str, port: &str, endpoint: Option<&str>) -> TunnelHeader {
+    TunnelHeader {
+        service: service.parse().unwrap(),
+        port: port.parse().unwrap(),
+        cluster: None,
+        hops: 0,
+        traceparent: None,
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr` (a node proxy listener), sending
+/// nothing, so no backend counts the probe.
+pub async fn wait_listening(addr: SocketAddr) {
+    wait_for(
+        &format!("a listener on {addr}"),
+        Duration::from_secs(10),
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
 }
 
 /// Links `a` and `b` with a token from `a`.

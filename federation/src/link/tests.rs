@@ -9,6 +9,8 @@ fn svc(name: &str, healthy: u32) -> ExportedService {
         name: name.parse().unwrap(),
         ports: vec!["http=80/http".parse().unwrap()],
         healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
+        headless: false,
+        endpoints: Vec::new(),
     }
 }
 

@@ -12,6 +12,9 @@ use super::shorten;
 
 const LABEL_RULE: &str =
     "use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'";
+const HOST_LABEL_RULE: &str =
+    "use 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit and \
+     not ending with '-'";
 const PORT_NAME_RULE: &str =
     "use 1 to 15 characters of a-z, 0-9 and '-', starting with a letter and not ending with '-'";
 const TRUST_DOMAIN_RULE: &str =
@@ -54,13 +57,15 @@ pub enum InvalidName {
         /// The rule the name must follow.
         rule: &'static str,
     },
-    /// A DNS-label style name did not start with a letter.
-    #[error("{kind} {value:?} must start with a lowercase letter; {rule}")]
+    /// A DNS-label style name did not start with an allowed character.
+    #[error("{kind} {value:?} must start with {expected}; {rule}")]
     BadStart {
         /// What kind of name it was.
         kind: &'static str,
         /// The (shortened) offending input.
         value: String,
+        /// What the first character must be, e.g. `a lowercase letter`.
+        expected: &'static str,
         /// The rule the name must follow.
         rule: &'static str,
     },
@@ -95,11 +100,22 @@ pub enum InvalidName {
     },
 }
 
+/// Which characters a DNS-label style name may start with.
+#[derive(Clone, Copy)]
+enum Start {
+    /// RFC 1035 style (cluster, node and port names): a lowercase letter.
+    Letter,
+    /// RFC 1123 style (namespaces, service names, endpoint hostnames such as `10-0-0-5`):
+    /// a lowercase letter or a digit.
+    LetterOrDigit,
+}
+
 fn check_label(
     kind: &'static str,
     s: &str,
     max: usize,
     rule: &'static str,
+    start: Start,
 ) -> Result<(), InvalidName> {
     if s.is_empty() {
         return Err(InvalidName::Empty { kind, rule });
@@ -124,10 +140,19 @@ fn check_label(
             rule,
         });
     }
-    if !s.as_bytes()[0].is_ascii_lowercase() {
+    let first = s.as_bytes()[0];
+    let (ok, expected) = match start {
+        Start::Letter => (first.is_ascii_lowercase(), "a lowercase letter"),
+        Start::LetterOrDigit => (
+            first.is_ascii_lowercase() || first.is_ascii_digit(),
+            "a lowercase letter or digit",
+        ),
+    };
+    if !ok {
         return Err(InvalidName::BadStart {
             kind,
             value: shorten(s),
+            expected,
             rule,
         });
     }
@@ -229,7 +254,7 @@ macro_rules! string_newtype_impls {
 
 /// Declares a DNS-label newtype.
 macro_rules! label_newtype {
-    ($(#[$meta:meta])* $name:ident, $kind:literal, $max:expr, $rule:expr) => {
+    ($(#[$meta:meta])* $name:ident, $kind:literal, $max:expr, $rule:expr, $start:expr) => {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -239,7 +264,7 @@ macro_rules! label_newtype {
             /// Validates `s` and wraps it.
             pub fn new(s: impl Into<String>) -> Result<Self, InvalidName> {
                 let s = s.into();
-                check_label($kind, &s, $max, $rule)?;
+                check_label($kind, &s, $max, $rule, $start)?;
                 Ok(Self(s))
             }
         }
@@ -252,28 +277,34 @@ label_newtype!(
     ClusterId,
     "cluster id",
     63,
-    LABEL_RULE
+    LABEL_RULE,
+    Start::Letter
 );
 label_newtype!(
     /// A node's name within a cluster: same rules as [`ClusterId`].
     NodeName,
     "node name",
     63,
-    LABEL_RULE
+    LABEL_RULE,
+    Start::Letter
 );
 label_newtype!(
-    /// A namespace or service name: a DNS label like [`ClusterId`].
+    /// A namespace, service name or endpoint hostname: an RFC 1123 DNS label (1..=63 of
+    /// `[a-z0-9-]`, starts with a letter or digit, no trailing `-`), so the Kubernetes-style
+    /// default hostname of an endpoint (`10-0-0-5`) is one.
     Label,
     "name",
     63,
-    LABEL_RULE
+    HOST_LABEL_RULE,
+    Start::LetterOrDigit
 );
 label_newtype!(
     /// A port name: a DNS label of at most 15 characters (the Kubernetes port-name rule).
     PortName,
     "port name",
     15,
-    PORT_NAME_RULE
+    PORT_NAME_RULE,
+    Start::Letter
 );
 
 /// A SPIFFE trust domain: 1..=255 chars of `[a-z0-9.-_]`, no empty dot-separated part.
@@ -330,8 +361,22 @@ impl FromStr for ServiceName {
         if namespace.contains('.') {
             return Err(shape());
         }
-        check_label("service name", name, 63, LABEL_RULE)?;
-        check_label("namespace", namespace, 63, LABEL_RULE)?;
+        // The same rule as [`Label`], so every `ServiceName::new(label, label)` prints a name
+        // that parses back.
+        check_label(
+            "service name",
+            name,
+            63,
+            HOST_LABEL_RULE,
+            Start::LetterOrDigit,
+        )?;
+        check_label(
+            "namespace",
+            namespace,
+            63,
+            HOST_LABEL_RULE,
+            Start::LetterOrDigit,
+        )?;
         Ok(Self {
             name: Label(name.to_owned()),
             namespace: Label(namespace.to_owned()),

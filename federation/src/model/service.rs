@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{shorten, InvalidName, PortName, ServiceName};
+use super::{shorten, InvalidName, Label, PortName, ServiceName};
 
 /// The application protocol a port speaks; decides how the proxy may treat its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -175,14 +175,26 @@ impl From<ServicePort> for String {
 /// An endpoint address that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEndpoint {
-    /// Not an IP address with an optional port.
+    /// Not an IP address with an optional port (and optional hostname).
     #[error(
         "endpoint {value:?} is not an IP address with an optional port; \
-         write it like 10.0.0.5, 10.0.0.5:8080, fd00::5 or [fd00::5]:8080"
+         write it like 10.0.0.5, 10.0.0.5:8080, fd00::5 or [fd00::5]:8080, \
+         optionally named: kafka-0=10.0.0.5:9092"
     )]
     Syntax {
         /// The (shortened) offending input.
         value: String,
+    },
+    /// The part before `=` was not a valid hostname.
+    #[error(
+        "endpoint {value:?} has an invalid hostname: {reason}; \
+         write it as <hostname>=<ip>[:<port>], for example kafka-0=10.0.0.5:9092"
+    )]
+    Hostname {
+        /// The (shortened) offending input.
+        value: String,
+        /// Why the hostname was refused.
+        reason: InvalidName,
     },
     /// The port was 0.
     #[error("endpoint {value:?} has port 0; leave the port out or use 1 to 65535")]
@@ -193,6 +205,10 @@ pub enum InvalidEndpoint {
 }
 
 /// Where an endpoint of a service listens. Without a port, the service port's target is used.
+///
+/// Written `ip`, `ip:port`, `[ip6]:port`, or with a hostname in front: `kafka-0=10.0.0.5:9092`.
+/// The hostname names the endpoint of a headless service in DNS
+/// (`<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EndpointAddr {
@@ -200,6 +216,8 @@ pub struct EndpointAddr {
     pub ip: IpAddr,
     /// An explicit port overriding the service port's `target_port`.
     pub port: Option<u16>,
+    /// The endpoint's hostname, if it has one (see [`EndpointAddr::hostname_or_default`]).
+    pub hostname: Option<Label>,
 }
 
 impl EndpointAddr {
@@ -207,19 +225,61 @@ impl EndpointAddr {
     pub fn target(&self, service_port: &ServicePort) -> SocketAddr {
         SocketAddr::new(self.ip, self.port.unwrap_or(service_port.target_port))
     }
+
+    /// The endpoint's hostname, or, without one, its IP written with dashes the way
+    /// Kubernetes names unnamed endpoints: `10.0.0.5` is `10-0-0-5`, `fd00::5` is `fd00--5`
+    /// (a `0` is added where an IPv6 name would start or end with `-`, as in `0--1` for `::1`).
+    pub fn hostname_or_default(&self) -> Label {
+        match &self.hostname {
+            Some(h) => h.clone(),
+            None => default_hostname(self.ip),
+        }
+    }
+}
+
+fn default_hostname(ip: IpAddr) -> Label {
+    let mut name: String = ip
+        .to_string()
+        .chars()
+        .map(|c| if c == '.' || c == ':' { '-' } else { c })
+        .collect();
+    if name.starts_with('-') {
+        name.insert(0, '0');
+    }
+    if name.ends_with('-') {
+        name.push('0');
+    }
+    // An IP printed this way is at most 47 characters of lowercase hex digits and '-' that
+    // neither starts nor ends with '-': always a valid label.
+    Label::new(name).expect("a dashed IP address is a valid DNS label")
 }
 
 impl FromStr for EndpointAddr {
     type Err = InvalidEndpoint;
     fn from_str(s: &str) -> Result<Self, InvalidEndpoint> {
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(EndpointAddr { ip, port: None });
+        let (hostname, addr) = match s.split_once('=') {
+            Some((host, addr)) => {
+                let host = Label::new(host).map_err(|reason| InvalidEndpoint::Hostname {
+                    value: shorten(s),
+                    reason,
+                })?;
+                (Some(host), addr)
+            }
+            None => (None, s),
+        };
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            return Ok(EndpointAddr {
+                ip,
+                port: None,
+                hostname,
+            });
         }
-        match s.parse::<SocketAddr>() {
+        match addr.parse::<SocketAddr>() {
             Ok(sa) if sa.port() == 0 => Err(InvalidEndpoint::ZeroPort { value: shorten(s) }),
             Ok(sa) => Ok(EndpointAddr {
                 ip: sa.ip(),
                 port: Some(sa.port()),
+                hostname,
             }),
             Err(_) => Err(InvalidEndpoint::Syntax { value: shorten(s) }),
         }
@@ -228,6 +288,9 @@ impl FromStr for EndpointAddr {
 
 impl fmt::Display for EndpointAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(h) = &self.hostname {
+            write!(f, "{h}=")?;
+        }
         match self.port {
             None => write!(f, "{}", self.ip),
             Some(p) => write!(f, "{}", SocketAddr::new(self.ip, p)),
@@ -284,13 +347,24 @@ pub enum InvalidService {
         /// The endpoint with a port.
         endpoint: EndpointAddr,
     },
-    /// The same endpoint is listed twice.
+    /// The same endpoint address is listed twice.
     #[error("service {service} lists endpoint {endpoint} twice; list each endpoint once")]
     DuplicateEndpoint {
         /// The service.
         service: ServiceName,
         /// The repeated endpoint.
         endpoint: EndpointAddr,
+    },
+    /// Two endpoints of a headless service have the same hostname (given or default).
+    #[error(
+        "headless service {service} has two endpoints named {hostname}; each endpoint of a \
+         headless service needs its own hostname, write them as <hostname>=<ip>[:<port>]"
+    )]
+    DuplicateHostname {
+        /// The service.
+        service: ServiceName,
+        /// The repeated hostname.
+        hostname: Label,
     },
 }
 
@@ -302,8 +376,10 @@ pub struct ServiceSpec {
     pub name: ServiceName,
     /// Its ports (at least one; names and numbers unique).
     pub ports: Vec<ServicePort>,
-    /// Its endpoints (unique).
+    /// Its endpoints (addresses unique; for a headless service, hostnames unique too).
     pub endpoints: Vec<EndpointAddr>,
+    /// Whether every endpoint gets its own VIP and DNS name (MCS headless service).
+    pub headless: bool,
 }
 
 #[derive(Deserialize)]
@@ -313,22 +389,35 @@ struct RawServiceSpec {
     ports: Vec<ServicePort>,
     #[serde(default)]
     endpoints: Vec<EndpointAddr>,
+    #[serde(default)]
+    headless: bool,
 }
 
 impl TryFrom<RawServiceSpec> for ServiceSpec {
     type Error = InvalidService;
     fn try_from(raw: RawServiceSpec) -> Result<Self, InvalidService> {
-        ServiceSpec::new(raw.name, raw.ports, raw.endpoints)
+        ServiceSpec::with_headless(raw.name, raw.ports, raw.endpoints, raw.headless)
     }
 }
 
 impl ServiceSpec {
-    /// Checks that the parts fit together: at least one port, port names and numbers unique,
-    /// endpoint ports only for single-port services, endpoints unique.
+    /// A service that is not headless; see [`ServiceSpec::with_headless`] for the checks.
     pub fn new(
         name: ServiceName,
         ports: Vec<ServicePort>,
         endpoints: Vec<EndpointAddr>,
+    ) -> Result<Self, InvalidService> {
+        Self::with_headless(name, ports, endpoints, false)
+    }
+
+    /// Checks that the parts fit together: at least one port, port names and numbers unique,
+    /// endpoint ports only for single-port services, endpoint addresses unique, and for a
+    /// `headless` service endpoint hostnames (given or default) unique.
+    pub fn with_headless(
+        name: ServiceName,
+        ports: Vec<ServicePort>,
+        endpoints: Vec<EndpointAddr>,
+        headless: bool,
     ) -> Result<Self, InvalidService> {
         if ports.is_empty() {
             return Err(InvalidService::NoPorts { service: name });
@@ -350,6 +439,7 @@ impl ServiceSpec {
             }
         }
         let mut seen = BTreeSet::new();
+        let mut hostnames = BTreeSet::new();
         for e in &endpoints {
             if e.port.is_some() && ports.len() != 1 {
                 return Err(InvalidService::EndpointPortAmbiguous {
@@ -357,10 +447,17 @@ impl ServiceSpec {
                     endpoint: e.clone(),
                 });
             }
-            if !seen.insert(e) {
+            // Unique by address: a hostname does not make a second entry for one socket.
+            if !seen.insert((e.ip, e.port)) {
                 return Err(InvalidService::DuplicateEndpoint {
                     service: name,
                     endpoint: e.clone(),
+                });
+            }
+            if headless && !hostnames.insert(e.hostname_or_default()) {
+                return Err(InvalidService::DuplicateHostname {
+                    service: name,
+                    hostname: e.hostname_or_default(),
                 });
             }
         }
@@ -368,6 +465,7 @@ impl ServiceSpec {
             name,
             ports,
             endpoints,
+            headless,
         })
     }
 
@@ -379,5 +477,12 @@ impl ServiceSpec {
     /// The port called `name`.
     pub fn port_by_name(&self, name: &PortName) -> Option<&ServicePort> {
         self.ports.iter().find(|p| &p.name == name)
+    }
+
+    /// The endpoint whose hostname (given or default) is `hostname`.
+    pub fn endpoint_by_hostname(&self, hostname: &Label) -> Option<&EndpointAddr> {
+        self.endpoints
+            .iter()
+            .find(|e| &e.hostname_or_default() == hostname)
     }
 }

@@ -14,7 +14,6 @@ fn dns_label_names() {
         ("", false),
         (&long64, false),
         ("East", false),
-        ("1east", false),
         ("-east", false),
         ("east-", false),
         ("ea_st", false),
@@ -27,6 +26,20 @@ fn dns_label_names() {
         assert_eq!(NodeName::new(*input).is_ok(), *ok, "NodeName {input:?}");
         assert_eq!(Label::new(*input).is_ok(), *ok, "Label {input:?}");
     }
+    // Cluster and node names start with a letter; a Label (RFC 1123) may start with a digit,
+    // so an endpoint's default hostname `10-0-0-5` is one.
+    for digit_first in ["1east", "10-0-0-5", "0--1"] {
+        assert!(ClusterId::new(digit_first).is_err(), "{digit_first}");
+        assert!(NodeName::new(digit_first).is_err(), "{digit_first}");
+        assert!(Label::new(digit_first).is_ok(), "{digit_first}");
+    }
+    let e = Label::new("-x").unwrap_err();
+    assert!(e.to_string().contains("a lowercase letter or digit"), "{e}");
+    let e = ClusterId::new("1x").unwrap_err();
+    assert!(
+        e.to_string().contains("start with a lowercase letter;"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -116,6 +129,7 @@ fn service_names() {
     let cases: &[(&str, bool)] = &[
         ("a.b", true),
         ("web-1.shop-2", true),
+        ("web.2024-team", true),
         ("web", false),
         ("web.", false),
         (".shop", false),
@@ -382,4 +396,142 @@ fn service_spec_lookup_and_serde() {
         .unwrap()
         .endpoints
         .is_empty());
+}
+
+#[test]
+fn endpoints_with_hostnames() {
+    let ok = [
+        ("kafka-0=10.0.0.5", "kafka-0", "10.0.0.5", None),
+        ("kafka-0=10.0.0.5:9092", "kafka-0", "10.0.0.5", Some(9092)),
+        ("b=[fd00::5]:9092", "b", "fd00::5", Some(9092)),
+        ("0=fd00::5", "0", "fd00::5", None),
+    ];
+    for (input, host, ip, port) in ok {
+        let e: EndpointAddr = input.parse().unwrap_or_else(|err| panic!("{input}: {err}"));
+        assert_eq!(e.hostname.as_ref().map(Label::as_str), Some(host));
+        assert_eq!(e.ip, ip.parse::<IpAddr>().unwrap());
+        assert_eq!(e.port, port);
+        assert_eq!(e.to_string(), input, "Display round-trips");
+        assert_eq!(e.hostname_or_default().as_str(), host);
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<EndpointAddr>(&json).unwrap(), e);
+    }
+    for bad in [
+        "=10.0.0.5",
+        "Kafka=10.0.0.5",
+        "ka_fka=10.0.0.5",
+        "-k=10.0.0.5",
+    ] {
+        let e = bad.parse::<EndpointAddr>().unwrap_err();
+        assert!(
+            matches!(e, InvalidEndpoint::Hostname { .. }),
+            "{bad}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("<hostname>=<ip>[:<port>]"), "{msg}");
+    }
+    for bad in ["k=", "k=host", "k=10.0.0.5=1", "k=[::1]"] {
+        let e = bad.parse::<EndpointAddr>().unwrap_err();
+        assert!(matches!(e, InvalidEndpoint::Syntax { .. }), "{bad}: {e:?}");
+        assert!(e.to_string().contains("kafka-0=10.0.0.5:9092"), "{e}");
+    }
+    assert!(matches!(
+        "k=1.2.3.4:0".parse::<EndpointAddr>(),
+        Err(InvalidEndpoint::ZeroPort { .. })
+    ));
+}
+
+#[test]
+fn default_hostnames_are_dashed_ips() {
+    let cases = [
+        ("10.0.0.5", "10-0-0-5"),
+        ("10.0.0.5:8080", "10-0-0-5"),
+        ("fd00::5", "fd00--5"),
+        ("::1", "0--1"),
+        ("fd00::", "fd00--0"),
+        ("::", "0--0"),
+        ("::ffff:10.0.0.5", "0--ffff-10-0-0-5"),
+        (
+            "[2001:db8:85a3:1:2:8a2e:370:7334]:1",
+            "2001-db8-85a3-1-2-8a2e-370-7334",
+        ),
+    ];
+    for (input, want) in cases {
+        let e: EndpointAddr = input.parse().unwrap();
+        assert_eq!(e.hostname_or_default().as_str(), want, "{input}");
+    }
+}
+
+#[test]
+fn headless_specs_need_unique_hostnames() {
+    type Check = fn(&Result<ServiceSpec, InvalidService>) -> bool;
+    let cases: Vec<(bool, Vec<EndpointAddr>, Check)> = vec![
+        (
+            true,
+            eps(&["k-0=10.0.0.1", "k-1=10.0.0.2", "10.0.0.3"]),
+            |r| r.as_ref().is_ok_and(|s| s.headless),
+        ),
+        (
+            true,
+            eps(&["k-0=10.0.0.1", "k-0=10.0.0.2"]),
+            |r| matches!(r, Err(InvalidService::DuplicateHostname { hostname, .. }) if hostname.as_str() == "k-0"),
+        ),
+        (true, eps(&["10.0.0.1", "10-0-0-1=10.0.0.2"]), |r| {
+            matches!(r, Err(InvalidService::DuplicateHostname { .. }))
+        }),
+        (true, eps(&["10.0.0.1:80", "10.0.0.1:81"]), |r| {
+            matches!(r, Err(InvalidService::DuplicateHostname { .. }))
+        }),
+        (false, eps(&["k-0=10.0.0.1", "k-0=10.0.0.2"]), |r| {
+            r.as_ref().is_ok_and(|s| !s.headless)
+        }),
+        (true, eps(&["a=10.0.0.1", "b=10.0.0.1"]), |r| {
+            matches!(r, Err(InvalidService::DuplicateEndpoint { .. }))
+        }),
+    ];
+    for (i, (headless, e, check)) in cases.into_iter().enumerate() {
+        let r = ServiceSpec::with_headless(name("kafka.data"), ports(&["b=9092"]), e, headless);
+        assert!(check(&r), "case {i}: {r:?}");
+    }
+    let e = ServiceSpec::with_headless(
+        name("kafka.data"),
+        ports(&["b=9092"]),
+        eps(&["k=10.0.0.1", "k=10.0.0.2"]),
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("kafka.data") && e.contains("<hostname>=<ip>"),
+        "{e}"
+    );
+
+    let spec = ServiceSpec::with_headless(
+        name("kafka.data"),
+        ports(&["b=9092"]),
+        eps(&["k-0=10.0.0.1", "10.0.0.2"]),
+        true,
+    )
+    .unwrap();
+    let k0 = spec
+        .endpoint_by_hostname(&Label::new("k-0").unwrap())
+        .unwrap();
+    assert_eq!(k0.ip, "10.0.0.1".parse::<IpAddr>().unwrap());
+    assert!(spec
+        .endpoint_by_hostname(&Label::new("10-0-0-2").unwrap())
+        .is_some());
+    assert!(spec
+        .endpoint_by_hostname(&Label::new("k-1").unwrap())
+        .is_none());
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(serde_json::from_str::<ServiceSpec>(&json).unwrap(), spec);
+    let dup =
+        r#"{"name":"k.d","ports":["b=1"],"endpoints":["a=10.0.0.1","a=10.0.0.2"],"headless":true}"#;
+    assert!(serde_json::from_str::<ServiceSpec>(dup).is_err());
+    let stored_before_headless = r#"{"name":"k.d","ports":["b=1"],"endpoints":["10.0.0.1"]}"#;
+    assert!(
+        !serde_json::from_str::<ServiceSpec>(stored_before_headless)
+            .unwrap()
+            .headless
+    );
 }

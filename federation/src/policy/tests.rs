@@ -14,6 +14,14 @@ fn hdr(service: &str, port: &str, cluster: Option<&str>, hops: u8) -> TunnelHead
         cluster: cluster.map(cid),
         hops,
         traceparent: None,
+        endpoint: None,
+    }
+}
+
+fn ep_hdr(service: &str, port: &str, endpoint: &str) -> TunnelHeader {
+    TunnelHeader {
+        endpoint: Some(endpoint.parse().unwrap()),
+        ..hdr(service, port, None, 1)
     }
 }
 
@@ -178,6 +186,8 @@ fn refusal_codes_and_names() {
         (Refusal::TooManyHops, "too_many_hops"),
         (Refusal::BadHeader, "bad_header"),
         (Refusal::WrongCluster, "wrong_cluster"),
+        (Refusal::UnknownEndpoint, "unknown_endpoint"),
+        (Refusal::EndpointUnhealthy, "endpoint_unhealthy"),
     ];
     let mut codes = std::collections::BTreeSet::new();
     for (r, name) in all {
@@ -188,6 +198,94 @@ fn refusal_codes_and_names() {
         assert!(!r.to_string().is_empty());
     }
     assert_eq!(Refusal::from_code(0), None);
-    assert_eq!(Refusal::from_code(8), None);
+    assert_eq!(Refusal::from_code(10), None);
     let _: Option<ClusterId> = None;
+}
+
+#[test]
+fn endpoint_admission_table() {
+    let snap = headless_fixture();
+    type Case = (
+        &'static str,
+        Identity,
+        TunnelHeader,
+        Result<Vec<SocketAddr>, Refusal>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "named healthy endpoint: exactly that one",
+            gw("west"),
+            ep_hdr("kafka.data", "broker", "kafka-0"),
+            Ok(vec![addr("10.0.3.1:9092")]),
+        ),
+        (
+            "default hostname",
+            gw("north"),
+            ep_hdr("kafka.data", "broker", "10-0-3-3"),
+            Ok(vec![addr("10.0.3.3:9092")]),
+        ),
+        (
+            "unhealthy endpoint",
+            gw("west"),
+            ep_hdr("kafka.data", "broker", "kafka-1"),
+            Err(Refusal::EndpointUnhealthy),
+        ),
+        (
+            "unknown hostname",
+            gw("west"),
+            ep_hdr("kafka.data", "broker", "kafka-7"),
+            Err(Refusal::UnknownEndpoint),
+        ),
+        (
+            "a remote cluster's endpoint is not ours to serve",
+            gw("west"),
+            ep_hdr("kafka.data", "broker", "kafka-5"),
+            Err(Refusal::UnknownEndpoint),
+        ),
+        (
+            "service is not headless",
+            gw("west"),
+            ep_hdr("plain.data", "http", "p-0"),
+            Err(Refusal::UnknownEndpoint),
+        ),
+        (
+            "headless but not exported",
+            gw("west"),
+            ep_hdr("hidden.data", "http", "h-0"),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "unknown service",
+            gw("west"),
+            ep_hdr("nope.data", "http", "h-0"),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "import-only headless service",
+            gw("west"),
+            ep_hdr("zk.data", "client", "zk-0"),
+            Err(Refusal::NotExported),
+        ),
+        (
+            "unknown port",
+            gw("west"),
+            ep_hdr("kafka.data", "admin", "kafka-0"),
+            Err(Refusal::UnknownPort),
+        ),
+        (
+            "unlinked caller",
+            gw("rogue"),
+            ep_hdr("kafka.data", "broker", "kafka-0"),
+            Err(Refusal::UnknownPeer),
+        ),
+        (
+            "no endpoint named: any healthy one, rotated, as before",
+            gw("west"),
+            hdr("kafka.data", "broker", None, 0),
+            Ok(vec![addr("10.0.3.3:9092"), addr("10.0.3.1:9092")]),
+        ),
+    ];
+    for (what, caller, header, want) in cases {
+        assert_eq!(admit(&snap, &caller, &header, 1), want, "{what}");
+    }
 }

@@ -6,10 +6,19 @@ fn target(vip: &str, port: u16) -> Target {
 }
 
 fn remote(cluster: &str, port: &str, gateways: &[&str]) -> Hop {
+    remote_hop(cluster, port, gateways, None)
+}
+
+fn remote_endpoint(cluster: &str, port: &str, gateways: &[&str], endpoint: &str) -> Hop {
+    remote_hop(cluster, port, gateways, Some(endpoint))
+}
+
+fn remote_hop(cluster: &str, port: &str, gateways: &[&str], endpoint: Option<&str>) -> Hop {
     Hop::Remote {
         cluster: cid(cluster),
         port: port.parse().unwrap(),
         gateways: gateways.iter().map(|g| addr(g)).collect(),
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
     }
 }
 
@@ -133,4 +142,105 @@ fn every_pick_spreads_over_all_hops() {
         firsts.insert(hops[0].to_string());
     }
     assert_eq!(firsts.len(), 2);
+}
+
+#[test]
+fn endpoint_vip_plans_exactly_one_hop() {
+    let snap = headless_fixture();
+    let west = ["192.0.2.1:4443", "192.0.2.2:4443"];
+    let west_rot = ["192.0.2.2:4443", "192.0.2.1:4443"];
+    let unavailable = |cluster: &str, hostname: &str| {
+        Err(NoRoute::EndpointUnavailable {
+            service: sname("kafka.data"),
+            cluster: cid(cluster),
+            hostname: hostname.parse().unwrap(),
+        })
+    };
+    type Case = (&'static str, Target, u64, Result<Vec<Hop>, NoRoute>);
+    let cases: Vec<Case> = vec![
+        (
+            "local endpoint, direct",
+            target("10.96.2.1", 9092),
+            0,
+            Ok(vec![Hop::Local(addr("10.0.3.1:9092"))]),
+        ),
+        (
+            "local endpoint with a default hostname",
+            target("10.96.2.3", 9092),
+            7,
+            Ok(vec![Hop::Local(addr("10.0.3.3:9092"))]),
+        ),
+        (
+            "remote endpoint, through its cluster's gateways, named",
+            target("10.96.2.10", 9092),
+            0,
+            Ok(vec![remote_endpoint("west", "broker", &west, "kafka-0")]),
+        ),
+        (
+            "pick rotates the gateways only",
+            target("10.96.2.10", 9092),
+            1,
+            Ok(vec![remote_endpoint(
+                "west", "broker", &west_rot, "kafka-0",
+            )]),
+        ),
+        (
+            "unhealthy local endpoint",
+            target("10.96.2.2", 9092),
+            0,
+            unavailable("east", "kafka-1"),
+        ),
+        (
+            "unhealthy remote endpoint",
+            target("10.96.2.11", 9092),
+            0,
+            unavailable("west", "kafka-5"),
+        ),
+        (
+            "remote endpoint whose cluster has no gateway",
+            target("10.96.2.12", 9092),
+            0,
+            unavailable("south", "kafka-9"),
+        ),
+        (
+            "unknown port on an endpoint VIP",
+            target("10.96.2.1", 80),
+            0,
+            Err(NoRoute::UnknownPort {
+                service: sname("kafka.data"),
+                port: 80,
+            }),
+        ),
+        (
+            "an endpoint VIP of an unlinked cluster is unknown",
+            target("10.96.2.13", 9092),
+            0,
+            Err(NoRoute::UnknownVip(ip("10.96.2.13"))),
+        ),
+    ];
+    for (what, t, pick, want) in cases {
+        let got = plan(&snap, &t, pick).map(|p| p.hops);
+        assert_eq!(got, want, "{what}");
+    }
+    let p = plan(&snap, &target("10.96.2.10", 9092), 0).unwrap();
+    assert_eq!(p.service, sname("kafka.data"));
+    assert_eq!(p.port.to_string(), "broker=9092/tcp");
+}
+
+#[test]
+fn headless_service_vip_still_reaches_any_endpoint() {
+    let snap = headless_fixture();
+    let hops = plan(&snap, &target("10.96.1.1", 9092), 0).unwrap().hops;
+    assert_eq!(
+        hops,
+        vec![
+            Hop::Local(addr("10.0.3.1:9092")),
+            Hop::Local(addr("10.0.3.3:9092")),
+            remote("north", "broker", &["198.51.100.1:4443"]),
+            remote("west", "broker", &["192.0.2.1:4443", "192.0.2.2:4443"]),
+        ],
+        "healthy locals, then peers, none naming an endpoint"
+    );
+    let text = remote_endpoint("west", "broker", &[], "kafka-0").to_string();
+    assert_eq!(text, "cluster west endpoint kafka-0 port broker");
 }

@@ -57,6 +57,7 @@ fn build(
             links,
             gateways: &[],
             vips: &vips,
+            endpoint_vips: &BTreeMap::new(),
         },
     )
 }
@@ -178,6 +179,164 @@ fn local_exports_count_healthy_endpoints_per_port() {
 #[test]
 fn serde_round_trip() {
     let s = fixture();
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<MeshSnapshot>(&json).unwrap(), s);
+}
+
+fn endpoints_of(s: &MeshSnapshot, service: &str) -> Vec<(String, String, String, bool)> {
+    s.service(&sname(service))
+        .unwrap()
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.cluster.to_string(),
+                e.hostname.to_string(),
+                e.vip.to_string(),
+                e.healthy,
+            )
+        })
+        .collect()
+}
+
+fn row(c: &str, h: &str, vip: &str, healthy: bool) -> (String, String, String, bool) {
+    (c.into(), h.into(), vip.into(), healthy)
+}
+
+#[test]
+fn headless_endpoints_local_and_from_linked_peers_sorted() {
+    let s = headless_fixture();
+    let kafka = s.service(&sname("kafka.data")).unwrap();
+    assert!(kafka.headless && kafka.exported);
+    assert_eq!(kafka.vip, ip("10.96.1.1"), "the service VIP stays");
+    assert_eq!(
+        endpoints_of(&s, "kafka.data"),
+        [
+            row("east", "10-0-3-3", "10.96.2.3", true),
+            row("east", "kafka-0", "10.96.2.1", true),
+            row("east", "kafka-1", "10.96.2.2", false),
+            row("south", "kafka-9", "10.96.2.12", true),
+            row("west", "kafka-0", "10.96.2.10", true),
+            row("west", "kafka-5", "10.96.2.11", false),
+        ],
+        "north exports it as a plain service, rogue is not linked"
+    );
+    let remotes: Vec<&str> = kafka.remote.iter().map(|r| r.cluster.as_str()).collect();
+    assert_eq!(remotes, ["north", "south", "west"]);
+}
+
+#[test]
+fn headless_import_only_and_missing_vips() {
+    let s = headless_fixture();
+    let zk = s.service(&sname("zk.data")).unwrap();
+    assert!(zk.headless, "an exporter said headless");
+    assert!(zk.local.is_empty());
+    assert_eq!(
+        endpoints_of(&s, "zk.data"),
+        [row("west", "zk-0", "10.96.2.20", true)],
+        "zk-1 has no endpoint VIP yet and is left out"
+    );
+    let hidden = s.service(&sname("hidden.data")).unwrap();
+    assert!(hidden.headless && !hidden.exported);
+    assert_eq!(
+        endpoints_of(&s, "hidden.data"),
+        [row("east", "h-0", "10.96.2.40", true)],
+        "local headless services get endpoint VIPs whether exported or not"
+    );
+}
+
+#[test]
+fn a_local_plain_service_stays_plain_whatever_peers_say() {
+    let s = headless_fixture();
+    let plain = s.service(&sname("plain.data")).unwrap();
+    assert!(!plain.headless);
+    assert!(plain.endpoints.is_empty());
+    assert!(s.by_endpoint_vip(ip("10.96.2.30")).is_none());
+}
+
+#[test]
+fn endpoint_keys_name_what_the_snapshot_would_show() {
+    let locals = [
+        local_headless(
+            "kafka.data",
+            &["broker=9092"],
+            &[("kafka-0=10.0.3.1", true), ("10.0.3.3", false)],
+            false,
+        ),
+        local("plain.data", &["http=80"], &[("10.0.4.1", true)], true),
+    ];
+    let mut imports = BTreeMap::new();
+    imports.insert(
+        cid("west"),
+        vec![
+            export_headless("kafka.data", "broker=9092", &[("kafka-0", true)]),
+            export_headless("zk.data", "client=2181", &[("zk-0", false)]),
+            export_headless("plain.data", "http=80", &[("w-0", true)]),
+        ],
+    );
+    imports.insert(
+        cid("rogue"),
+        vec![export_headless("zk.data", "client=2181", &[("zk-9", true)])],
+    );
+    let keys = endpoint_keys(&cid("east"), &locals, &imports, &[link("west", &[])]);
+    let want: BTreeSet<EndpointKey> = [
+        ekey("kafka.data", "east", "10-0-3-3"),
+        ekey("kafka.data", "east", "kafka-0"),
+        ekey("kafka.data", "west", "kafka-0"),
+        ekey("zk.data", "west", "zk-0"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, want);
+}
+
+#[test]
+fn by_endpoint_vip_finds_service_and_endpoint() {
+    let s = headless_fixture();
+    let (svc, ep) = s.by_endpoint_vip(ip("10.96.2.10")).unwrap();
+    assert_eq!(svc.name, sname("kafka.data"));
+    assert_eq!(
+        (ep.cluster.as_str(), ep.hostname.as_str()),
+        ("west", "kafka-0")
+    );
+    let (_, ep) = s.by_endpoint_vip(ip("10.96.2.3")).unwrap();
+    assert_eq!(
+        (ep.cluster.as_str(), ep.hostname.as_str()),
+        ("east", "10-0-3-3")
+    );
+    assert!(
+        s.by_endpoint_vip(ip("10.96.1.1")).is_none(),
+        "a service VIP"
+    );
+    assert!(s.by_endpoint_vip(ip("10.96.2.13")).is_none(), "rogue's");
+    assert!(s.by_vip(ip("10.96.2.1")).is_none(), "not a service VIP");
+}
+
+#[test]
+fn local_exports_carry_headless_endpoints_by_hostname() {
+    let s = headless_fixture();
+    let exports = s.local_exports();
+    let names: Vec<String> = exports.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(names, ["kafka.data", "plain.data"]);
+    let kafka = &exports[0];
+    assert!(kafka.headless);
+    let eps: Vec<(&str, bool)> = kafka
+        .endpoints
+        .iter()
+        .map(|e| (e.hostname.as_str(), e.healthy))
+        .collect();
+    assert_eq!(
+        eps,
+        [("10-0-3-3", true), ("kafka-0", true), ("kafka-1", false)],
+        "every local endpoint, sorted, no addresses"
+    );
+    assert_eq!(kafka.healthy["broker"], 2);
+    assert!(!exports[1].headless && exports[1].endpoints.is_empty());
+}
+
+#[test]
+fn headless_snapshot_serde_round_trip() {
+    let s = headless_fixture();
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<MeshSnapshot>(&json).unwrap(), s);
 }

@@ -7,6 +7,14 @@ fn header() -> TunnelHeader {
         cluster: Some("east".parse().unwrap()),
         hops: 1,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        endpoint: None,
+    }
+}
+
+fn endpoint_header() -> TunnelHeader {
+    TunnelHeader {
+        endpoint: Some("kafka-0".parse().unwrap()),
+        ..header()
     }
 }
 
@@ -24,7 +32,11 @@ fn header_round_trip() {
         hops: 0,
         ..header()
     };
-    for h in [header(), minimal] {
+    let minimal_endpoint = TunnelHeader {
+        endpoint: Some("10-0-0-5".parse().unwrap()),
+        ..minimal.clone()
+    };
+    for h in [header(), minimal, endpoint_header(), minimal_endpoint] {
         let mut buf = encoded(&h);
         let len = buf.len();
         buf.extend_from_slice(b"payload");
@@ -45,15 +57,27 @@ fn header_layout() {
     };
     assert_eq!(
         encoded(&h),
-        b"F\x01\x02\x03web\x04shop\x04http\x00\x00".to_vec()
+        b"F\x01\x02\x03web\x04shop\x04http\x00\x00".to_vec(),
+        "without an endpoint the header is version 1, byte for byte"
+    );
+    let h = TunnelHeader {
+        endpoint: Some("kafka-0".parse().unwrap()),
+        ..h
+    };
+    assert_eq!(
+        encoded(&h),
+        b"F\x02\x02\x03web\x04shop\x04http\x00\x00\x07kafka-0".to_vec(),
+        "with one, version 2 and the hostname last"
     );
 }
 
 #[test]
 fn truncated_header_needs_more() {
-    let buf = encoded(&header());
-    for cut in 0..buf.len() {
-        assert_eq!(TunnelHeader::decode(&buf[..cut]), Ok(None), "cut at {cut}");
+    for h in [header(), endpoint_header()] {
+        let buf = encoded(&h);
+        for cut in 0..buf.len() {
+            assert_eq!(TunnelHeader::decode(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
     }
 }
 
@@ -91,7 +115,32 @@ fn garbage_headers_are_errors() {
             *e == WireError::BadMagic(b'G')
         }),
         (vec![0], |e| *e == WireError::BadMagic(0)),
-        (vec![b'F', 2], |e| *e == WireError::UnsupportedVersion(2)),
+        (vec![b'F', 3], |e| *e == WireError::UnsupportedVersion(3)),
+        (vec![b'F', 0], |e| *e == WireError::UnsupportedVersion(0)),
+        (
+            b"F\x02\x00\x03web\x04shop\x04http\x00\x00\x00".to_vec(),
+            |e| {
+                matches!(
+                    e,
+                    WireError::BadField {
+                        field: "endpoint",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            b"F\x02\x00\x03web\x04shop\x04http\x00\x00\x07Kafka-0".to_vec(),
+            |e| {
+                matches!(
+                    e,
+                    WireError::BadField {
+                        field: "endpoint",
+                        ..
+                    }
+                )
+            },
+        ),
         (oversize, |e| *e == WireError::HeaderTooLarge),
         (bad_utf8, |e| {
             matches!(
@@ -177,13 +226,13 @@ fn header_accepts_any_hop_count_for_admission_to_refuse() {
 fn tunnel_status_codes() {
     assert_eq!(TunnelStatus::Ok.encode(), [0, 0]);
     assert_eq!(TunnelStatus::decode([0, 0]), Ok(TunnelStatus::Ok));
-    for code in 1..=7 {
+    for code in 1..=9 {
         let r = Refusal::from_code(code).unwrap();
         let s = TunnelStatus::Refused(r);
         assert_eq!(s.encode(), [1, code]);
         assert_eq!(TunnelStatus::decode(s.encode()), Ok(s));
     }
-    for bad in [[0, 1], [1, 0], [1, 8], [2, 0], [255, 255]] {
+    for bad in [[0, 1], [1, 0], [1, 10], [2, 0], [255, 255]] {
         assert_eq!(TunnelStatus::decode(bad), Err(WireError::BadStatus(bad)));
     }
 }
@@ -193,6 +242,23 @@ fn sample_messages() -> Vec<LinkMessage> {
         name: "web.shop".parse().unwrap(),
         ports: vec!["http=80:8080/http".parse().unwrap()],
         healthy: [("http".parse().unwrap(), 3)].into_iter().collect(),
+        headless: false,
+        endpoints: Vec::new(),
+    };
+    let headless = ExportedService {
+        name: "kafka.data".parse().unwrap(),
+        headless: true,
+        endpoints: vec![
+            ExportedEndpoint {
+                hostname: "10-0-0-5".parse().unwrap(),
+                healthy: true,
+            },
+            ExportedEndpoint {
+                hostname: "kafka-1".parse().unwrap(),
+                healthy: false,
+            },
+        ],
+        ..svc.clone()
     };
     vec![
         LinkMessage::Hello {
@@ -203,7 +269,7 @@ fn sample_messages() -> Vec<LinkMessage> {
         },
         LinkMessage::Snapshot {
             seq: 1,
-            services: vec![svc.clone()],
+            services: vec![svc.clone(), headless],
         },
         LinkMessage::Delta {
             seq: 2,
@@ -308,4 +374,27 @@ fn bad_frame_bodies_are_errors() {
     let mut dec = FrameDecoder::<LinkMessage>::new();
     dec.push(&frame);
     assert!(matches!(dec.next(), Err(WireError::BadFrame(_))));
+}
+
+#[test]
+fn exported_service_new_fields_are_optional_both_ways() {
+    // What a peer that predates headless services sends: decodes as a plain service.
+    let old = r#"{"name":"web.shop","ports":["http=80/http"],"healthy":{"http":2}}"#;
+    let svc: ExportedService = serde_json::from_str(old).unwrap();
+    assert!(!svc.headless);
+    assert!(svc.endpoints.is_empty());
+    // A plain service is sent exactly as before, so old peers see no change.
+    assert_eq!(serde_json::to_string(&svc).unwrap(), old);
+    // A headless one carries hostnames and health, never addresses.
+    let new = r#"{"name":"kafka.data","ports":["b=9092/tcp"],"healthy":{"b":1},"headless":true,"endpoints":[{"hostname":"kafka-0","healthy":true}]}"#;
+    let svc: ExportedService = serde_json::from_str(new).unwrap();
+    assert!(svc.headless);
+    assert_eq!(svc.endpoints[0].hostname.as_str(), "kafka-0");
+    assert_eq!(serde_json::to_string(&svc).unwrap(), new);
+    // Unknown fields from a newer peer are ignored, as before; bad hostnames are refused.
+    let newer = r#"{"name":"web.shop","ports":[],"healthy":{},"later":1}"#;
+    assert!(serde_json::from_str::<ExportedService>(newer).is_ok());
+    let bad =
+        r#"{"name":"k.d","ports":[],"healthy":{},"endpoints":[{"hostname":"-x","healthy":true}]}"#;
+    assert!(serde_json::from_str::<ExportedService>(bad).is_err());
 }
