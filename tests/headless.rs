@@ -10,9 +10,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::dns::{self, dig};
 use common::*;
 use ferry_federation::{ClusterId, Refusal};
 use ferry_gateway::tunnel::{TunnelClient, TunnelError};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 
 const PORT: u16 = 9092;
 
@@ -160,6 +163,57 @@ async fn each_endpoint_vip_reaches_exactly_its_endpoint() {
         "unexported services stay invisible"
     );
 
+    // East's DNS: the service name answers both endpoint VIPs, each endpoint has its own
+    // name, `<cluster>.<svc>` does not exist, and SRV targets the endpoint names.
+    let dns = east_def.dns_addr().await;
+    let zone = "kafka.default.svc.clusterset.local.";
+    let a = |name: String| async move {
+        let reply = dns::ask(
+            dns,
+            &dns::query(&name, RecordType::A, false),
+            dns::Transport::Udp,
+        )
+        .await;
+        (reply.metadata.response_code, dns::addresses(&reply))
+    };
+    wait_for(
+        "east's DNS has a snapshot",
+        Duration::from_secs(10),
+        || async move { a(zone.to_string()).await.0 != ResponseCode::ServFail },
+    )
+    .await;
+    let (code, mut all) = a(zone.to_string()).await;
+    all.sort();
+    let mut want = vec![vip0.ip().to_string(), vip1.ip().to_string()];
+    want.sort();
+    assert_eq!((code, all), (ResponseCode::NoError, want));
+    assert_eq!(
+        a(format!("kafka-0.west.{zone}")).await,
+        (ResponseCode::NoError, vec![vip0.ip().to_string()])
+    );
+    assert_eq!(a(format!("west.{zone}")).await.0, ResponseCode::NXDomain);
+    assert_eq!(
+        a(format!("kafka-0.east.{zone}")).await.0,
+        ResponseCode::NXDomain
+    );
+    let srv = dns::ask(
+        dns,
+        &dns::query(&format!("_broker._tcp.{zone}"), RecordType::SRV, true),
+        dns::Transport::Udp,
+    )
+    .await;
+    let mut targets: Vec<String> = srv.answers.iter().map(|r| r.data.to_string()).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![
+            format!("0 50 {PORT} kafka-0.west.{zone}"),
+            format!("0 50 {PORT} kafka-1.west.{zone}")
+        ]
+    );
+    let dug = dig(dns, &["+short", &format!("kafka-1.west.{zone}")]);
+    assert_eq!(dug.trim(), vip1.ip().to_string(), "dig");
+
     // Each endpoint VIP reaches exactly its endpoint, through west's gateway.
     wait_listening(vip0).await;
     wait_listening(vip1).await;
@@ -245,4 +299,9 @@ async fn each_endpoint_vip_reaches_exactly_its_endpoint() {
     east_def
         .wait_service_gone("kafka.default", Duration::from_secs(10))
         .await;
+    assert_eq!(a(zone.to_string()).await.0, ResponseCode::NXDomain);
+    assert_eq!(
+        a(format!("kafka-0.west.{zone}")).await.0,
+        ResponseCode::NXDomain
+    );
 }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use ferry_federation::{MeshSnapshot, Protocol, ServiceRecord};
+use ferry_federation::{ClusterId, EndpointRecord, MeshSnapshot, Protocol, ServiceRecord};
 use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use ipnet::IpNet;
@@ -186,7 +186,7 @@ impl Zone {
                 .push(txt);
         }
         for service in &snapshot.services {
-            if let Err(e) = zone.add_service(service) {
+            if let Err(e) = zone.add_service(&snapshot.cluster, service) {
                 tracing::warn!(service = %service.name, error = %e, "service left out of the mesh zone");
             }
         }
@@ -279,17 +279,19 @@ impl Zone {
     }
 
     /// Adds the names of one service, if it is answerable.
-    fn add_service(&mut self, service: &ServiceRecord) -> Result<(), hickory_proto::ProtoError> {
+    fn add_service(
+        &mut self,
+        here: &ClusterId,
+        service: &ServiceRecord,
+    ) -> Result<(), hickory_proto::ProtoError> {
+        if service.headless {
+            return self.add_headless(here, service);
+        }
         if !answerable(service) {
             return Ok(());
         }
         let ttl = self.cfg.ttl;
-        let svc_zone = Name::from_ascii("svc")?.append_name(&self.cfg.origin)?;
-        let ns_name = svc_zone.prepend_label(service.name.namespace().as_str())?;
-        let base = ns_name.prepend_label(service.name.name().as_str())?;
-        // Empty non-terminals: `svc.<zone>` and `<ns>.svc.<zone>` exist without records.
-        self.node(&svc_zone);
-        self.node(&ns_name);
+        let base = self.service_name(service)?;
 
         let address = address_record(&base, service.vip, ttl);
         self.node(&base)
@@ -324,6 +326,79 @@ impl Zone {
         Ok(())
     }
 
+    /// `<svc>.<ns>.svc.<zone>`, creating the empty non-terminals `svc.<zone>` and
+    /// `<ns>.svc.<zone>` on the way.
+    fn service_name(&mut self, service: &ServiceRecord) -> Result<Name, hickory_proto::ProtoError> {
+        let svc_zone = Name::from_ascii("svc")?.append_name(&self.cfg.origin)?;
+        let ns_name = svc_zone.prepend_label(service.name.namespace().as_str())?;
+        let base = ns_name.prepend_label(service.name.name().as_str())?;
+        self.node(&svc_zone);
+        self.node(&ns_name);
+        Ok(base)
+    }
+
+    /// A headless service: no service VIP in DNS; every ready endpoint gets
+    /// `<hostname>.<cluster>.<svc>.<ns>.svc.<zone>` and its own VIP, and the service name
+    /// answers all of them. Local endpoints count only when the service is exported here.
+    fn add_headless(
+        &mut self,
+        here: &ClusterId,
+        service: &ServiceRecord,
+    ) -> Result<(), hickory_proto::ProtoError> {
+        let ready: Vec<&EndpointRecord> = service
+            .endpoints
+            .iter()
+            .filter(|e| e.healthy && (&e.cluster != here || service.exported))
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.cfg.ttl;
+        let base = self.service_name(service)?;
+        let weight = u16::try_from(100 / ready.len()).unwrap_or(1).max(1);
+        let mut targets = Vec::with_capacity(ready.len());
+        for e in &ready {
+            let target = base
+                .prepend_label(e.cluster.as_str())?
+                .prepend_label(e.hostname.as_str())?;
+            let address = address_record(&target, e.vip, ttl);
+            self.node(&target)
+                .rrset_mut(address.record_type())
+                .records
+                .push(address.clone());
+            let at_base = address_record(&base, e.vip, ttl);
+            self.node(&base)
+                .rrset_mut(at_base.record_type())
+                .records
+                .push(at_base);
+            self.add_ptr(e.vip, &target);
+            targets.push((target, address));
+        }
+        for (i, port) in service.ports.iter().enumerate() {
+            let srv_name = base
+                .prepend_label(proto_label(port.protocol))?
+                .prepend_label(format!("_{}", port.name))?;
+            for (target, address) in &targets {
+                let rdata = SRV::new(0, weight, port.port, target.clone());
+                let set = self.node(&srv_name).rrset_mut(RecordType::SRV);
+                set.records.push(Record::from_rdata(
+                    srv_name.clone(),
+                    ttl,
+                    RData::SRV(rdata.clone()),
+                ));
+                set.additionals.push(address.clone());
+                // The bare name: one record per ready endpoint, on the first port.
+                if i == 0 {
+                    let set = self.node(&base).rrset_mut(RecordType::SRV);
+                    set.records
+                        .push(Record::from_rdata(base.clone(), ttl, RData::SRV(rdata)));
+                    set.additionals.push(address.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn add_ptr(&mut self, vip: IpAddr, target: &Name) {
         if !self.cfg.vip_ranges.iter().any(|net| net.contains(&vip)) {
             return;
@@ -337,8 +412,8 @@ impl Zone {
     }
 }
 
-/// Whether a service belongs in the zone: exported here or imported from a peer, with a
-/// healthy endpoint in some cluster.
+/// Whether a (non-headless) service belongs in the zone: exported here or imported from a
+/// peer, with a healthy endpoint in some cluster.
 pub fn answerable(service: &ServiceRecord) -> bool {
     let local = service.exported && service.local.iter().any(|e| e.healthy);
     let remote = service

@@ -78,12 +78,17 @@ async fn pump(
             }
             tracing::warn!("snapshot stream lost; serving the last snapshot and reconnecting");
         }
-        stream = None;
-        while stream.is_none() {
+        let had_stream = stream.take().is_some();
+        if had_stream {
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        while stream.is_none() {
             match open(&socket).await {
                 Ok(s) => stream = Some(s),
-                Err(e) => tracing::debug!(error = %e, "control plane not reachable yet"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "control plane not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use ferry_federation::{
-    ClusterId, EndpointAddr, EndpointState, MeshSnapshot, RemoteState, ServiceRecord, TrustDomain,
+    ClusterId, EndpointAddr, EndpointRecord, EndpointState, MeshSnapshot, RemoteState,
+    ServiceRecord, TrustDomain,
 };
 use hickory_proto::rr::{LowerName, Name, RData, RecordType};
 
@@ -36,7 +37,32 @@ pub(crate) fn service(
         exported,
         local,
         remote,
+        headless: false,
+        endpoints: vec![],
     }
+}
+
+fn endpoint(cluster: &str, hostname: &str, vip: &str, healthy: bool) -> EndpointRecord {
+    EndpointRecord {
+        cluster: ClusterId::new(cluster).unwrap(),
+        hostname: hostname.parse().unwrap(),
+        vip: vip.parse().unwrap(),
+        healthy,
+    }
+}
+
+fn headless(name: &str, exported: bool, endpoints: Vec<EndpointRecord>) -> ServiceRecord {
+    let mut s = service(
+        name,
+        "127.10.0.100",
+        &["kafka=9092/tcp"],
+        exported,
+        vec![],
+        vec![],
+    );
+    s.headless = true;
+    s.endpoints = endpoints;
+    s
 }
 
 /// East's view: `api.shop` runs here (exported), `db.shop` only in west, `cache.shop` here
@@ -83,6 +109,22 @@ pub(crate) fn snapshot() -> MeshSnapshot {
             true,
             vec![ep("10.0.0.5:80", false)],
             vec![remote("west", "http", 1)],
+        ),
+        // Headless, spread over east and west; west's kafka-1 is not ready.
+        headless(
+            "kafka.shop",
+            true,
+            vec![
+                endpoint("east", "kafka-0", "127.10.1.1", true),
+                endpoint("west", "kafka-0", "127.10.1.2", true),
+                endpoint("west", "kafka-1", "127.10.1.3", false),
+            ],
+        ),
+        // Headless, only here, not exported.
+        headless(
+            "zk.shop",
+            false,
+            vec![endpoint("east", "zk-0", "127.10.1.9", true)],
         ),
     ];
     services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -261,6 +303,64 @@ fn golden_table() {
             "1.0.0.127.in-addr.arpa.".into(),
             RecordType::PTR,
             "NOTOURS".into(),
+        ),
+        // Headless: the service name answers every ready endpoint, each endpoint has its own
+        // name, and `<cluster>.<svc>` does not exist.
+        (
+            format!("kafka.shop.{z}"),
+            RecordType::A,
+            "A 127.10.1.1 | A 127.10.1.2".into(),
+        ),
+        (
+            format!("kafka-0.east.kafka.shop.{z}"),
+            RecordType::A,
+            "A 127.10.1.1".into(),
+        ),
+        (
+            format!("kafka-0.west.kafka.shop.{z}"),
+            RecordType::A,
+            "A 127.10.1.2".into(),
+        ),
+        (
+            format!("kafka-1.west.kafka.shop.{z}"),
+            RecordType::A,
+            "NXDOMAIN soa=clusterset.local. ttl=5".into(),
+        ),
+        (
+            format!("west.kafka.shop.{z}"),
+            RecordType::A,
+            "NXDOMAIN soa=clusterset.local. ttl=5".into(),
+        ),
+        (
+            format!("east.kafka.shop.{z}"),
+            RecordType::A,
+            "NXDOMAIN soa=clusterset.local. ttl=5".into(),
+        ),
+        (
+            format!("_kafka._tcp.kafka.shop.{z}"),
+            RecordType::SRV,
+            format!("SRV 0 50 9092 kafka-0.east.kafka.shop.{z} | SRV 0 50 9092 kafka-0.west.kafka.shop.{z} | +A 127.10.1.1 | +A 127.10.1.2"),
+        ),
+        (
+            format!("kafka.shop.{z}"),
+            RecordType::SRV,
+            format!("SRV 0 50 9092 kafka-0.east.kafka.shop.{z} | SRV 0 50 9092 kafka-0.west.kafka.shop.{z} | +A 127.10.1.1 | +A 127.10.1.2"),
+        ),
+        (
+            "2.1.10.127.in-addr.arpa.".into(),
+            RecordType::PTR,
+            format!("PTR kafka-0.west.kafka.shop.{z}"),
+        ),
+        // The headless service's own VIP is not in DNS.
+        (
+            "100.0.10.127.in-addr.arpa.".into(),
+            RecordType::PTR,
+            "NXDOMAIN soa=10.127.in-addr.arpa. ttl=5".into(),
+        ),
+        (
+            format!("zk.shop.{z}"),
+            RecordType::A,
+            "NXDOMAIN soa=clusterset.local. ttl=5".into(),
         ),
         ("example.com.".into(), RecordType::A, "NOTOURS".into()),
         ("local.".into(), RecordType::A, "NOTOURS".into()),
