@@ -20,7 +20,7 @@ use tokio::time::timeout;
 
 use crate::handler::udp_answer_limit;
 use crate::handler::MeshHandler;
-use crate::packet::{header_reply, precheck, rcode, Precheck};
+use crate::packet::{header_reply, precheck, rcode, Precheck, HEADER_LEN};
 use crate::ratelimit::{RateLimiter, Verdict};
 
 /// Largest UDP query accepted; larger datagrams are dropped.
@@ -37,11 +37,63 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn verdict(&self, src: SocketAddr) -> Verdict {
+    pub(crate) fn verdict(&self, src: SocketAddr) -> Verdict {
         match &self.limiter {
             Some(l) => l.check(src.ip(), Instant::now()),
             None => Verdict::Allow,
         }
+    }
+}
+
+/// What the UDP transport does with one datagram.
+#[derive(Debug)]
+pub enum Datagram {
+    /// Send nothing.
+    Ignore,
+    /// Send this header-only reply (FORMERR, or TC for a rate-limited source).
+    Reply([u8; HEADER_LEN]),
+    /// Answer the request, in at most `limit` bytes.
+    Answer {
+        /// The parsed request.
+        request: Request,
+        /// The UDP size limit of the answer.
+        limit: u16,
+    },
+}
+
+/// Checks, rate-limits and parses one datagram from `src`.
+pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> Datagram {
+    if packet.len() > MAX_UDP_QUERY {
+        metrics::counter!("ferry_dns_dropped_total", "reason" => "oversized").increment(1);
+        return Datagram::Ignore;
+    }
+    match precheck(packet) {
+        Precheck::Drop => {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "malformed").increment(1);
+            return Datagram::Ignore;
+        }
+        Precheck::FormErr => return Datagram::Reply(header_reply(packet, rcode::FORMERR, false)),
+        Precheck::Parse => {}
+    }
+    let verdict = limiter.map_or(Verdict::Allow, |l| l.check(src.ip(), Instant::now()));
+    match verdict {
+        Verdict::Allow => {}
+        Verdict::Slip => {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit_slip")
+                .increment(1);
+            return Datagram::Reply(header_reply(packet, 0, true));
+        }
+        Verdict::Drop => {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit").increment(1);
+            return Datagram::Ignore;
+        }
+    }
+    match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+        Ok(request) => {
+            let limit = udp_answer_limit(packet.len(), request.max_payload());
+            Datagram::Answer { request, limit }
+        }
+        Err(_) => Datagram::Reply(header_reply(packet, rcode::FORMERR, false)),
     }
 }
 
@@ -56,57 +108,24 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if n > MAX_UDP_QUERY {
-            metrics::counter!("ferry_dns_dropped_total", "reason" => "oversized").increment(1);
-            continue;
-        }
-        let packet = &buf[..n];
-        match precheck(packet) {
-            Precheck::Drop => {
-                metrics::counter!("ferry_dns_dropped_total", "reason" => "malformed").increment(1);
-                continue;
+        match triage(&buf[..n], src, shared.limiter.as_ref()) {
+            Datagram::Ignore => {}
+            Datagram::Reply(header) => {
+                let _ = socket.send_to(&header, src).await;
             }
-            Precheck::FormErr => {
-                let _ = socket
-                    .send_to(&header_reply(packet, rcode::FORMERR, false), src)
-                    .await;
-                continue;
+            Datagram::Answer { request, limit } => {
+                if shared.handler.answers_at_once(&request) {
+                    let reply = shared.handler.respond(&request, limit).await;
+                    let _ = socket.send_to(&reply, src).await;
+                } else {
+                    let socket = socket.clone();
+                    let handler = shared.handler.clone();
+                    tokio::spawn(async move {
+                        let reply = handler.respond(&request, limit).await;
+                        let _ = socket.send_to(&reply, src).await;
+                    });
+                }
             }
-            Precheck::Parse => {}
-        }
-        match shared.verdict(src) {
-            Verdict::Allow => {}
-            Verdict::Slip => {
-                metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit_slip")
-                    .increment(1);
-                let _ = socket.send_to(&header_reply(packet, 0, true), src).await;
-                continue;
-            }
-            Verdict::Drop => {
-                metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit").increment(1);
-                continue;
-            }
-        }
-        let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = socket
-                    .send_to(&header_reply(packet, rcode::FORMERR, false), src)
-                    .await;
-                continue;
-            }
-        };
-        let limit = udp_answer_limit(n, request.max_payload());
-        if shared.handler.answers_at_once(&request) {
-            let reply = shared.handler.respond(&request, limit).await;
-            let _ = socket.send_to(&reply, src).await;
-        } else {
-            let socket = socket.clone();
-            let handler = shared.handler.clone();
-            tokio::spawn(async move {
-                let reply = handler.respond(&request, limit).await;
-                let _ = socket.send_to(&reply, src).await;
-            });
         }
     }
 }
@@ -153,7 +172,7 @@ async fn serve_connection(
         timeout(TCP_IDLE, stream.read_exact(&mut msg))
             .await
             .map_err(|_| std::io::Error::other("message not delivered in time"))??;
-        let mut head = [0u8; crate::packet::HEADER_LEN];
+        let mut head = [0u8; HEADER_LEN];
         let n = head.len();
         if msg.len() >= n {
             head.copy_from_slice(&msg[..n]);
