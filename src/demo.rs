@@ -202,6 +202,71 @@ pub async fn wait_imported(
     }
 }
 
+/// Waits for a cluster's DNS server to record its address in `<dir>/<name>-data/dns.addr`.
+async fn read_dns_addr(dir: &Path, name: &str, timeout: Duration) -> anyhow::Result<SocketAddr> {
+    let file = dir
+        .join(format!("{name}-data"))
+        .join(crate::roles::dns::ADDR_FILE);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(addr) = text.trim().parse() {
+                return Ok(addr);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "cluster {name}'s DNS server did not start within {timeout:?} (no {})",
+                file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks the DNS server at `server` for the A record of `name` over UDP, retrying until it
+/// answers NOERROR with an address or `timeout` passes.
+pub async fn resolve(
+    server: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<std::net::IpAddr> {
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::query();
+    query.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    query.metadata.recursion_desired = true;
+    let bytes = query.to_vec()?;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        socket.send_to(&bytes, server).await?;
+        let mut buf = vec![0u8; 1500];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            if let Ok(reply) = Message::from_vec(&buf[..n]) {
+                if reply.metadata.id == query.metadata.id {
+                    let ip = reply.answers.iter().find_map(|r| match &r.data {
+                        RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                        _ => None,
+                    });
+                    match (reply.metadata.response_code, ip) {
+                        (ResponseCode::NoError, Some(ip)) => return Ok(ip),
+                        (code, _) => last = code.to_string(),
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!(
+        "{name} did not resolve through {server} within {timeout:?} (last answer: {last})"
+    )
+}
+
 /// Runs the demo. With `keep`, stays up until Ctrl-C.
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
@@ -295,15 +360,29 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let vip: std::net::IpAddr = svc.vip.parse()?;
-    let target = SocketAddr::new(vip, 8080);
+    let name = "web.shop.svc.clusterset.local";
+    let dns = read_dns_addr(dir, "east", Duration::from_secs(10)).await?;
     step(
         6,
-        &format!("east: calling http://{target}/ through east's node proxy"),
+        &format!("east: resolving {name} through east's mesh DNS ({dns}); by hand:"),
+    );
+    println!("{}", crate::roles::dns::dig_command(dns, name));
+    let vip = resolve(dns, name, Duration::from_secs(10)).await?;
+    println!("    {name} -> {vip} (east's VIP for web.shop; the service runs only in west)");
+    if vip.to_string() != svc.vip {
+        anyhow::bail!(
+            "DNS answered {vip}, but east's VIP for web.shop is {}",
+            svc.vip
+        );
+    }
+    let target = SocketAddr::new(vip, 8080);
+    step(
+        7,
+        &format!("east: calling http://{name}:8080/ = {target} through east's node proxy"),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
-        match http_get(target, "web.shop.shop.svc.clusterset.local").await {
+        match http_get(target, name).await {
             Ok(b) => break b,
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "call not through yet; retrying");
@@ -318,6 +397,7 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
     println!("summary:");
     println!("  clusters      east, west (one root, trust domain demo.ferry)");
     println!("  link          east <-> west over QUIC (mTLS, SPIFFE identities)");
+    println!("  name          {name} -> {vip} (east's mesh DNS)");
     println!("  call          east node proxy -> west gateway -> web.shop endpoint in west");
     println!("  answer        {}", body.trim());
     println!("  elapsed       {:.1?}", started.elapsed());
@@ -330,6 +410,7 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
         println!();
         println!("the mesh stays up; try (Ctrl-C to stop):");
         println!("  curl http://{target}/");
+        println!("  {}", crate::roles::dns::dig_command(dns, name));
         println!(
             "  {} --control {} services",
             exe.display(),

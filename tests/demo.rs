@@ -15,5 +15,16 @@ fn demo_crosses_clusters_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("answer: hello from west"), "{stdout}");
+    // The name resolved through east's mesh DNS, and the dig line a user can run is printed
+    // on a line of its own.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("dig @127.0.0.1 -p ")
+            && l.ends_with(" web.shop.svc.clusterset.local")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("web.shop.svc.clusterset.local -> 127.10."),
+        "{stdout}"
+    );
     assert!(stdout.contains("OK: the call crossed clusters"), "{stdout}");
 }

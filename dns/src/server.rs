@@ -55,7 +55,7 @@ pub enum Datagram {
     /// Answer the request, in at most `limit` bytes.
     Answer {
         /// The parsed request.
-        request: Request,
+        request: Box<Request>,
         /// The UDP size limit of the answer.
         limit: u16,
     },
@@ -91,7 +91,10 @@ pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> 
     match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
             let limit = udp_answer_limit(packet.len(), request.max_payload());
-            Datagram::Answer { request, limit }
+            Datagram::Answer {
+                request: Box::new(request),
+                limit,
+            }
         }
         Err(_) => Datagram::Reply(header_reply(packet, rcode::FORMERR, false)),
     }
