@@ -3,7 +3,7 @@
 
 use std::iter;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
@@ -278,7 +278,7 @@ async fn send<'a, R: ResponseHandler>(
 ) -> ResponseInfo {
     let fallback = *message.metadata();
     let code = fallback.response_code;
-    metrics::counter!("ferry_dns_responses_total", "rcode" => rcode_label(code)).increment(1);
+    response_counter(code).increment(1);
     match response.send_response(message).await {
         Ok(info) => info,
         Err(e) => {
@@ -293,16 +293,29 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
-fn rcode_label(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::NotImp => "NOTIMP",
-        _ => "OTHER",
-    }
+/// `ferry_dns_responses_total{rcode}`, registered once: the lookup by name and label costs
+/// more than the rest of a cached answer's bookkeeping.
+fn response_counter(code: ResponseCode) -> &'static metrics::Counter {
+    const LABELS: [&str; 7] = [
+        "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NOTIMP", "OTHER",
+    ];
+    static COUNTERS: OnceLock<Vec<metrics::Counter>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        LABELS
+            .iter()
+            .map(|l| metrics::counter!("ferry_dns_responses_total", "rcode" => *l))
+            .collect()
+    });
+    let i = match code {
+        ResponseCode::NoError => 0,
+        ResponseCode::NXDomain => 1,
+        ResponseCode::ServFail => 2,
+        ResponseCode::Refused => 3,
+        ResponseCode::FormErr => 4,
+        ResponseCode::NotImp => 5,
+        _ => 6,
+    };
+    &counters[i]
 }
 
 /// A [`ResponseHandler`] that encodes the reply into a buffer, at most `max_size` bytes.
