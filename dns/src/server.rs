@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
@@ -100,36 +100,127 @@ pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> 
     }
 }
 
+/// Most datagrams read (and answers written) with one system call.
+const BATCH: usize = 32;
+
 pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
+    let mut bufs = vec![[0u8; MAX_UDP_QUERY + 1]; BATCH];
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(v) => v,
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(error = %e, "dns udp socket failed");
+            return;
+        }
+        let received = match socket.try_io(Interest::READABLE, || batch::recv(&socket, &mut bufs)) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors from earlier sends surface here; they are not fatal.
                 tracing::debug!(error = %e, "udp receive error");
                 continue;
             }
         };
-        match triage(&buf[..n], src, shared.limiter.as_ref()) {
-            Datagram::Ignore => {}
-            Datagram::Reply(header) => {
-                let _ = socket.send_to(&header, src).await;
+        for (buf, &(n, src)) in bufs.iter().zip(&received) {
+            if src.port() == 0 {
+                // Nothing can be answered to port 0 (and it is a favourite of reflection).
+                continue;
             }
-            Datagram::Answer { request, limit } => {
-                if shared.handler.answers_at_once(&request) {
-                    let reply = shared.handler.respond(&request, limit).await;
-                    let _ = socket.send_to(&reply, src).await;
-                } else {
-                    let socket = socket.clone();
-                    let handler = shared.handler.clone();
-                    tokio::spawn(async move {
-                        let reply = handler.respond(&request, limit).await;
-                        let _ = socket.send_to(&reply, src).await;
-                    });
+            match triage(&buf[..n], src, shared.limiter.as_ref()) {
+                Datagram::Ignore => {}
+                Datagram::Reply(header) => replies.push((header.to_vec(), src)),
+                Datagram::Answer { request, limit } => {
+                    if shared.handler.answers_at_once(&request) {
+                        replies.push((shared.handler.respond(&request, limit).await, src));
+                    } else {
+                        let socket = socket.clone();
+                        let handler = shared.handler.clone();
+                        tokio::spawn(async move {
+                            let reply = handler.respond(&request, limit).await;
+                            let _ = socket.send_to(&reply, src).await;
+                        });
+                    }
                 }
             }
         }
+        send_all(&socket, &mut replies).await;
+    }
+}
+
+/// Sends every reply, batched while the socket takes them, one by one when it pushes back.
+async fn send_all(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, SocketAddr)>) {
+    let mut sent = 0;
+    while sent < replies.len() {
+        match socket.try_io(Interest::WRITABLE, || batch::send(socket, &replies[sent..])) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    for (reply, dst) in &replies[sent..] {
+        let _ = socket.send_to(reply, *dst).await;
+    }
+    replies.clear();
+}
+
+/// recvmmsg/sendmmsg: one system call for a batch of datagrams.
+mod batch {
+    use std::io::{self, IoSlice, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+    /// Reads up to `bufs.len()` datagrams without blocking: `(length, source)` of each, in
+    /// the order of `bufs`.
+    pub fn recv<const N: usize>(
+        socket: &impl AsRawFd,
+        bufs: &mut [[u8; N]],
+    ) -> io::Result<Vec<(usize, SocketAddr)>> {
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(iovs.len(), None);
+        let results = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        Ok(results
+            .map(|m| (m.bytes, m.address.and_then(to_std)))
+            .map(|(n, a)| (n, a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
+            .collect())
+    }
+
+    /// Sends as many of `msgs` as the socket takes without blocking; returns how many.
+    pub fn send(socket: &impl AsRawFd, msgs: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
+        let msgs = &msgs[..msgs.len().min(super::BATCH)];
+        let iovs: Vec<[IoSlice<'_>; 1]> = msgs.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = msgs
+            .iter()
+            .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(msgs.len(), None);
+        let sent = sendmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            &iovs,
+            &addrs,
+            [],
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(io::Error::from)?;
+        Ok(sent.count())
+    }
+
+    fn to_std(addr: SockaddrStorage) -> Option<SocketAddr> {
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Some(SocketAddr::from(*v4));
+        }
+        addr.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
     }
 }
 
