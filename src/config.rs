@@ -367,9 +367,15 @@ impl Config {
                 .upstreams
                 .unwrap_or_default()
                 .iter()
-                .map(|s| parse_addr("dns.upstreams", Some(s), ""))
+                .map(|s| parse_upstream(s))
                 .collect::<Result<_, _>>()?,
         };
+        if let Some(own) = dns.upstreams.iter().find(|u| **u == dns.listen) {
+            return Err(invalid(
+                "dns.upstreams",
+                format!("{own} is this DNS server's own listen address; forwarding to it would loop. List real resolvers"),
+            ));
+        }
         let mut seen = BTreeSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
@@ -418,6 +424,18 @@ impl Config {
             services,
         })
     }
+}
+
+/// An upstream resolver: `ip:port`, or a bare IP meaning port 53.
+fn parse_upstream(s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            invalid(
+                "dns.upstreams",
+                format!("`{s}` is not a resolver address; write ip or ip:port, e.g. \"1.1.1.1\" or \"10.0.0.2:53\""),
+            )
+        })
 }
 
 fn parse_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {

@@ -18,8 +18,11 @@ use tokio::time::timeout;
 
 /// How long one upstream gets to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Most forwarded queries in flight at once; more are answered SERVFAIL.
-const MAX_IN_FLIGHT: usize = 1024;
+/// Most forwarded queries in flight at once (each holds a socket); more are answered SERVFAIL.
+const MAX_IN_FLIGHT: usize = 256;
+/// The EDNS payload size asked of upstreams: larger answers come back truncated and are
+/// fetched over TCP rather than cut off at the UDP read buffer.
+const UPSTREAM_EDNS_PAYLOAD: u16 = 1232;
 /// Largest UDP reply read from an upstream.
 const MAX_UPSTREAM_UDP: usize = 4096;
 
@@ -57,14 +60,23 @@ impl Forwarder {
         })
     }
 
-    /// Forwards the raw query `query` and returns the upstream's reply (its ID is the
-    /// upstream's, not the client's). `tcp` forwards over TCP from the start.
+    /// Forwards the query `query` (raw bytes; its EDNS size is capped at 1232 on the way) and
+    /// returns the upstream's reply (its ID is the upstream's, not the client's). `tcp`
+    /// forwards over TCP from the start.
     pub async fn forward(&self, query: &[u8], tcp: bool) -> Result<Message, ForwardError> {
         let _permit = self
             .in_flight
             .clone()
             .try_acquire_owned()
             .map_err(|_| ForwardError::Busy)?;
+        let mut outgoing = Message::from_vec(query).map_err(|e| ForwardError::NoAnswer {
+            tried: 0,
+            last: format!("the query does not parse: {e}"),
+        })?;
+        if let Some(edns) = outgoing.edns.as_mut() {
+            let payload = edns.max_payload().min(UPSTREAM_EDNS_PAYLOAD);
+            edns.set_max_payload(payload);
+        }
         let mut last = String::new();
         for upstream in &self.upstreams {
             let mut id = [0u8; 2];
@@ -72,8 +84,14 @@ impl Forwarder {
                 last = "the system random generator failed".into();
                 continue;
             }
-            let mut msg = query.to_vec();
-            msg[..2].copy_from_slice(&id);
+            outgoing.metadata.id = u16::from_be_bytes(id);
+            let msg = match outgoing.to_vec() {
+                Ok(m) => m,
+                Err(e) => {
+                    last = format!("the query cannot be re-encoded: {e}");
+                    break;
+                }
+            };
             let result = if tcp {
                 ask_tcp(*upstream, &msg).await
             } else {

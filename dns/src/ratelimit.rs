@@ -12,6 +12,8 @@ use std::time::Instant;
 
 /// Most sources tracked at once.
 const MAX_SOURCES: usize = 65_536;
+/// The bucket shared by new sources while the table is full of busy ones.
+const OVERFLOW: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// What to do with one query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,13 +53,15 @@ impl RateLimiter {
 
     /// Charges one query from `src` at `now`.
     pub fn check(&self, src: IpAddr, now: Instant) -> Verdict {
-        let key = source_key(src);
+        let mut key = source_key(src);
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&key) {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| refill(b, now, rate, burst) < burst);
             if buckets.len() >= MAX_SOURCES {
-                buckets.clear();
+                // Every tracked source is busy: newcomers share one bucket rather than
+                // resetting everyone's (which would let a wide flood reset its own limit).
+                key = OVERFLOW;
             }
         }
         let bucket = buckets.entry(key).or_insert(Bucket {
@@ -86,10 +90,14 @@ fn refill(bucket: &mut Bucket, now: Instant, rate: f64, burst: f64) -> f64 {
     bucket.tokens
 }
 
-/// IPv4 sources count one by one; IPv6 sources by /64, since one host holds a whole /64.
-fn source_key(src: IpAddr) -> IpAddr {
+/// IPv4 sources count one by one (also when they arrive IPv4-mapped on an IPv6 socket);
+/// IPv6 sources by /64, since one host holds a whole /64.
+pub fn source_key(src: IpAddr) -> IpAddr {
     match src {
         IpAddr::V4(_) => src,
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            IpAddr::V4(v6.to_ipv4_mapped().expect("checked"))
+        }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())
@@ -143,9 +151,32 @@ mod tests {
     fn the_table_stays_bounded() {
         let rl = RateLimiter::new(5).unwrap();
         let t = Instant::now();
-        for i in 0..(MAX_SOURCES as u32 + 10) {
+        for i in 1..=(MAX_SOURCES as u32) {
             rl.check(IpAddr::V4(i.into()), t);
         }
-        assert!(rl.buckets.lock().unwrap().len() <= MAX_SOURCES);
+        assert_eq!(rl.buckets.lock().unwrap().len(), MAX_SOURCES);
+        // Newcomers now share the overflow bucket: its burst runs out.
+        let newcomers = (0..100u32)
+            .map(|i| rl.check(IpAddr::V4((0x7000_0000 + i).into()), t))
+            .filter(|v| *v == Verdict::Allow)
+            .count();
+        assert_eq!(newcomers, 10);
+        assert!(rl.buckets.lock().unwrap().len() <= MAX_SOURCES + 1);
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_keyed_as_ipv4() {
+        let rl = RateLimiter::new(1).unwrap();
+        let t = Instant::now();
+        let a: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let b: IpAddr = "::ffff:192.0.2.2".parse().unwrap();
+        assert_eq!(rl.check(a, t), Verdict::Allow);
+        assert_eq!(rl.check(a, t), Verdict::Allow);
+        assert_ne!(rl.check(a, t), Verdict::Allow);
+        assert_eq!(
+            rl.check(b, t),
+            Verdict::Allow,
+            "another IPv4 client is not throttled"
+        );
     }
 }

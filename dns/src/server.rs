@@ -7,8 +7,9 @@
 //! client repeats it over TCP, where the source address is proven. Answers from the zone are
 //! computed inline on the UDP loop; forwarded queries run in their own tasks.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_server::net::xfer::Protocol;
@@ -27,7 +28,14 @@ use crate::ratelimit::{RateLimiter, Verdict};
 const MAX_UDP_QUERY: usize = 4096;
 /// Most TCP connections open at once; more are closed at accept.
 const MAX_TCP_CONNECTIONS: usize = 512;
-/// A TCP connection idle this long (or this slow to deliver a message) is closed.
+/// Most TCP connections open at once from one client address.
+const MAX_TCP_PER_SOURCE: usize = 16;
+/// Largest query accepted over TCP; a longer one closes the connection.
+const MAX_TCP_QUERY: usize = 4096;
+/// Most queries answered on one TCP connection before it is closed.
+const MAX_TCP_QUERIES: usize = 10_000;
+/// A TCP connection idle this long (or this slow to deliver a message, or to take an answer)
+/// is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Shared state of both transports.
@@ -67,14 +75,12 @@ pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> 
         metrics::counter!("ferry_dns_dropped_total", "reason" => "oversized").increment(1);
         return Datagram::Ignore;
     }
-    match precheck(packet) {
-        Precheck::Drop => {
-            metrics::counter!("ferry_dns_dropped_total", "reason" => "malformed").increment(1);
-            return Datagram::Ignore;
-        }
-        Precheck::FormErr => return Datagram::Reply(header_reply(packet, rcode::FORMERR, false)),
-        Precheck::Parse => {}
+    let check = precheck(packet);
+    if check == Precheck::Drop {
+        metrics::counter!("ferry_dns_dropped_total", "reason" => "malformed").increment(1);
+        return Datagram::Ignore;
     }
+    // Rate-limit before any reply, FORMERR included: a spoofed flood gets nothing back.
     let verdict = limiter.map_or(Verdict::Allow, |l| l.check(src.ip(), Instant::now()));
     match verdict {
         Verdict::Allow => {}
@@ -87,6 +93,9 @@ pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> 
             metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit").increment(1);
             return Datagram::Ignore;
         }
+    }
+    if check == Precheck::FormErr {
+        return Datagram::Reply(header_reply(packet, rcode::FORMERR, false));
     }
     match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
@@ -224,8 +233,46 @@ mod batch {
     }
 }
 
+/// Open TCP connections per client address; an entry leaves when its last connection ends.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection counted in [`PerSource`].
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_TCP_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let per_source = Arc::new(PerSource::default());
     loop {
         let (stream, src) = match listener.accept().await {
             Ok(v) => v,
@@ -234,6 +281,10 @@ pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Some(source_slot) = per_source.acquire(crate::ratelimit::source_key(src.ip())) else {
+            metrics::counter!("ferry_dns_dropped_total", "reason" => "tcp_per_source").increment(1);
+            continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics::counter!("ferry_dns_dropped_total", "reason" => "tcp_connections")
@@ -246,6 +297,7 @@ pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 tracing::debug!(%src, error = %e, "dns tcp connection ended");
             }
             drop(slot);
+            drop(source_slot);
         });
     }
 }
@@ -256,12 +308,17 @@ async fn serve_connection(
     shared: &Shared,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    loop {
+    for _ in 0..MAX_TCP_QUERIES {
         let len = match timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
             // Idle, or the client closed: both end the connection quietly.
             Ok(Err(_)) | Err(_) => return Ok(()),
         };
+        if len > MAX_TCP_QUERY {
+            return Err(std::io::Error::other(format!(
+                "a {len}-byte query; queries are at most {MAX_TCP_QUERY} bytes"
+            )));
+        }
         let mut msg = vec![0u8; len];
         timeout(TCP_IDLE, stream.read_exact(&mut msg))
             .await
@@ -290,8 +347,11 @@ async fn serve_connection(
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(&reply[..usize::from(len)]);
-        stream.write_all(&framed).await?;
+        timeout(TCP_IDLE, stream.write_all(&framed))
+            .await
+            .map_err(|_| std::io::Error::other("client does not read its answers"))??;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -278,7 +278,8 @@ impl Zone {
         self.nodes.entry(LowerName::new(name)).or_default()
     }
 
-    /// Adds the names of one service, if it is answerable.
+    /// Adds the names of one service, if it is answerable. Every name is built before any is
+    /// inserted, so a service whose names do not fit is left out whole, never half in.
     fn add_service(
         &mut self,
         here: &ClusterId,
@@ -290,51 +291,32 @@ impl Zone {
         if !answerable(service) {
             return Ok(());
         }
+        let names = ServiceNames::new(&self.cfg.origin, service)?;
         let ttl = self.cfg.ttl;
-        let base = self.service_name(service)?;
-
+        let base = names.insert_skeleton(self);
         let address = address_record(&base, service.vip, ttl);
         self.node(&base)
             .rrset_mut(address.record_type())
             .records
             .push(address.clone());
-        for port in &service.ports {
-            let srv_name = base
-                .prepend_label(proto_label(port.protocol))?
-                .prepend_label(format!("_{}", port.name))?;
-            let srv = Record::from_rdata(
-                srv_name.clone(),
-                ttl,
-                RData::SRV(SRV::new(0, 100, port.port, base.clone())),
-            );
-            let set = self.node(&srv_name).rrset_mut(RecordType::SRV);
-            set.records.push(srv.clone());
+        for (srv_name, port) in names.srv.iter().zip(&service.ports) {
+            let srv = SRV::new(0, 100, port.port, base.clone());
+            let set = self.node(srv_name).rrset_mut(RecordType::SRV);
+            set.records
+                .push(Record::from_rdata(srv_name.clone(), ttl, RData::SRV(srv)));
             set.additionals.push(address.clone());
-            // The bare service name answers SRV too: one record per port.
-            let bare = Record::from_rdata(
-                base.clone(),
-                ttl,
-                RData::SRV(SRV::new(0, 100, port.port, base.clone())),
-            );
+        }
+        // The bare service name answers SRV too: one record, the first port (what the MCS
+        // conformance suite asks).
+        if let Some(port) = service.ports.first() {
+            let bare = SRV::new(0, 100, port.port, base.clone());
             let set = self.node(&base).rrset_mut(RecordType::SRV);
-            set.records.push(bare);
-            if set.additionals.is_empty() {
-                set.additionals.push(address.clone());
-            }
+            set.records
+                .push(Record::from_rdata(base.clone(), ttl, RData::SRV(bare)));
+            set.additionals.push(address);
         }
         self.add_ptr(service.vip, &base);
         Ok(())
-    }
-
-    /// `<svc>.<ns>.svc.<zone>`, creating the empty non-terminals `svc.<zone>` and
-    /// `<ns>.svc.<zone>` on the way.
-    fn service_name(&mut self, service: &ServiceRecord) -> Result<Name, hickory_proto::ProtoError> {
-        let svc_zone = Name::from_ascii("svc")?.append_name(&self.cfg.origin)?;
-        let ns_name = svc_zone.prepend_label(service.name.namespace().as_str())?;
-        let base = ns_name.prepend_label(service.name.name().as_str())?;
-        self.node(&svc_zone);
-        self.node(&ns_name);
-        Ok(base)
     }
 
     /// A headless service: no service VIP in DNS; every ready endpoint gets
@@ -353,34 +335,37 @@ impl Zone {
         if ready.is_empty() {
             return Ok(());
         }
+        let names = ServiceNames::new(&self.cfg.origin, service)?;
         let ttl = self.cfg.ttl;
-        let base = self.service_name(service)?;
-        let weight = u16::try_from(100 / ready.len()).unwrap_or(1).max(1);
-        let mut targets = Vec::with_capacity(ready.len());
-        for e in &ready {
-            let target = base
-                .prepend_label(e.cluster.as_str())?
-                .prepend_label(e.hostname.as_str())?;
-            let address = address_record(&target, e.vip, ttl);
-            self.node(&target)
+        let targets = ready
+            .iter()
+            .map(|e| {
+                let name = names
+                    .base
+                    .prepend_label(e.cluster.as_str())?
+                    .prepend_label(e.hostname.as_str())?;
+                let address = address_record(&name, e.vip, ttl);
+                Ok((name, address, e.vip))
+            })
+            .collect::<Result<Vec<_>, hickory_proto::ProtoError>>()?;
+        let base = names.insert_skeleton(self);
+        let weight = u16::try_from(100 / targets.len()).unwrap_or(1).max(1);
+        for (target, address, vip) in &targets {
+            self.node(target)
                 .rrset_mut(address.record_type())
                 .records
                 .push(address.clone());
-            let at_base = address_record(&base, e.vip, ttl);
+            let at_base = address_record(&base, *vip, ttl);
             self.node(&base)
                 .rrset_mut(at_base.record_type())
                 .records
                 .push(at_base);
-            self.add_ptr(e.vip, &target);
-            targets.push((target, address));
+            self.add_ptr(*vip, target);
         }
-        for (i, port) in service.ports.iter().enumerate() {
-            let srv_name = base
-                .prepend_label(proto_label(port.protocol))?
-                .prepend_label(format!("_{}", port.name))?;
-            for (target, address) in &targets {
+        for (i, (srv_name, port)) in names.srv.iter().zip(&service.ports).enumerate() {
+            for (target, address, _) in &targets {
                 let rdata = SRV::new(0, weight, port.port, target.clone());
-                let set = self.node(&srv_name).rrset_mut(RecordType::SRV);
+                let set = self.node(srv_name).rrset_mut(RecordType::SRV);
                 set.records.push(Record::from_rdata(
                     srv_name.clone(),
                     ttl,
@@ -409,6 +394,56 @@ impl Zone {
             .rrset_mut(RecordType::PTR)
             .records
             .push(ptr);
+    }
+}
+
+/// Every name of one service, built before any goes into the zone.
+struct ServiceNames {
+    /// `svc.<zone>`.
+    svc_zone: Name,
+    /// `<ns>.svc.<zone>`.
+    namespace: Name,
+    /// `<svc>.<ns>.svc.<zone>`.
+    base: Name,
+    /// `_<port>._<proto>.<base>`, one per port, in port order.
+    srv: Vec<Name>,
+    /// `_tcp.<base>` / `_udp.<base>` for the protocols in use.
+    proto: Vec<Name>,
+}
+
+impl ServiceNames {
+    fn new(origin: &Name, service: &ServiceRecord) -> Result<Self, hickory_proto::ProtoError> {
+        let svc_zone = Name::from_ascii("svc")?.append_name(origin)?;
+        let namespace = svc_zone.prepend_label(service.name.namespace().as_str())?;
+        let base = namespace.prepend_label(service.name.name().as_str())?;
+        let mut srv = Vec::with_capacity(service.ports.len());
+        let mut proto = Vec::new();
+        for port in &service.ports {
+            let p = base.prepend_label(proto_label(port.protocol))?;
+            srv.push(p.prepend_label(format!("_{}", port.name))?);
+            if !proto.contains(&p) {
+                proto.push(p);
+            }
+        }
+        Ok(ServiceNames {
+            svc_zone,
+            namespace,
+            base,
+            srv,
+            proto,
+        })
+    }
+
+    /// Inserts the empty non-terminals (`svc.<zone>`, `<ns>.svc.<zone>`, `_tcp.<base>`, ...)
+    /// so they answer NOERROR without data rather than NXDOMAIN (RFC 8020: NXDOMAIN would
+    /// deny the SRV names below them); returns the service name.
+    fn insert_skeleton(&self, zone: &mut Zone) -> Name {
+        zone.node(&self.svc_zone);
+        zone.node(&self.namespace);
+        for p in &self.proto {
+            zone.node(p);
+        }
+        self.base.clone()
     }
 }
 

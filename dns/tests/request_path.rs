@@ -191,6 +191,37 @@ fn valid_queries_get_answers_within_the_bound() {
 }
 
 #[test]
+fn additionals_that_do_not_fit_are_dropped_without_tc() {
+    // Two headless endpoints: the SRV answer fits a plain UDP reply within 4x the query,
+    // the addresses of its targets do not (RFC 2181 section 9: leave them out, no TC).
+    let mut snap = snapshot();
+    snap.services[1].endpoints.truncate(2);
+    let cfg = ZoneConfig::new("clusterset.local", vec![]).unwrap();
+    let h = MeshHandler::new(Zone::build(&cfg, &snap), None, vec![]);
+    let rt = runtime();
+    for (edns, additionals) in [(false, 0), (true, 2)] {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("_http._tcp.big.shop.svc.clusterset.local.").unwrap(),
+            RecordType::SRV,
+        ));
+        if edns {
+            m.set_edns(Edns::new());
+        }
+        let reply = udp(&h, &rt, &m.to_vec().unwrap()).unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.answers.len(), 2, "edns={edns}");
+        assert!(!reply.metadata.truncation, "edns={edns}");
+        let addresses = reply
+            .additionals
+            .iter()
+            .filter(|r| r.record_type() == RecordType::A)
+            .count();
+        assert_eq!(addresses, additionals, "edns={edns}");
+    }
+}
+
+#[test]
 fn recursion_is_refused_outside_forward_from() {
     let cfg = ZoneConfig::new("clusterset.local", vec![]).unwrap();
     // An upstream is configured, but only 10.0.0.0/8 may use it.

@@ -127,3 +127,49 @@ fn headless_services_and_named_endpoints() {
         "{err}"
     );
 }
+
+#[test]
+fn dns_section_defaults_and_errors() {
+    let base = "cluster = \"east\"\n[trust]\ndir = \"ca\"\n";
+    let cfg = Config::parse(base, std::path::Path::new("/tmp")).unwrap();
+    assert_eq!(cfg.dns.ttl, std::time::Duration::from_secs(5));
+    assert_eq!(cfg.dns.rate_limit, 2000);
+    assert!(!cfg.dns.forward_from.is_empty());
+    let with = |dns: &str| {
+        Config::parse(
+            &format!("{base}[dns]\n{dns}\n"),
+            std::path::Path::new("/tmp"),
+        )
+    };
+    let cfg =
+        with("upstreams = [\"192.0.2.53\", \"192.0.2.54:5300\"]\nttl = \"30s\"\nrate_limit = 0")
+            .unwrap();
+    assert_eq!(
+        cfg.dns.upstreams,
+        vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "192.0.2.54:5300".parse().unwrap()
+        ]
+    );
+    assert_eq!(cfg.dns_settings().zone.ttl, 30);
+    assert_eq!(
+        cfg.dns_settings().zone.negative_ttl,
+        5,
+        "negative answers stay at 5 s at most"
+    );
+    for (bad, hint) in [
+        ("zone = \"a..b\"", "dns.zone"),
+        ("ttl = \"0s\"", "whole seconds"),
+        ("ttl = \"soon\"", "whole seconds"),
+        ("forward_from = [\"10.0.0.0/33\"]", "CIDR"),
+        ("upstreams = [\"resolver\"]", "ip:port"),
+        (
+            "listen = \"127.0.0.1:5353\"\nupstreams = [\"127.0.0.1:5353\"]",
+            "loop",
+        ),
+        ("bogus = 1", "bogus"),
+    ] {
+        let err = with(bad).unwrap_err().to_string();
+        assert!(err.contains(hint), "{bad}: {err}");
+    }
+}

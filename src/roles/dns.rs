@@ -18,7 +18,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = server.local_addr();
     // Lets scripts and tests find a server started on port 0.
     let _ = std::fs::create_dir_all(&cfg.data_dir);
-    if let Err(e) = std::fs::write(cfg.data_dir.join(ADDR_FILE), format!("{addr}\n")) {
+    // Written whole then renamed, so a reader never sees half an address.
+    let tmp = cfg.data_dir.join(format!("{ADDR_FILE}.tmp"));
+    let written = std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, cfg.data_dir.join(ADDR_FILE)));
+    if let Err(e) = written {
         tracing::warn!(error = %e, "could not record the DNS address in the data directory");
     }
     tracing::info!(%addr, %zone, "mesh DNS serving");

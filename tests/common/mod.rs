@@ -155,20 +155,21 @@ impl ClusterDef {
     /// The address the cluster's DNS server bound (it writes it to its data directory).
     pub async fn dns_addr(&self) -> SocketAddr {
         let file = self.data_dir().join("dns.addr");
+        let read = |file: &Path| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        };
         wait_for(
             &format!("{} DNS address", self.name),
             Duration::from_secs(20),
             || {
                 let file = file.clone();
-                async move { file.exists() }
+                async move { read(&file).is_some() }
             },
         )
         .await;
-        std::fs::read_to_string(&file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read(&file).unwrap()
     }
 
     /// `ferry up`: every role in one process.

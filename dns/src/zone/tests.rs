@@ -250,11 +250,22 @@ fn golden_table() {
             RecordType::SRV,
             "NXDOMAIN soa=clusterset.local. ttl=5".into(),
         ),
-        // Bare-name SRV: one per port.
+        // Bare-name SRV: the first port.
         (
             format!("dual.shop.{z}"),
             RecordType::SRV,
-            format!("SRV 0 100 80 dual.shop.{z} | SRV 0 100 9090 dual.shop.{z} | +A 127.10.0.5"),
+            format!("SRV 0 100 80 dual.shop.{z} | +A 127.10.0.5"),
+        ),
+        // `_tcp` and `_udp` below a service exist without records.
+        (
+            format!("_tcp.dual.shop.{z}"),
+            RecordType::SRV,
+            "NODATA soa=clusterset.local.".into(),
+        ),
+        (
+            format!("_udp.dual.shop.{z}"),
+            RecordType::A,
+            "NODATA soa=clusterset.local.".into(),
         ),
         // The reserved `<cluster>.<svc>.<ns>` name does not exist.
         (
