@@ -103,11 +103,8 @@ fn check(row: &Row, reply: &Message, how: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_table_over_udp_tcp_and_dig() {
-    let mesh = Mesh::new("example.org");
-    let east_def = mesh.cluster("east", "127.41.0.0/16");
-    let west_def = mesh.cluster("west", "127.42.0.0/16");
-    let east = east_def.up().await;
-    let _west = west_def.up().await;
+    let ew = east_west("127.41.0.0/16", "127.42.0.0/16").await;
+    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
     let echo = Echo::start().await;
     let ep = echo.addr.ip().to_string();
     let port = |spec: &str| {
@@ -286,26 +283,14 @@ async fn golden_table_over_udp_tcp_and_dig() {
     assert_eq!(ptr.trim(), format!("api.shop.{Z}"));
     let refused = dig(dns, &["example.com"]);
     assert!(refused.contains("status: REFUSED"), "{refused}");
-    drop(east);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_unexport_and_peer_loss_show_in_dns() {
-    let mesh = Mesh::new("example.org");
-    let east_def = mesh.cluster("east", "127.43.0.0/16");
-    let west_def = mesh.cluster("west", "127.44.0.0/16");
-    let _east = east_def.up().await;
-    let mut west = west_def.up().await;
+    let mut ew = east_west("127.43.0.0/16", "127.44.0.0/16").await;
+    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
     let echo = Echo::start().await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "echo.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &echo.addr.to_string(),
-    ]);
+    west_def.add_echo(&echo, false);
     link(&east_def, &west_def);
     let dns = east_def.dns_addr().await;
     let name = format!("echo.shop.{Z}");
@@ -377,7 +362,7 @@ async fn export_unexport_and_peer_loss_show_in_dns() {
     .await;
     // Kill west outright: no goodbye. The name stays while the import lease runs, then goes.
     let t = Instant::now();
-    west.kill();
+    ew.west.kill();
     wait_rcode(
         dns,
         &q,

@@ -90,11 +90,8 @@ async fn refusal(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_endpoint_vip_reaches_exactly_its_endpoint() {
-    let mesh = Mesh::new("example.org");
-    let east_def = mesh.cluster("east", "127.71.0.0/16");
-    let west_def = mesh.cluster("west", "127.72.0.0/16");
-    let _east = east_def.up().await;
-    let _west = west_def.up().await;
+    let ew = east_west("127.71.0.0/16", "127.72.0.0/16").await;
+    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
 
     let kafka0 = Echo::start().await;
     let kafka1 = Echo::start().await;

@@ -292,16 +292,25 @@ impl ClusterDef {
 
     /// Adds `echo.shop` (port `tcp=7000`) backed by `echo` and exports it.
     pub fn add_exported_echo(&self, echo: &Echo) {
-        self.cli_ok(&[
+        self.add_echo(echo, true);
+    }
+
+    /// Adds `echo.shop` (port `tcp=7000`) backed by `echo`, exported or not.
+    pub fn add_echo(&self, echo: &Echo, export: bool) {
+        let endpoint = echo.addr.to_string();
+        let mut args = vec![
             "service",
             "add",
             "echo.shop",
             "--port",
             "tcp=7000",
             "--endpoint",
-            &echo.addr.to_string(),
-            "--export",
-        ]);
+            &endpoint,
+        ];
+        if export {
+            args.push("--export");
+        }
+        self.cli_ok(&args);
     }
 
     /// Waits until `service` is no longer visible in this cluster.
@@ -433,6 +442,31 @@ pub async fn wait_listening(addr: SocketAddr) {
         || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
     )
     .await;
+}
+
+/// A mesh with two clusters, `east` and `west`, both running `ferry up`.
+pub struct EastWest {
+    pub mesh: Mesh,
+    pub east_def: ClusterDef,
+    pub west_def: ClusterDef,
+    pub east: Cluster,
+    pub west: Cluster,
+}
+
+/// Starts [`EastWest`] with the given VIP ranges (distinct per test, tests run in parallel).
+pub async fn east_west(east_range: &str, west_range: &str) -> EastWest {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", east_range);
+    let west_def = mesh.cluster("west", west_range);
+    let east = east_def.up().await;
+    let west = west_def.up().await;
+    EastWest {
+        mesh,
+        east_def,
+        west_def,
+        east,
+        west,
+    }
 }
 
 /// Links `a` and `b` with a token from `a`.
