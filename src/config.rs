@@ -16,8 +16,8 @@ use serde::Deserialize;
 /// Why a config file was refused. Each message names the key and what is expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {0}: {1}")]
-    Read(PathBuf, #[source] std::io::Error),
+    #[error("cannot read config file {0}: {1}; check the path given to --config")]
+    Read(PathBuf, std::io::Error),
     #[error("invalid config: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("invalid config key `{key}`: {reason}")]

@@ -45,6 +45,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Long-running roles hold many sockets at once (QUIC connections, proxied TCP streams, DNS
+/// TCP clients, forwarded queries); the usual soft limit of 1024 files is too low for a busy
+/// `ferry up`, so raise it to the hard limit the system allows.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(
@@ -57,6 +73,9 @@ fn main() -> ExitCode {
             | Command::SampleHttp { .. }
     );
     ferry::telemetry::init(if quiet { "warn" } else { "info" });
+    if !quiet {
+        raise_open_file_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -24,11 +24,18 @@ pub async fn follow(socket: PathBuf) -> anyhow::Result<watch::Receiver<Arc<MeshS
         .ok_or_else(|| anyhow::anyhow!("the control plane closed the snapshot stream"))?;
     let first: MeshSnapshot = serde_json::from_str(&first.snapshot_json)?;
     let (tx, rx) = watch::channel(Arc::new(first));
+    let tx = Arc::new(tx);
+    let watcher = tx.clone();
     tokio::spawn(async move {
-        pump(socket, Some(stream), |s| {
-            tx.send_replace(Arc::new(s));
-            !tx.is_closed()
-        })
+        pump(
+            socket,
+            Some(stream),
+            || watcher.is_closed(),
+            |s| {
+                tx.send_replace(Arc::new(s));
+                !tx.is_closed()
+            },
+        )
         .await
     });
     Ok(rx)
@@ -39,11 +46,18 @@ pub async fn follow(socket: PathBuf) -> anyhow::Result<watch::Receiver<Arc<MeshS
 /// than nothing until it knows the mesh).
 pub fn follow_lazy(socket: PathBuf) -> watch::Receiver<Option<Arc<MeshSnapshot>>> {
     let (tx, rx) = watch::channel(None);
+    let tx = Arc::new(tx);
+    let watcher = tx.clone();
     tokio::spawn(async move {
-        pump(socket, None, |s| {
-            tx.send_replace(Some(Arc::new(s)));
-            !tx.is_closed()
-        })
+        pump(
+            socket,
+            None,
+            || watcher.is_closed(),
+            |s| {
+                tx.send_replace(Some(Arc::new(s)));
+                !tx.is_closed()
+            },
+        )
         .await
     });
     rx
@@ -58,10 +72,12 @@ async fn open(socket: &std::path::Path) -> anyhow::Result<Streaming<pb::Snapshot
         .into_inner())
 }
 
-/// Feeds `publish` from the stream, reconnecting forever, until `publish` returns false.
+/// Feeds `publish` from the stream, reconnecting forever, until `publish` returns false or
+/// `closed` says nobody listens any more.
 async fn pump(
     socket: PathBuf,
     mut stream: Option<Streaming<pb::SnapshotMessage>>,
+    closed: impl Fn() -> bool,
     mut publish: impl FnMut(MeshSnapshot) -> bool,
 ) {
     loop {
@@ -83,6 +99,9 @@ async fn pump(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         while stream.is_none() {
+            if closed() {
+                return;
+            }
             match open(&socket).await {
                 Ok(s) => stream = Some(s),
                 Err(e) => {
