@@ -97,7 +97,15 @@ impl MeshHandler {
     /// Whether `request` is answered without waiting on anything (no forwarding).
     pub fn answers_at_once(&self, request: &Request) -> bool {
         match request.queries.queries() {
-            [q] => self.forwarder.is_none() || self.zone().is_ours(q.name()),
+            // Under the read lock: no second Arc clone of the zone on the UDP hot path.
+            [q] => {
+                self.forwarder.is_none()
+                    || self
+                        .zone
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_ours(q.name())
+            }
             _ => true,
         }
     }
