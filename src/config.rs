@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_federation::{ClusterId, EndpointAddr, NodeName, ServiceName, ServicePort, ServiceSpec};
+use ferry_federation::{
+    ClusterId, EndpointAddr, ImportLimits, NodeName, ServiceName, ServicePort, ServiceSpec,
+};
 use serde::Deserialize;
 
 /// Why a config file was refused. Each message names the key and what is expected.
@@ -44,6 +46,8 @@ struct RawConfig {
     node: RawNode,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    federation: RawFederation,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -69,6 +73,19 @@ struct RawControl {
 struct RawGateway {
     listen: Option<String>,
     advertise: Option<String>,
+}
+
+/// Bounds on what each linked peer may make this cluster hold, and VIP reuse.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    max_imported_services: Option<usize>,
+    max_ports_per_service: Option<usize>,
+    max_endpoints_per_service: Option<usize>,
+    max_peer_gateways: Option<usize>,
+    max_link_messages_per_second: Option<u32>,
+    allow_loopback_gateways: Option<bool>,
+    vip_quarantine: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +134,10 @@ pub struct Config {
     pub gateway_advertise: Option<SocketAddr>,
     pub node_name: NodeName,
     pub dns: DnsConfig,
+    /// What each linked peer may make this cluster hold.
+    pub limits: ImportLimits,
+    /// How long a VIP whose name went away is kept from every other name.
+    pub vip_quarantine: Duration,
     pub services: Vec<DeclaredService>,
 }
 
@@ -376,6 +397,7 @@ impl Config {
                 format!("{own} is this DNS server's own listen address; forwarding to it would loop. List real resolvers"),
             ));
         }
+        let (limits, vip_quarantine) = federation(&raw.federation)?;
         let mut seen = BTreeSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
@@ -421,9 +443,72 @@ impl Config {
             gateway_advertise,
             node_name,
             dns,
+            limits,
+            vip_quarantine,
             services,
         })
     }
+}
+
+/// The `[federation]` section: per-link bounds and the VIP quarantine.
+fn federation(raw: &RawFederation) -> Result<(ImportLimits, Duration), ConfigError> {
+    fn bound<T: Copy + PartialOrd + From<u16> + std::fmt::Display>(
+        key: &str,
+        value: Option<T>,
+        default: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) if v >= T::from(1) && v <= max => Ok(v),
+            Some(v) => Err(invalid(
+                format!("federation.{key}"),
+                format!("{v} is out of range; use 1 to {max}"),
+            )),
+        }
+    }
+    let d = ImportLimits::DEFAULT;
+    let rate = bound(
+        "max_link_messages_per_second",
+        raw.max_link_messages_per_second,
+        d.frames_per_second,
+        10_000,
+    )?;
+    let limits = ImportLimits {
+        services: bound(
+            "max_imported_services",
+            raw.max_imported_services,
+            d.services,
+            1_000_000,
+        )?,
+        ports: bound(
+            "max_ports_per_service",
+            raw.max_ports_per_service,
+            d.ports,
+            1024,
+        )?,
+        endpoints: bound(
+            "max_endpoints_per_service",
+            raw.max_endpoints_per_service,
+            d.endpoints,
+            100_000,
+        )?,
+        gateways: bound("max_peer_gateways", raw.max_peer_gateways, d.gateways, 256)?,
+        frames_per_second: rate,
+        frame_burst: rate.saturating_mul(4),
+        allow_loopback: raw.allow_loopback_gateways.unwrap_or(false),
+    };
+    let quarantine = match raw.vip_quarantine.as_deref() {
+        None => Duration::from_secs(600),
+        Some(s) => parse_duration("federation.vip_quarantine", s)?,
+    };
+    if quarantine < Duration::from_secs(60) {
+        return Err(invalid(
+            "federation.vip_quarantine",
+            "must be at least 1m: clients cache addresses longer than DNS TTLs; the default is 10m",
+        ));
+    }
+    Ok((limits, quarantine))
 }
 
 /// An upstream resolver: `ip:port`, or a bare IP meaning port 53.

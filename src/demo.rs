@@ -45,6 +45,9 @@ vip_range = "{vip_range}"
 [gateway]
 listen = "127.0.0.1:0"
 
+[federation]
+allow_loopback_gateways = true   # every cluster of the demo lives on this host
+
 [node]
 name = "{name}-node-1"
 "#

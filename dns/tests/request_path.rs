@@ -35,6 +35,8 @@ fn snapshot() -> MeshSnapshot {
             cluster: ClusterId::new("west").unwrap(),
             healthy: BTreeMap::from([("http".parse().unwrap(), 1)]),
         }],
+        exported_at_ms: 0,
+        conflicts: vec![],
         headless,
         endpoints: if headless {
             (0..30)

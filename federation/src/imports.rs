@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::model::ClusterId;
-use crate::wire::ExportedService;
+use crate::model::ExportedService;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -102,6 +102,7 @@ mod tests {
             healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
             headless: false,
             endpoints: Vec::new(),
+            exported_at_ms: 0,
         }
     }
 

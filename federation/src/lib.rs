@@ -2,18 +2,24 @@
 //!
 //! This crate is to Ferry what `quinn-proto` is to quinn. It holds the validated domain
 //! model ([`model`]), SPIFFE identities ([`spiffe`]), link tokens ([`token`]), wire formats
-//! ([`wire`]), gateway admission ([`policy`]), the published mesh snapshot ([`snapshot`]),
-//! the node proxy's routing decision ([`routing`]), the link/sync state machine ([`link`]) and
-//! the control plane's import store ([`imports`]).
+//! ([`wire`]), gateway admission ([`policy`]), the bounds on what a peer may send
+//! ([`limits`]), the MCS conflict rule ([`resolve`]), the published mesh snapshot
+//! ([`snapshot`]), the node proxy's routing decision ([`routing`]), the link/sync state
+//! machine ([`link`]) and the control plane's import store ([`imports`]).
+//!
+//! Layers, bottom up: `model` (domain types) ← `wire`, `limits`, `spiffe`, `token`,
+//! `resolve` ← `link`, `imports` ← `snapshot` ← `routing`, `policy`.
 //!
 //! It must not do I/O, read the clock or draw randomness: time (`Instant` or unix seconds) and
 //! random bytes are passed in, results come back as values or through `poll_*` methods. The
 //! shells (`gateway`, `proxy`, `dns`, the control plane) move the bytes.
 
 pub mod imports;
+pub mod limits;
 pub mod link;
 pub mod model;
 pub mod policy;
+pub mod resolve;
 pub mod routing;
 pub mod snapshot;
 pub mod spiffe;
@@ -24,16 +30,19 @@ pub mod wire;
 mod testutil;
 
 pub use imports::ImportStore;
+pub use limits::{check_gateways, ImportLimits, LimitExceeded};
 pub use link::{LinkConfig, LinkError, LinkEvent, LinkSync};
 pub use model::{
-    ClusterId, EndpointAddr, InvalidEndpoint, InvalidName, InvalidPort, InvalidService, Label,
-    NodeName, PortName, Protocol, ServiceName, ServicePort, ServiceSpec, TrustDomain,
+    ClusterId, EndpointAddr, ExportedEndpoint, ExportedService, InvalidEndpoint, InvalidName,
+    InvalidPort, InvalidService, Label, LocalService, NodeName, PortName, Protocol, ServiceName,
+    ServicePort, ServiceSpec, TrustDomain,
 };
-pub use policy::{admit, Refusal};
+pub use policy::{admit, revoked, Refusal};
+pub use resolve::{resolve, Conflict, ConflictReason, DefinedBy, Resolved};
 pub use routing::{plan, Hop, NoRoute, Plan, Target};
 pub use snapshot::{
     build_snapshot, endpoint_keys, EndpointKey, EndpointRecord, EndpointState, LinkRecord,
-    LocalService, MeshSnapshot, RemoteState, ServiceRecord, SnapshotInputs,
+    MeshSnapshot, RemoteState, ServiceRecord, SnapshotInputs,
 };
 pub use spiffe::{Identity, InvalidSpiffeId, SpiffeId};
 pub use token::{
@@ -41,6 +50,6 @@ pub use token::{
     TOKEN_PREFIX,
 };
 pub use wire::{
-    encode_frame, ExportedEndpoint, ExportedService, FrameDecoder, GoodbyeReason, JoinMessage,
-    LinkMessage, TunnelHeader, TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
+    encode_frame, FrameDecoder, GoodbyeReason, JoinMessage, LinkMessage, TunnelHeader,
+    TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
 };

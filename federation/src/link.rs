@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::model::{ClusterId, ServiceName};
-use crate::wire::{ExportedService, GoodbyeReason, LinkMessage};
+use crate::limits::{bound_exports, check_gateways, FrameBudget, ImportLimits, LimitExceeded};
+use crate::model::{ClusterId, ExportedService, ServiceName};
+use crate::wire::{GoodbyeReason, LinkMessage};
 
 /// The longest lease a peer may ask for; a bogus `lease_ms` must not pin stale imports.
 pub const MAX_LEASE: Duration = Duration::from_secs(300);
@@ -28,6 +29,8 @@ pub struct LinkConfig {
     /// How long imports stay after the last message from the peer (at least; the peer's
     /// advertised lease is used when longer, up to [`MAX_LEASE`]).
     pub lease: Duration,
+    /// What the peer may make us hold.
+    pub limits: ImportLimits,
 }
 
 impl Default for LinkConfig {
@@ -35,6 +38,7 @@ impl Default for LinkConfig {
         LinkConfig {
             heartbeat: Duration::from_secs(1),
             lease: Duration::from_secs(5),
+            limits: ImportLimits::default(),
         }
     }
 }
@@ -65,6 +69,20 @@ pub enum LinkEvent {
     PeerRemovedLink {
         /// The peer.
         peer: ClusterId,
+    },
+    /// Something the peer sent went over a bound and was refused (one event per refusal).
+    Refused {
+        /// The peer.
+        peer: ClusterId,
+        /// Which bound, and what was refused.
+        limit: LimitExceeded,
+    },
+    /// The set of bounds the peer is currently over changed (empty: within all of them).
+    LimitsChanged {
+        /// The peer.
+        peer: ClusterId,
+        /// Every bound it is over, sorted.
+        limited: Vec<LimitExceeded>,
     },
 }
 
@@ -114,6 +132,13 @@ pub struct LinkSync {
     imports_live: bool,
     lease_deadline: Option<Instant>,
     events: VecDeque<LinkEvent>,
+    // Bounds: what the peer's current exports and hello went over, and flow-control
+    // refusals (rate, resync) seen in this connection.
+    budget: FrameBudget,
+    import_limits: Vec<LimitExceeded>,
+    gateway_limits: Vec<LimitExceeded>,
+    flow_limits: BTreeSet<LimitExceeded>,
+    limited: Vec<LimitExceeded>,
 }
 
 impl LinkSync {
@@ -145,6 +170,11 @@ impl LinkSync {
             imports_live: false,
             lease_deadline: None,
             events: VecDeque::new(),
+            budget: FrameBudget::new(&config.limits),
+            import_limits: Vec::new(),
+            gateway_limits: Vec::new(),
+            flow_limits: BTreeSet::new(),
+            limited: Vec::new(),
         }
     }
 
@@ -156,6 +186,9 @@ impl LinkSync {
         self.transmit.push_back(self.snapshot());
         self.next_heartbeat = Some(now + self.config.heartbeat);
         self.resync_sent_at = None;
+        self.budget = FrameBudget::new(&self.config.limits);
+        self.flow_limits.clear();
+        self.update_limited();
     }
 
     /// The connection is gone: nothing more is sent; imports stay until the lease runs out.
@@ -206,8 +239,15 @@ impl LinkSync {
         }
     }
 
-    /// A message from the peer arrived.
+    /// A message from the peer arrived. Messages over the peer's rate are dropped (and
+    /// reported) before anything else looks at them.
     pub fn handle_message(&mut self, now: Instant, msg: LinkMessage) -> Result<(), LinkError> {
+        if !self.budget.take(now, &self.config.limits) {
+            self.refuse_flow(LimitExceeded::FrameRate {
+                per_second: self.config.limits.frames_per_second,
+            });
+            return Ok(());
+        }
         match msg {
             LinkMessage::Hello {
                 cluster,
@@ -233,6 +273,10 @@ impl LinkSync {
                 self.peer_session = Some(session);
                 self.peer_lease = Duration::from_millis(lease_ms)
                     .clamp(self.config.lease, MAX_LEASE.max(self.config.lease));
+                let (gateways, exceeded) = check_gateways(&gateways, &self.config.limits);
+                self.refuse_all(&exceeded);
+                self.gateway_limits = exceeded;
+                self.update_limited();
                 self.events.push_back(LinkEvent::PeerHello {
                     peer: self.peer.clone(),
                     gateways,
@@ -293,7 +337,13 @@ impl LinkSync {
                 _ => self.request_resync(now),
             },
             LinkMessage::Resync => {
-                if self.connected {
+                let queued = self
+                    .transmit
+                    .iter()
+                    .any(|m| matches!(m, LinkMessage::Snapshot { .. }));
+                if queued {
+                    self.refuse_flow(LimitExceeded::Resync);
+                } else if self.connected {
                     self.transmit.push_back(self.snapshot());
                 }
             }
@@ -400,7 +450,54 @@ impl LinkSync {
         }
     }
 
+    /// Every bound the peer is over right now, sorted.
+    pub fn limited(&self) -> &[LimitExceeded] {
+        &self.limited
+    }
+
+    fn refuse_all(&mut self, exceeded: &[LimitExceeded]) {
+        for limit in exceeded {
+            self.events.push_back(LinkEvent::Refused {
+                peer: self.peer.clone(),
+                limit: limit.clone(),
+            });
+        }
+    }
+
+    fn refuse_flow(&mut self, limit: LimitExceeded) {
+        self.refuse_all(std::slice::from_ref(&limit));
+        if self.flow_limits.insert(limit) {
+            self.update_limited();
+        }
+    }
+
+    fn update_limited(&mut self) {
+        let mut all: Vec<LimitExceeded> = self
+            .import_limits
+            .iter()
+            .chain(&self.gateway_limits)
+            .chain(&self.flow_limits)
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        if all != self.limited {
+            self.limited = all;
+            self.events.push_back(LinkEvent::LimitsChanged {
+                peer: self.peer.clone(),
+                limited: self.limited.clone(),
+            });
+        }
+    }
+
+    /// Bounds the peer's new complete exports and makes them the imports.
     fn replace_imports(&mut self, services: Vec<ExportedService>) {
+        let (services, exceeded) = bound_exports(&self.imports, services, &self.config.limits);
+        if exceeded != self.import_limits {
+            self.refuse_all(&exceeded);
+        }
+        self.import_limits = exceeded;
+        self.update_limited();
         let changed = !self.imports_live || services != self.imports;
         self.imports = services;
         self.imports_live = true;

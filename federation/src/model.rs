@@ -4,12 +4,18 @@
 //! so the rest of Ferry never re-checks a name. This module must not do I/O or hold any state;
 //! it only parses, validates and prints.
 
+mod export;
 mod names;
+mod refusal;
 mod service;
+
+pub use export::{ExportedEndpoint, ExportedService};
+pub use refusal::Refusal;
 
 pub use names::{ClusterId, InvalidName, Label, NodeName, PortName, ServiceName, TrustDomain};
 pub use service::{
-    EndpointAddr, InvalidEndpoint, InvalidPort, InvalidService, Protocol, ServicePort, ServiceSpec,
+    EndpointAddr, InvalidEndpoint, InvalidPort, InvalidService, LocalService, Protocol,
+    ServicePort, ServiceSpec,
 };
 
 /// Shortens user input before it is quoted in an error message, so a megabyte of garbage

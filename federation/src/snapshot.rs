@@ -11,10 +11,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::LimitExceeded;
 use crate::model::{
-    ClusterId, EndpointAddr, Label, PortName, ServiceName, ServicePort, ServiceSpec, TrustDomain,
+    ClusterId, EndpointAddr, Label, LocalService, PortName, ServiceName, ServicePort, TrustDomain,
 };
-use crate::wire::{ExportedEndpoint, ExportedService};
+use crate::model::{ExportedEndpoint, ExportedService};
+use crate::resolve::{resolve, Conflict, Resolved};
 
 /// Names one endpoint of a headless service in the mesh: service, cluster, hostname.
 pub type EndpointKey = (ServiceName, ClusterId, Label);
@@ -43,7 +45,8 @@ pub struct ServiceRecord {
     pub name: ServiceName,
     /// Its mesh VIP in this cluster.
     pub vip: IpAddr,
-    /// Its ports (the local spec's when it is local, else the union of the peers').
+    /// Its ports (the local spec's when it is local, else the defining export's and the
+    /// agreeing exports' that clash with none of them).
     pub ports: Vec<ServicePort>,
     /// Whether this cluster exports its local endpoints to peers.
     pub exported: bool,
@@ -58,6 +61,13 @@ pub struct ServiceRecord {
     /// each with its own VIP, sorted by (cluster, hostname). Empty otherwise.
     #[serde(default)]
     pub endpoints: Vec<EndpointRecord>,
+    /// When this cluster exported it (unix milliseconds; 0 when not exported here).
+    #[serde(default)]
+    pub exported_at_ms: u64,
+    /// Linked peers whose exports of this name conflict with its definition and were not
+    /// merged, sorted by cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
 }
 
 /// One endpoint of a headless service, anywhere in the mesh, with its own VIP here.
@@ -100,6 +110,12 @@ pub struct LinkRecord {
     pub gateways: Vec<SocketAddr>,
     /// Whether a link connection is up right now.
     pub connected: bool,
+    /// When the link was made (unix seconds): no export from the peer counts as older.
+    #[serde(default)]
+    pub created_at_unix: u64,
+    /// The bounds the peer's last messages went over (empty when within every bound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limited: Vec<LimitExceeded>,
 }
 
 impl MeshSnapshot {
@@ -156,21 +172,11 @@ impl MeshSnapshot {
                     healthy: s.ports.iter().map(|p| (p.name.clone(), healthy)).collect(),
                     headless: s.headless,
                     endpoints,
+                    exported_at_ms: s.exported_at_ms,
                 }
             })
             .collect()
     }
-}
-
-/// A local service as the control plane knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalService {
-    /// Its spec.
-    pub spec: ServiceSpec,
-    /// Whether it is exported to linked peers.
-    pub exported: bool,
-    /// Health per entry of `spec.endpoints`; a missing entry counts as unhealthy.
-    pub health: Vec<bool>,
 }
 
 /// Everything [`build_snapshot`] merges.
@@ -197,89 +203,62 @@ pub struct SnapshotInputs<'a> {
 
 /// Merges local services and imports from linked peers into a snapshot.
 ///
-/// Imports from peers without a link (and from this cluster itself) are dropped. An
-/// import-only service's ports are the union by port name of its exporters' ports (the first
-/// exporter in cluster order wins a name; a port whose number is already taken is left out).
+/// Imports from peers without a link (and from this cluster itself) are dropped. Who defines
+/// a name (its ports, whether it is headless) and whose exports join it follows
+/// [`crate::resolve::resolve`]: the local definition first, else the oldest export; exports
+/// that conflict are listed in [`ServiceRecord::conflicts`] and contribute nothing else.
 /// A service with no VIP in `vips` is skipped: the control plane allocates VIPs first.
 ///
-/// A local service is headless if its spec says so; an import-only one if any linked exporter
-/// says so. A headless service lists the endpoints [`endpoint_keys`] names that have a VIP in
+/// A headless service lists the endpoints [`endpoint_keys`] names that have a VIP in
 /// `endpoint_vips`.
 pub fn build_snapshot(version: u64, inputs: &SnapshotInputs<'_>) -> MeshSnapshot {
     let linked = linked_peers(inputs.cluster, inputs.links);
+    let resolved = resolve(inputs.local, inputs.imports, &linked);
     let mut records: BTreeMap<ServiceName, ServiceRecord> = BTreeMap::new();
-
-    for svc in inputs.local {
-        let name = &svc.spec.name;
-        let Some(vip) = inputs.vips.get(name) else {
+    for (name, r) in &resolved {
+        let Some(vip) = inputs.vips.get(*name) else {
             continue;
         };
-        if records.contains_key(name) {
-            continue; // the first definition of a name wins
-        }
-        let local = svc
-            .spec
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| EndpointState {
-                addr: addr.clone(),
-                healthy: svc.health.get(i).copied().unwrap_or(false),
+        let local = r.local();
+        let endpoints = local
+            .map(|svc| {
+                svc.spec
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, addr)| EndpointState {
+                        addr: addr.clone(),
+                        healthy: svc.health.get(i).copied().unwrap_or(false),
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         records.insert(
-            name.clone(),
+            (*name).clone(),
             ServiceRecord {
-                name: name.clone(),
+                name: (*name).clone(),
                 vip: *vip,
-                ports: svc.spec.ports.clone(),
-                exported: svc.exported,
-                local,
-                remote: Vec::new(),
-                headless: svc.spec.headless,
+                ports: r.ports.clone(),
+                exported: local.is_some_and(|s| s.exported),
+                exported_at_ms: local.filter(|s| s.exported).map_or(0, |s| s.exported_at_ms),
+                local: endpoints,
+                remote: r
+                    .members
+                    .iter()
+                    .map(|(peer, export)| RemoteState {
+                        cluster: (*peer).clone(),
+                        healthy: export.healthy.clone(),
+                    })
+                    .collect(),
+                headless: r.headless,
                 endpoints: Vec::new(),
+                conflicts: r.conflicts.clone(),
             },
         );
     }
 
-    // BTreeMap iteration gives cluster order, so `remote` ends up sorted by cluster.
-    for (peer, export) in linked_imports(inputs.imports, &linked) {
-        let Some(vip) = inputs.vips.get(&export.name) else {
-            continue;
-        };
-        let record = records
-            .entry(export.name.clone())
-            .or_insert_with(|| ServiceRecord {
-                name: export.name.clone(),
-                vip: *vip,
-                ports: Vec::new(),
-                exported: false,
-                local: Vec::new(),
-                remote: Vec::new(),
-                headless: false,
-                endpoints: Vec::new(),
-            });
-        if !is_local(inputs.local, &export.name) {
-            for port in &export.ports {
-                let clash = record
-                    .ports
-                    .iter()
-                    .any(|p| p.name == port.name || p.port == port.port);
-                if !clash {
-                    record.ports.push(port.clone());
-                }
-            }
-            record.headless |= export.headless;
-        }
-        record.remote.push(RemoteState {
-            cluster: peer.clone(),
-            healthy: export.healthy.clone(),
-        });
-    }
-
     // Key order is (service, cluster, hostname), so each list ends up sorted.
-    let endpoints = headless_endpoints(inputs.cluster, inputs.local, inputs.imports, &linked);
-    for (key, healthy) in endpoints {
+    for (key, healthy) in headless_endpoints(inputs.cluster, &resolved) {
         let Some(vip) = inputs.endpoint_vips.get(&key) else {
             continue;
         };
@@ -308,8 +287,9 @@ pub fn build_snapshot(version: u64, inputs: &SnapshotInputs<'_>) -> MeshSnapshot
 
 /// The endpoints of headless services a snapshot built from these inputs shows, once each
 /// has a VIP: every endpoint of a local headless service (keyed by this `cluster`), and every
-/// endpoint a linked peer exports for a headless service that is not a non-headless local
-/// one. The control plane allocates a VIP for each key before [`build_snapshot`].
+/// endpoint of a headless service exported by a linked peer whose export agrees with the
+/// service's definition. The control plane allocates a VIP for each key before
+/// [`build_snapshot`].
 pub fn endpoint_keys(
     cluster: &ClusterId,
     local: &[LocalService],
@@ -317,78 +297,44 @@ pub fn endpoint_keys(
     links: &[LinkRecord],
 ) -> BTreeSet<EndpointKey> {
     let linked = linked_peers(cluster, links);
-    headless_endpoints(cluster, local, imports, &linked)
-        .into_keys()
+    let resolved = resolve(local, imports, &linked);
+    headless_endpoints(cluster, &resolved).into_keys().collect()
+}
+
+/// Linked peers (never this cluster) with when each link was made.
+pub fn linked_peers<'a>(
+    cluster: &ClusterId,
+    links: &'a [LinkRecord],
+) -> BTreeMap<&'a ClusterId, u64> {
+    links
+        .iter()
+        .filter(|l| &l.peer != cluster)
+        .map(|l| (&l.peer, l.created_at_unix))
         .collect()
 }
 
 /// Every endpoint of a headless service with its health, as [`endpoint_keys`] describes.
 fn headless_endpoints(
     cluster: &ClusterId,
-    local: &[LocalService],
-    imports: &BTreeMap<ClusterId, Vec<ExportedService>>,
-    linked: &BTreeSet<&ClusterId>,
+    resolved: &BTreeMap<&ServiceName, Resolved<'_>>,
 ) -> BTreeMap<EndpointKey, bool> {
     let mut out = BTreeMap::new();
-    let mut local_headless: BTreeMap<&ServiceName, bool> = BTreeMap::new();
-    for svc in local {
-        if local_headless.contains_key(&svc.spec.name) {
-            continue; // the first definition of a name wins
+    for (name, r) in resolved.iter().filter(|(_, r)| r.headless) {
+        if let Some(svc) = r.local() {
+            for (i, addr) in svc.spec.endpoints.iter().enumerate() {
+                let key = ((*name).clone(), cluster.clone(), addr.hostname_or_default());
+                out.entry(key)
+                    .or_insert_with(|| svc.health.get(i).copied().unwrap_or(false));
+            }
         }
-        local_headless.insert(&svc.spec.name, svc.spec.headless);
-        if !svc.spec.headless {
-            continue;
-        }
-        for (i, addr) in svc.spec.endpoints.iter().enumerate() {
-            let key = (
-                svc.spec.name.clone(),
-                cluster.clone(),
-                addr.hostname_or_default(),
-            );
-            out.entry(key)
-                .or_insert_with(|| svc.health.get(i).copied().unwrap_or(false));
-        }
-    }
-    for (peer, export) in linked_imports(imports, linked) {
-        if !export.headless || local_headless.get(&export.name) == Some(&false) {
-            continue;
-        }
-        for e in &export.endpoints {
-            let key = (export.name.clone(), peer.clone(), e.hostname.clone());
-            out.entry(key).or_insert(e.healthy);
+        for (peer, export) in &r.members {
+            for e in &export.endpoints {
+                let key = ((*name).clone(), (*peer).clone(), e.hostname.clone());
+                out.entry(key).or_insert(e.healthy);
+            }
         }
     }
     out
-}
-
-/// The peers imports are taken from: linked, and not this cluster.
-fn linked_peers<'a>(cluster: &ClusterId, links: &'a [LinkRecord]) -> BTreeSet<&'a ClusterId> {
-    links
-        .iter()
-        .map(|l| &l.peer)
-        .filter(|p| *p != cluster)
-        .collect()
-}
-
-/// Each linked peer's exports in cluster order, the first export of a name per peer only.
-fn linked_imports<'a>(
-    imports: &'a BTreeMap<ClusterId, Vec<ExportedService>>,
-    linked: &'a BTreeSet<&ClusterId>,
-) -> impl Iterator<Item = (&'a ClusterId, &'a ExportedService)> + 'a {
-    imports
-        .iter()
-        .filter(|(peer, _)| linked.contains(peer))
-        .flat_map(|(peer, services)| {
-            let mut seen = BTreeSet::new();
-            services
-                .iter()
-                .filter(move |s| seen.insert(&s.name))
-                .map(move |s| (peer, s))
-        })
-}
-
-fn is_local(local: &[LocalService], name: &ServiceName) -> bool {
-    local.iter().any(|s| &s.spec.name == name)
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::model::{ClusterId, ServiceName, ServiceSpec};
-use crate::snapshot::{
-    build_snapshot, EndpointKey, LinkRecord, LocalService, MeshSnapshot, SnapshotInputs,
+use crate::model::{
+    ClusterId, ExportedEndpoint, ExportedService, LocalService, ServiceName, ServiceSpec,
 };
-use crate::wire::{ExportedEndpoint, ExportedService};
+use crate::snapshot::{build_snapshot, EndpointKey, LinkRecord, MeshSnapshot, SnapshotInputs};
 
 pub(crate) fn cid(s: &str) -> ClusterId {
     s.parse().unwrap()
@@ -60,6 +59,7 @@ fn local_with(
         )
         .unwrap(),
         exported,
+        exported_at_ms: if exported { 1_000 } else { 0 },
         health: eps.iter().map(|(_, h)| *h).collect(),
     }
 }
@@ -74,6 +74,7 @@ pub(crate) fn export(name: &str, ports: &[&str], healthy: &[(&str, u32)]) -> Exp
             .collect(),
         headless: false,
         endpoints: Vec::new(),
+        exported_at_ms: 0,
     }
 }
 
@@ -103,6 +104,8 @@ pub(crate) fn link(peer: &str, gateways: &[&str]) -> LinkRecord {
         peer: cid(peer),
         gateways: gateways.iter().map(|g| addr(g)).collect(),
         connected: true,
+        created_at_unix: 0,
+        limited: Vec::new(),
     }
 }
 

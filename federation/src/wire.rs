@@ -5,15 +5,15 @@
 //! hand-written binary format where every length is checked. This module must not do I/O or
 //! trust any length it reads: decoders never allocate more than the bound they enforce.
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterId, InvalidName, Label, PortName, ServiceName, ServicePort};
-use crate::policy::Refusal;
+use crate::model::Refusal;
+use crate::model::{ClusterId, InvalidName, Label, PortName, ServiceName};
+pub use crate::model::{ExportedEndpoint, ExportedService};
 
 /// Largest frame body accepted on a link or join stream.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -65,40 +65,6 @@ pub enum WireError {
     /// The two status bytes were not a known status.
     #[error("tunnel status bytes {0:?} are not a known status")]
     BadStatus([u8; 2]),
-}
-
-/// One service a cluster exports to a peer, with its healthy endpoint count per port.
-///
-/// `headless` and `endpoints` are newer than the rest: they are left out when unused and
-/// default when absent, so peers that predate them keep decoding.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ExportedService {
-    /// The service.
-    pub name: ServiceName,
-    /// Its ports.
-    pub ports: Vec<ServicePort>,
-    /// Healthy endpoints per port name.
-    pub healthy: BTreeMap<PortName, u32>,
-    /// Whether the service is headless (each endpoint has its own name and VIP).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub headless: bool,
-    /// The endpoints of a headless service by hostname, sorted; empty otherwise. No
-    /// addresses cross the link: a caller names the endpoint and the gateway resolves it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<ExportedEndpoint>,
-}
-
-/// One endpoint of an exported headless service.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ExportedEndpoint {
-    /// The endpoint's hostname (given, or derived from its IP).
-    pub hostname: Label,
-    /// Whether it passes health checks.
-    pub healthy: bool,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// Why a peer says goodbye.

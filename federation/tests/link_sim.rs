@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferry_federation::{
-    encode_frame, ClusterId, ExportedService, FrameDecoder, LinkConfig, LinkEvent, LinkMessage,
-    LinkSync,
+    encode_frame, ClusterId, ExportedService, FrameDecoder, ImportLimits, LimitExceeded,
+    LinkConfig, LinkEvent, LinkMessage, LinkSync,
 };
 
 /// SplitMix64: deterministic, seedable, good enough to shuffle a network.
@@ -90,6 +90,8 @@ struct Node {
     /// The peer's exports as reported through events (`None` before any / after withdrawal).
     view: Option<Vec<ExportedService>>,
     withdrawals: Vec<Instant>,
+    /// Bounds the peer went over: an honest peer never does.
+    refusals: Vec<LimitExceeded>,
     hellos: usize,
     /// When a message from the peer was last delivered.
     last_heard: Option<Instant>,
@@ -98,6 +100,7 @@ struct Node {
 const CONFIG: LinkConfig = LinkConfig {
     heartbeat: Duration::from_secs(1),
     lease: Duration::from_secs(5),
+    limits: ImportLimits::DEFAULT,
 };
 
 impl Node {
@@ -109,6 +112,7 @@ impl Node {
             exports: vec![],
             view: None,
             withdrawals: vec![],
+            refusals: vec![],
             hellos: 0,
             last_heard: None,
         }
@@ -262,6 +266,8 @@ impl Sim {
                         node.withdrawals.push(now);
                     }
                     LinkEvent::PeerRemovedLink { .. } => node.view = None,
+                    LinkEvent::Refused { limit, .. } => node.refusals.push(limit),
+                    LinkEvent::LimitsChanged { .. } => {}
                 }
             }
         }
@@ -337,6 +343,11 @@ impl Sim {
                 me.name,
                 peer.name
             );
+            assert_eq!(
+                me.refusals,
+                Vec::<LimitExceeded>::new(),
+                "{context}: an honest peer stays within every bound"
+            );
         }
     }
 }
@@ -348,6 +359,7 @@ fn svc(name: &str, healthy: u32) -> ExportedService {
         healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
         headless: false,
         endpoints: Vec::new(),
+        exported_at_ms: 0,
     }
 }
 

@@ -97,6 +97,7 @@ fn exported() -> impl Strategy<Value = ExportedService> {
                 .into_iter()
                 .map(|(hostname, healthy)| ExportedEndpoint { hostname, healthy })
                 .collect(),
+            exported_at_ms: 0,
         })
 }
 

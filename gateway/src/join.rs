@@ -64,6 +64,9 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<JoinMessage, Strin
     }
 }
 
+/// How long `link join` waits for any of the token's gateways to answer.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Joins the cluster that issued `token`, as `joiner`, announcing `own_gateways`.
 pub async fn join(
     identity: Arc<IdentityStore>,
@@ -86,25 +89,45 @@ pub async fn join(
         PeerExpectation::Gateway(issuer.clone()),
         ALPN_JOIN,
     )?;
+    // Every gateway of the token at once, under one deadline: the first handshake that
+    // completes wins, so one dead address costs nothing.
+    let mut attempts = tokio::task::JoinSet::new();
+    for &addr in &token.gateways {
+        let endpoint = endpoint.clone();
+        let config = config.clone();
+        attempts.spawn(async move {
+            let conn = async {
+                endpoint
+                    .connect_with(config, addr, tls::SERVER_NAME)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            (addr, conn.await)
+        });
+    }
     let mut errors = Vec::new();
     let mut conn = None;
-    for &addr in &token.gateways {
-        let attempt = async {
-            endpoint
-                .connect_with(config.clone(), addr, tls::SERVER_NAME)
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            Ok(Ok(c)) => {
-                conn = Some(c);
+    let deadline = tokio::time::sleep(JOIN_DEADLINE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = attempts.join_next() => match next {
+                None => break,
+                Some(Ok((_, Ok(c)))) => {
+                    conn = Some(c);
+                    break;
+                }
+                Some(Ok((addr, Err(e)))) => errors.push(format!("{addr}: {e}")),
+                Some(Err(e)) => errors.push(e.to_string()),
+            },
+            _ = &mut deadline => {
+                errors.push(format!("no gateway answered within {} s", JOIN_DEADLINE.as_secs()));
                 break;
             }
-            Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-            Err(_) => errors.push(format!("{addr}: timed out")),
         }
     }
+    attempts.abort_all();
     let Some(conn) = conn else {
         return Err(JoinError::Unreachable {
             issuer,

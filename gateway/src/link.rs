@@ -25,6 +25,11 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 pub const REPORT_LEASE: Duration = Duration::from_secs(5);
 /// How long the cluster that does not dial first waits for the peer to dial.
 const DIAL_GRACE: Duration = Duration::from_secs(3);
+/// How long one link message may take to leave: a peer that stops reading is cut off
+/// rather than holding the session (and its queued snapshots) forever.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// At most one warning per peer and this interval about refused input.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Keeps one dialling task per linked peer, started and stopped as links come and go.
 pub(crate) async fn manage_links(shared: Arc<Shared>) {
@@ -32,13 +37,9 @@ pub(crate) async fn manage_links(shared: Arc<Shared>) {
     let mut tasks: HashMap<ClusterId, JoinHandle<()>> = HashMap::new();
     loop {
         let snapshot = rx.borrow_and_update().clone();
-        tasks.retain(|peer, task| {
-            let keep = snapshot.link(peer).is_some() && !task.is_finished();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        // A removed link's task is not aborted: its session says goodbye and ends, and its
+        // dial loop returns once it sees the link gone.
+        tasks.retain(|_, task| !task.is_finished());
         for link in &snapshot.links {
             if !tasks.contains_key(&link.peer) {
                 let task = tokio::spawn(
@@ -63,13 +64,13 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
         tokio::time::sleep(DIAL_GRACE).await;
     }
     loop {
+        let Some(link) = shared.snapshot().link(&peer).cloned() else {
+            return;
+        };
         if shared.has_link_session(&peer) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        let Some(link) = shared.snapshot().link(&peer).cloned() else {
-            return;
-        };
         if link.gateways.is_empty() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -190,12 +191,24 @@ async fn run_session(
     let mut removing = false;
     let mut withdrawn = false;
     let mut have_imports = false;
+    let mut limited = Vec::new();
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
-        // Flush what the state machine wants to send.
+        // Flush what the state machine wants to send, within the write deadline.
         while let Some(msg) = sync.poll_transmit() {
-            if send.write_all(&encode_frame(&msg)).await.is_err() {
-                break;
+            match tokio::time::timeout(WRITE_DEADLINE, send.write_all(&encode_frame(&msg))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(deadline = ?WRITE_DEADLINE, "peer stopped reading the link stream; closing the session");
+                    metrics::counter!("ferry_link_write_timeouts_total", "peer" => peer.to_string()).increment(1);
+                    conn.close(CLOSE_DONE, b"write deadline");
+                    break;
+                }
             }
+        }
+        if conn.close_reason().is_some() && !removing {
+            break;
         }
         while let Some(event) = sync.poll_event() {
             match event {
@@ -210,9 +223,37 @@ async fn run_session(
                             services,
                             peer_gateways: peer_gateways.clone(),
                             connected: true,
+                            limited: limited.clone(),
                         },
                     )
                     .await;
+                }
+                LinkEvent::Refused { limit, .. } => {
+                    metrics::counter!("ferry_link_refused_total", "peer" => peer.to_string(), "limit" => limit.kind()).increment(1);
+                    let now = Instant::now();
+                    if last_refusal_log.is_none_or(|at| now >= at + REFUSAL_LOG_EVERY) {
+                        last_refusal_log = Some(now);
+                        tracing::warn!(limit = limit.kind(), detail = %limit, "refused input from the peer (further refusals for 10 s are counted, not logged)");
+                    }
+                }
+                LinkEvent::LimitsChanged {
+                    limited: now_limited,
+                    ..
+                } => {
+                    limited = now_limited;
+                    if have_imports && !withdrawn {
+                        emit(
+                            &shared,
+                            GatewayEvent::Imports {
+                                peer: peer.clone(),
+                                services: sync.imports().to_vec(),
+                                peer_gateways: peer_gateways.clone(),
+                                connected: true,
+                                limited: limited.clone(),
+                            },
+                        )
+                        .await;
+                    }
                 }
                 LinkEvent::ImportsWithdrawn { .. } => {
                     withdrawn = true;
@@ -286,6 +327,7 @@ async fn run_session(
                         services: sync.imports().to_vec(),
                         peer_gateways: peer_gateways.clone(),
                         connected: true,
+                        limited: limited.clone(),
                     }).await;
                 }
             }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use ferry_federation::{ClusterId, ExportedService, Identity, LinkConfig, MeshSnapshot};
+use ferry_federation::{
+    ClusterId, ExportedService, Identity, LimitExceeded, LinkConfig, MeshSnapshot,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 
@@ -25,6 +27,8 @@ pub enum GatewayEvent {
         services: Vec<ExportedService>,
         peer_gateways: Vec<SocketAddr>,
         connected: bool,
+        /// The bounds the peer is over right now (what was over them was refused).
+        limited: Vec<LimitExceeded>,
     },
     /// `peer` went silent past its lease: withdraw its imports.
     Withdrawn { peer: ClusterId },
@@ -124,12 +128,24 @@ impl Shared {
             tracing::info!(%peer, "link removed: closed the peer's connections");
             metrics::counter!("ferry_gateway_link_closures_total", "reason" => "link_removed")
                 .increment(1);
-            // Link sessions close themselves after saying goodbye.
-            list.retain(|(k, c)| *k == ConnKind::Link && c.close_reason().is_none());
-            !list.is_empty()
+            // Link sessions close themselves after saying goodbye; one that has not within
+            // a second (a peer that does not read) is closed here.
+            for (kind, conn) in list.iter() {
+                if *kind == ConnKind::Link {
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(LINK_GOODBYE_GRACE).await;
+                        conn.close(CLOSE_LINK_REMOVED, b"link removed");
+                    });
+                }
+            }
+            false
         });
     }
 }
+
+/// How long a removed link's session has to say goodbye before its connection is closed.
+const LINK_GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// QUIC application close codes.
 pub(crate) const CLOSE_LINK_REMOVED: quinn::VarInt = quinn::VarInt::from_u32(2);

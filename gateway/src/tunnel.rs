@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_federation::{admit, ClusterId, Identity, Refusal, TunnelHeader, TunnelStatus};
+use ferry_federation::{admit, revoked, ClusterId, Identity, Refusal, TunnelHeader, TunnelStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -132,11 +132,44 @@ async fn serve_stream(
     }
     metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
     let mut stream = tokio::io::join(recv, send);
-    match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-        Ok((up, down)) => {
-            tracing::debug!(service = %header.service, up, down, "tunnel stream done")
+    // The stream lives only while what admitted it holds: an unexport or a link removal
+    // cuts it at the next snapshot, not when the transfer happens to end.
+    let mut snapshots = shared.snapshots.clone();
+    let cut = {
+        let relay = tokio::io::copy_bidirectional(&mut stream, &mut tcp);
+        tokio::pin!(relay);
+        loop {
+            tokio::select! {
+                done = &mut relay => {
+                    match done {
+                        Ok((up, down)) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
+                        Err(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
+                    }
+                    break None;
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        // The snapshot source is gone (shutting down): finish the transfer.
+                        let _ = (&mut relay).await;
+                        break None;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if let Some(refusal) = revoked(&snapshot, caller, &header) {
+                        break Some(refusal);
+                    }
+                }
+            }
         }
-        Err(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
+    };
+    if let Some(refusal) = cut {
+        tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
+        metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str())
+            .increment(1);
+        let (recv, mut send) = stream.into_inner();
+        let code = quinn::VarInt::from_u32(u32::from(refusal.code()));
+        let _ = send.reset(code);
+        let mut recv = recv;
+        let _ = recv.stop(code);
     }
 }
 

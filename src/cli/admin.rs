@@ -44,6 +44,9 @@ fn service_json(s: &pb::ServiceInfo) -> serde_json::Value {
         "endpoints": s.endpoints.iter().map(|e| json!({
             "cluster": e.cluster, "hostname": e.hostname, "vip": e.vip, "healthy": e.healthy,
         })).collect::<Vec<_>>(),
+        "conflicts": s.conflicts.iter().map(|c| json!({
+            "cluster": c.cluster, "reason": c.reason,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -54,6 +57,7 @@ fn link_json(l: &pb::LinkInfo) -> serde_json::Value {
         "connected": l.connected,
         "created_at_unix": l.created_at_unix,
         "imported_services": l.imported_services,
+        "limited": l.limited,
     })
 }
 
@@ -103,6 +107,15 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
                 } else {
                     "-".into()
                 },
+                if s.conflicts.is_empty() {
+                    "-".into()
+                } else {
+                    s.conflicts
+                        .iter()
+                        .map(|c| c.reason.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
             ]
         })
         .collect();
@@ -115,6 +128,7 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
             "LOCAL HEALTHY",
             "REMOTE (healthy)",
             "ENDPOINT VIPS (healthy)",
+            "CONFLICTS",
         ],
         rows,
     );
@@ -144,6 +158,9 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if !info.replaced.is_empty() {
+                eprintln!("{}", info.replaced);
+            }
             print_services(out, &[info]);
         }
         Command::Service(ServiceCommand::Remove { name }) => {
@@ -244,12 +261,13 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                     .links
                     .iter()
                     .map(|l| {
+                        let state = if l.connected { "connected" } else { "down" };
                         vec![
                             l.peer.clone(),
-                            if l.connected {
-                                "connected".into()
+                            if l.limited.is_empty() {
+                                state.into()
                             } else {
-                                "down".into()
+                                format!("{state}, limited: {}", l.limited.join("; "))
                             },
                             l.gateways.join(","),
                             l.imported_services.to_string(),
@@ -278,6 +296,7 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         "cluster": s.cluster, "trust_domain": s.trust_domain, "gateways": s.gateways,
                         "services": s.services, "links": s.links, "snapshot_version": s.snapshot_version,
                         "bundle_fingerprint": s.bundle_fingerprint, "metrics": s.metrics,
+                        "without_vip": s.without_vip,
                     }))?
                 );
             } else {
@@ -299,6 +318,13 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         s.snapshot_version.to_string(),
                     ]],
                 );
+                if !s.without_vip.is_empty() {
+                    eprintln!(
+                        "{} names have no VIP because control.vip_range is full (first: {}); widen the range",
+                        s.without_vip.len(),
+                        s.without_vip[0]
+                    );
+                }
             }
         }
         other => anyhow::bail!("not an admin verb: {other:?}"),

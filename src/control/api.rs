@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_federation::{
-    fingerprint_hex, verify_join_proof, ClusterId, EndpointAddr, ExportedService, Identity,
-    LinkToken, NodeName, ServiceName, ServicePort, ServiceSpec,
+    check_gateways, fingerprint_hex, verify_join_proof, ClusterId, EndpointAddr, ExportedService,
+    Identity, LimitExceeded, LinkToken, NodeName, ServiceName, ServicePort, ServiceSpec,
 };
 use ferry_gateway::pki;
 use ferry_gateway::tls::IdentityStore;
@@ -17,7 +17,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::store::{hex, CertDoc, LinkDoc, ServiceDoc, TokenDoc};
-use super::{unix_now, ControlPlane};
+use super::{unix_now, unix_now_ms, ControlPlane};
 use crate::pb::{self, control_server::Control};
 
 /// Longest a link token may live.
@@ -90,6 +90,73 @@ pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
                 healthy: e.healthy,
             })
             .collect(),
+        conflicts: rec
+            .conflicts
+            .iter()
+            .map(|c| pb::ConflictInfo {
+                cluster: c.cluster.to_string(),
+                reason: c.to_string(),
+            })
+            .collect(),
+        replaced: String::new(),
+    }
+}
+
+/// What `service add` changed about a service that already existed, for the operator.
+fn describe_replacement(old: &ServiceDoc, new: &ServiceDoc) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(" ")
+        }
+    };
+    let mut changes = Vec::new();
+    let ports = |d: &ServiceDoc| {
+        d.spec
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+    };
+    let eps = |d: &ServiceDoc| {
+        d.spec
+            .endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    };
+    if ports(old) != ports(new) {
+        changes.push(format!(
+            "ports {} -> {}",
+            list(&ports(old)),
+            list(&ports(new))
+        ));
+    }
+    if eps(old) != eps(new) {
+        changes.push(format!(
+            "endpoints {} -> {}",
+            list(&eps(old)),
+            list(&eps(new))
+        ));
+    }
+    if old.spec.headless != new.spec.headless {
+        changes.push(format!(
+            "headless {} -> {}",
+            old.spec.headless, new.spec.headless
+        ));
+    }
+    match (old.exported, new.exported) {
+        (true, false) => {
+            changes.push("no longer exported (add --export to keep it exported)".into())
+        }
+        (false, true) => changes.push("now exported".into()),
+        _ => {}
+    }
+    if changes.is_empty() {
+        format!("replaced {} with an identical definition", new.spec.name)
+    } else {
+        format!("replaced {}: {}", new.spec.name, changes.join("; "))
     }
 }
 
@@ -104,6 +171,7 @@ impl ControlApi {
         };
         if doc.exported != exported {
             doc.exported = exported;
+            doc.exported_at_ms = if exported { unix_now_ms() } else { 0 };
             self.cp.store.put_service(&doc).map_err(internal)?;
             tracing::info!(service = %name, exported, "export changed");
         }
@@ -165,19 +233,29 @@ impl Control for ControlApi {
             .collect::<Result<Vec<_>, _>>()?;
         let spec = ServiceSpec::with_headless(name.clone(), ports, endpoints, req.headless)
             .map_err(|e| bad(format!("invalid service `{name}`: {e}")))?;
+        let previous = self.cp.store.services().map_err(internal)?.remove(&name);
+        let exported_at_ms = match &previous {
+            Some(old) if old.exported && req.export => old.exported_at_ms,
+            _ if req.export => unix_now_ms(),
+            _ => 0,
+        };
         let doc = ServiceDoc {
             spec,
             exported: req.export,
+            exported_at_ms,
         };
         self.cp.store.put_service(&doc).map_err(internal)?;
-        tracing::info!(service = %name, exported = req.export, headless = req.headless, "service added");
+        let replaced = previous.map(|old| describe_replacement(&old, &doc));
+        tracing::info!(service = %name, exported = req.export, headless = req.headless, replaced = replaced.as_deref().unwrap_or(""), "service added");
         self.cp.republish().map_err(internal)?;
         self.cp.services_changed.notify_one();
         let snapshot = self.cp.snapshot();
         let rec = snapshot
             .service(&name)
             .ok_or_else(|| internal("service missing from the snapshot after add"))?;
-        Ok(Response::new(service_info(rec)))
+        let mut info = service_info(rec);
+        info.replaced = replaced.unwrap_or_default();
+        Ok(Response::new(info))
     }
 
     async fn remove_service(
@@ -310,6 +388,16 @@ impl Control for ControlApi {
                 token.peer, cp.cfg.cluster, token.issuer, cp.cfg.cluster
             )));
         }
+        let mut token = token;
+        let (usable, refused) = check_gateways(&token.gateways, &cp.cfg.limits);
+        if usable.is_empty() {
+            let why: Vec<String> = refused.iter().map(|r| r.to_string()).collect();
+            return Err(bad(format!(
+                "none of the link token's gateway addresses may be dialled ({}); on one host, set `allow_loopback_gateways = true` under [federation]",
+                why.join("; ")
+            )));
+        }
+        token.gateways = usable;
         let own_gateways = cp.snapshot().gateways.clone();
         let identity = self.self_identity()?;
         let outcome = ferry_gateway::join::join(
@@ -321,9 +409,13 @@ impl Control for ControlApi {
         )
         .await
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (mut gateways, _) = check_gateways(&outcome.gateways, &cp.cfg.limits);
+        if gateways.is_empty() {
+            gateways = token.gateways.clone();
+        }
         let doc = LinkDoc {
             peer: outcome.issuer.clone(),
-            gateways: outcome.gateways.clone(),
+            gateways,
             created_at_unix: unix_now(),
         };
         cp.store.put_link(&doc).map_err(internal)?;
@@ -335,6 +427,7 @@ impl Control for ControlApi {
             connected: false,
             created_at_unix: doc.created_at_unix,
             imported_services: 0,
+            limited: Vec::new(),
         }))
     }
 
@@ -353,6 +446,10 @@ impl Control for ControlApi {
                     .iter()
                     .filter(|s| s.remote.iter().any(|r| r.cluster == l.peer))
                     .count() as u32,
+                limited: snapshot
+                    .link(&l.peer)
+                    .map(|r| r.limited.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::LinkList { links }))
@@ -385,6 +482,7 @@ impl Control for ControlApi {
             snapshot_version: snapshot.version,
             bundle_fingerprint: fingerprint_hex(&self.cp.trust.fingerprint),
             metrics: crate::telemetry::render(),
+            without_vip: self.cp.unallocated(),
         }))
     }
 
@@ -487,11 +585,17 @@ impl Control for ControlApi {
             .iter()
             .filter_map(|g| g.parse::<SocketAddr>().ok())
             .collect();
+        let limited: Vec<LimitExceeded> = if req.limits_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&req.limits_json)
+                .map_err(|e| bad(format!("invalid link limits from gateway: {e}")))?
+        };
         self.cp
             .update_peer_gateways(&peer, peer_gateways)
             .map_err(internal)?;
         self.cp
-            .report_imports(peer, services, req.connected, lease)
+            .report_imports(peer, services, req.connected, limited, lease)
             .map_err(internal)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -507,12 +611,16 @@ impl Control for ControlApi {
             .try_into()
             .map_err(|_| bad("token id must be 16 bytes"))?;
         let joiner = parse_peer(&req.joiner)?;
-        let gateways = req
+        let offered = req
             .gateways
             .iter()
             .map(|g| g.parse::<SocketAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| bad("invalid gateway address in join request"))?;
+        let (gateways, refused) = check_gateways(&offered, &self.cp.cfg.limits);
+        for r in &refused {
+            tracing::warn!(%joiner, detail = %r, "joining cluster's gateway address refused");
+        }
         let link = LinkDoc {
             peer: joiner.clone(),
             gateways,

@@ -11,15 +11,16 @@ mod health;
 pub mod store;
 mod vips;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use ferry_federation::snapshot::linked_peers;
 use ferry_federation::{
-    build_snapshot, ClusterId, ExportedService, ImportStore, LinkRecord, LocalService,
-    MeshSnapshot, ServiceName, SnapshotInputs, TrustDomain,
+    build_snapshot, endpoint_keys, resolve, ClusterId, ExportedService, ImportStore, LimitExceeded,
+    LinkRecord, LocalService, MeshSnapshot, ServiceName, SnapshotInputs, TrustDomain,
 };
 use ferry_gateway::pki::Ca;
 use ferry_gateway::tls::TrustStore;
@@ -91,9 +92,10 @@ impl ClusterTrust {
 struct Live {
     imports: ImportStore,
     connected: BTreeMap<ClusterId, (bool, Instant)>,
+    /// The bounds each peer is over, as its link session last reported.
+    limited: BTreeMap<ClusterId, Vec<LimitExceeded>>,
     gateways: BTreeMap<SocketAddr, Instant>,
     health: BTreeMap<ServiceName, Vec<bool>>,
-    version: u64,
 }
 
 /// The control plane: store, CA and live state behind one lock-light handle.
@@ -102,9 +104,20 @@ pub struct ControlPlane {
     pub trust: ClusterTrust,
     pub store: Store,
     live: Mutex<Live>,
+    /// Held for a whole republish, so snapshots are built and published one at a time.
+    publishing: Mutex<()>,
+    unallocated: Mutex<Vec<String>>,
     snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
     /// Wakes the health checker when the set of services changes.
     pub services_changed: Notify,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn unix_now() -> u64 {
@@ -127,6 +140,7 @@ impl ControlPlane {
             let doc = store::ServiceDoc {
                 spec: declared.spec.clone(),
                 exported: declared.export,
+                exported_at_ms: if declared.export { unix_now_ms() } else { 0 },
             };
             match stored.get(&declared.spec.name) {
                 Some(existing) if existing.spec == declared.spec => {}
@@ -149,10 +163,12 @@ impl ControlPlane {
             live: Mutex::new(Live {
                 imports: ImportStore::new(),
                 connected: BTreeMap::new(),
+                limited: BTreeMap::new(),
                 gateways: BTreeMap::new(),
                 health: BTreeMap::new(),
-                version: 0,
             }),
+            publishing: Mutex::new(()),
+            unallocated: Mutex::new(Vec::new()),
             snapshot_tx,
             services_changed: Notify::new(),
         });
@@ -169,16 +185,28 @@ impl ControlPlane {
     }
 
     /// Rebuilds the snapshot from the store and live state; publishes it if it changed.
+    ///
+    /// Republishes run one at a time (so snapshots never go backwards); the live-state lock
+    /// that RPC handlers take is held only to copy that state, never across store I/O. Every
+    /// VIP change of one republish is one store transaction.
     pub fn republish(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.publishing.lock().expect("publish lock");
         let services = self.store.services()?;
         let links = self.store.links()?;
-        let mut live = self.live.lock().expect("control state lock");
-        let imports = live.imports.current();
+        let (imports, health, connected, limited, gateways) = {
+            let live = self.live.lock().expect("control state lock");
+            (
+                live.imports.current(),
+                live.health.clone(),
+                live.connected.clone(),
+                live.limited.clone(),
+                live.gateways.keys().copied().collect::<Vec<SocketAddr>>(),
+            )
+        };
         let local: Vec<LocalService> = services
             .values()
             .map(|doc| {
-                let health = live
-                    .health
+                let health = health
                     .get(&doc.spec.name)
                     .filter(|h| h.len() == doc.spec.endpoints.len())
                     .cloned()
@@ -186,6 +214,7 @@ impl ControlPlane {
                 LocalService {
                     spec: doc.spec.clone(),
                     exported: doc.exported,
+                    exported_at_ms: doc.exported_at_ms,
                     health,
                 }
             })
@@ -195,20 +224,31 @@ impl ControlPlane {
             .map(|l| LinkRecord {
                 peer: l.peer.clone(),
                 gateways: l.gateways.clone(),
-                connected: live.connected.get(&l.peer).map(|c| c.0).unwrap_or(false),
+                connected: connected.get(&l.peer).map(|c| c.0).unwrap_or(false),
+                created_at_unix: l.created_at_unix,
+                limited: limited.get(&l.peer).cloned().unwrap_or_default(),
             })
             .collect();
-        let gateways: Vec<SocketAddr> = live.gateways.keys().copied().collect();
         // Every local and imported service, and every endpoint of a headless one, gets a
         // stable VIP before it is published.
-        let vip_inputs = vips::VipInputs {
-            cluster: &self.cfg.cluster,
-            local: &local,
-            imports: &imports,
-            links: &link_records,
-        };
-        let vips = vips::service_vips(&self.store, self.cfg.vip_range, &vip_inputs)?;
-        let endpoint_vips = vips::endpoint_vips(&self.store, self.cfg.vip_range, &vip_inputs)?;
+        let linked = linked_peers(&self.cfg.cluster, &link_records);
+        let mut wanted: BTreeSet<String> = resolve(&local, &imports, &linked)
+            .keys()
+            .map(|name| vips::service_key(name))
+            .collect();
+        wanted.extend(
+            endpoint_keys(&self.cfg.cluster, &local, &imports, &link_records)
+                .iter()
+                .map(vips::endpoint_key),
+        );
+        let now = unix_now();
+        let quarantine = self.cfg.vip_quarantine.as_secs();
+        let range = self.cfg.vip_range;
+        let plan = self
+            .store
+            .sync_vips(|table| vips::plan(table, &wanted, now, quarantine, range))?;
+        self.note_unallocated(plan.exhausted);
+        let (vips, endpoint_vips) = vips::split(&plan.assigned);
         let inputs = SnapshotInputs {
             cluster: &self.cfg.cluster,
             trust_domain: self.trust.trust_domain(),
@@ -224,8 +264,8 @@ impl ControlPlane {
         if *current == next {
             return Ok(());
         }
-        live.version = current.version + 1;
-        next.version = live.version;
+        next.version = current.version + 1;
+        report_conflicts(&current, &next);
         tracing::debug!(
             version = next.version,
             services = next.services.len(),
@@ -233,6 +273,28 @@ impl ControlPlane {
         );
         self.snapshot_tx.send_replace(Arc::new(next));
         Ok(())
+    }
+
+    /// Names that got no VIP because the range is full: logged when the set changes, shown
+    /// by `ferry status`.
+    fn note_unallocated(&self, names: Vec<String>) {
+        let mut current = self.unallocated.lock().expect("unallocated lock");
+        if *current != names {
+            if let Some(first) = names.first() {
+                tracing::warn!(
+                    count = names.len(), first = %first, range = %self.cfg.vip_range,
+                    "VIP range exhausted: these names have no VIP and are left out of DNS and routing; widen control.vip_range"
+                );
+            } else if !current.is_empty() {
+                tracing::info!("every name has a VIP again");
+            }
+            *current = names;
+        }
+    }
+
+    /// Names (services, or `service/cluster/hostname` endpoints) without a VIP.
+    pub fn unallocated(&self) -> Vec<String> {
+        self.unallocated.lock().expect("unallocated lock").clone()
     }
 
     /// Records the health of a local service's endpoints; republishes on change.
@@ -247,12 +309,14 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// A gateway reports the current imports from `peer` (or that they were withdrawn).
+    /// A gateway reports the current imports from `peer` (or that they were withdrawn), and
+    /// the bounds the peer is over.
     pub fn report_imports(
         &self,
         peer: ClusterId,
         services: Option<Vec<ExportedService>>,
         connected: bool,
+        limited: Vec<LimitExceeded>,
         lease: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
@@ -260,6 +324,9 @@ impl ControlPlane {
             let mut live = self.live.lock().expect("control state lock");
             live.connected
                 .insert(peer.clone(), (connected, now + lease));
+            if services.is_some() {
+                live.limited.insert(peer.clone(), limited);
+            }
             match services {
                 Some(list) => {
                     live.imports.handle_report(now, peer, list, lease);
@@ -316,6 +383,7 @@ impl ControlPlane {
         let mut live = self.live.lock().expect("control state lock");
         live.imports.withdraw(peer);
         live.connected.remove(peer);
+        live.limited.remove(peer);
     }
 
     /// Runs the control plane's background work: lease expiry and health checks.
@@ -347,9 +415,11 @@ impl ControlPlane {
         let Some(mut link) = self.store.links()?.into_iter().find(|l| &l.peer == peer) else {
             return Ok(());
         };
-        let mut merged = gateways;
+        let (mut merged, _) = ferry_federation::check_gateways(&gateways, &self.cfg.limits);
+        if merged.is_empty() {
+            return Ok(());
+        }
         merged.sort();
-        merged.dedup();
         if link.gateways != merged {
             tracing::info!(%peer, gateways = ?merged, "peer gateways updated");
             link.gateways = merged;
@@ -358,6 +428,24 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// Logs every conflict that is new in `next` and sets the `ferry_import_conflicts` gauge.
+fn report_conflicts(current: &MeshSnapshot, next: &MeshSnapshot) {
+    let mut total = 0usize;
+    for svc in &next.services {
+        total += svc.conflicts.len();
+        let before = current.service(&svc.name).map(|s| s.conflicts.as_slice());
+        for c in &svc.conflicts {
+            if !before.is_some_and(|b| b.contains(c)) {
+                tracing::warn!(
+                    service = %svc.name, peer = %c.cluster, conflict = %c,
+                    "export conflicts with the service's definition (the local one, or the oldest export); not merged"
+                );
+            }
+        }
+    }
+    metrics::gauge!("ferry_import_conflicts").set(total as f64);
 }
 
 /// Serves the control plane's API on its Unix socket (mode 0600) until `shutdown`.

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ferry_federation::{ClusterId, EndpointKey, ServiceName, ServiceSpec};
+use ferry_federation::{ClusterId, ServiceName, ServiceSpec};
+
+use super::vips::{VipEntry, VipPlan};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-
-use crate::config::VipRange;
 
 const SERVICES: TableDefinition<'_, &str, &str> = TableDefinition::new("services");
 const LINKS: TableDefinition<'_, &str, &str> = TableDefinition::new("links");
@@ -36,19 +36,20 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("the VIP range {0} is exhausted; widen control.vip_range")]
-    VipsExhausted(VipRange),
 }
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(Box::new(e.into()))
 }
 
-/// A service as stored: its spec and whether it is exported.
+/// A service as stored: its spec, whether it is exported, and since when (unix seconds;
+/// peers use it to tell the oldest export of a name).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceDoc {
     pub spec: ServiceSpec,
     pub exported: bool,
+    #[serde(default)]
+    pub exported_at_ms: u64,
 }
 
 /// A link to a peer cluster.
@@ -278,99 +279,69 @@ impl Store {
         Ok(n as usize)
     }
 
-    /// Service VIPs by service.
-    pub fn vips(&self) -> Result<BTreeMap<ServiceName, IpAddr>, StoreError> {
-        let mut out = BTreeMap::new();
-        for (k, v) in self.all::<IpAddr>(VIPS, "vips")? {
-            if let Ok(name) = k.parse() {
-                out.insert(name, v);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Endpoint VIPs (of headless services' endpoints) by endpoint.
-    pub fn endpoint_vips(&self) -> Result<BTreeMap<EndpointKey, IpAddr>, StoreError> {
-        let mut out = BTreeMap::new();
-        for (k, v) in self.all::<IpAddr>(VIPS, "vips")? {
-            if let Some(key) = parse_endpoint_key(&k) {
-                out.insert(key, v);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Returns the service's VIP, allocating the lowest free one in `range` if it has none.
-    pub fn allocate_vip(&self, name: &ServiceName, range: VipRange) -> Result<IpAddr, StoreError> {
-        self.allocate(&name.to_string(), range)
-    }
-
-    /// Returns the endpoint's VIP, allocating the lowest free one in `range` (shared with
-    /// service VIPs) if it has none.
-    pub fn allocate_endpoint_vip(
+    /// Applies [`super::vips::plan`] to the VIP table in one write transaction: reads every
+    /// row, decides, writes what changed. Nothing is committed when nothing changed.
+    pub fn sync_vips(
         &self,
-        key: &EndpointKey,
-        range: VipRange,
-    ) -> Result<IpAddr, StoreError> {
-        self.allocate(&endpoint_key(key), range)
-    }
-
-    /// Frees the endpoint's VIP for reuse.
-    pub fn release_endpoint_vip(&self, key: &EndpointKey) -> Result<(), StoreError> {
-        self.remove(VIPS, &endpoint_key(key)).map(|_| ())
-    }
-
-    fn allocate(&self, key: &str, range: VipRange) -> Result<IpAddr, StoreError> {
+        decide: impl FnOnce(&BTreeMap<String, VipEntry>) -> VipPlan,
+    ) -> Result<VipPlan, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
-        let ip = {
+        let plan = {
             let mut table = tx.open_table(VIPS).map_err(db_err)?;
-            if let Some(v) = table.get(key).map_err(db_err)? {
-                if let Ok(ip) = serde_json::from_str::<IpAddr>(v.value()) {
-                    if range.contains(ip) {
-                        return Ok(ip);
+            let plan = decide(&read_vip_rows(&table)?);
+            for (key, write) in &plan.writes {
+                match write {
+                    Some(entry) => {
+                        let json = serde_json::to_string(entry).expect("VIP rows serialize");
+                        table.insert(key.as_str(), json.as_str()).map_err(db_err)?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(db_err)?;
                     }
                 }
             }
-            let mut used = std::collections::HashSet::new();
-            for item in table.iter().map_err(db_err)? {
-                let (_, v) = item.map_err(db_err)?;
-                if let Ok(ip) = serde_json::from_str::<IpAddr>(v.value()) {
-                    used.insert(ip);
-                }
-            }
-            let ip = (0..range.size())
-                .filter_map(|i| range.nth(i))
-                .map(IpAddr::V4)
-                .find(|ip| !used.contains(ip))
-                .ok_or(StoreError::VipsExhausted(range))?;
-            let json = serde_json::to_string(&ip).expect("ip serializes");
-            table.insert(key, json.as_str()).map_err(db_err)?;
-            ip
+            plan
         };
-        tx.commit().map_err(db_err)?;
-        Ok(ip)
+        if plan.writes.is_empty() {
+            tx.abort().map_err(db_err)?;
+        } else {
+            tx.commit().map_err(db_err)?;
+        }
+        Ok(plan)
     }
 
-    pub fn release_vip(&self, name: &ServiceName) -> Result<(), StoreError> {
-        self.remove(VIPS, &name.to_string()).map(|_| ())
+    /// Every VIP row, quarantined ones included.
+    pub fn vip_rows(&self) -> Result<BTreeMap<String, VipEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        read_vip_rows(&tx.open_table(VIPS).map_err(db_err)?)
     }
 }
 
-/// The VIP table key of an endpoint: `<service>/<cluster>/<hostname>`. It never parses as a
-/// service name, so endpoint and service VIPs share one table (and so one address pool)
-/// without being mistaken for each other.
-fn endpoint_key((service, cluster, hostname): &EndpointKey) -> String {
-    format!("{service}/{cluster}/{hostname}")
+fn read_vip_rows(
+    table: &impl ReadableTable<&'static str, &'static str>,
+) -> Result<BTreeMap<String, VipEntry>, StoreError> {
+    let mut out = BTreeMap::new();
+    for item in table.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        let key = k.value().to_owned();
+        let entry = parse_vip_row(v.value()).map_err(|source| StoreError::Corrupt {
+            table: "vips",
+            key: key.clone(),
+            source,
+        })?;
+        out.insert(key, entry);
+    }
+    Ok(out)
 }
 
-fn parse_endpoint_key(s: &str) -> Option<EndpointKey> {
-    let mut parts = s.split('/');
-    let key = (
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-    );
-    parts.next().is_none().then_some(key)
+/// A VIP row: `{"ip": …, "released_at": …}`, or a bare address as older versions wrote.
+fn parse_vip_row(json: &str) -> Result<VipEntry, serde_json::Error> {
+    serde_json::from_str::<VipEntry>(json).or_else(|_| {
+        serde_json::from_str::<IpAddr>(json).map(|ip| VipEntry {
+            ip,
+            released_at: None,
+        })
+    })
 }
 
 /// Lowercase hex of bytes.
@@ -391,19 +362,16 @@ mod tests {
             )
             .unwrap(),
             exported: true,
+            exported_at_ms: 1,
         }
     }
 
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let range: VipRange = "127.10.0.0/16".parse().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
             store.put_service(&svc("web.shop")).unwrap();
-            store
-                .allocate_vip(&"web.shop".parse().unwrap(), range)
-                .unwrap();
             store
                 .put_link(&LinkDoc {
                     peer: "west".parse().unwrap(),
@@ -415,79 +383,20 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.services().unwrap().len(), 1);
         assert_eq!(store.links().unwrap().len(), 1);
-        let vip = store.vips().unwrap()[&"web.shop".parse::<ServiceName>().unwrap()];
-        assert_eq!(vip, "127.10.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
-    fn vips_are_stable_and_distinct() {
+    fn vip_rows_of_older_versions_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let range: VipRange = "127.10.0.0/30".parse().unwrap();
-        let a = store.allocate_vip(&"a.x".parse().unwrap(), range).unwrap();
-        let b = store.allocate_vip(&"b.x".parse().unwrap(), range).unwrap();
-        assert_ne!(a, b);
+        let ip: IpAddr = "127.10.0.7".parse().unwrap();
+        store.put(VIPS, "a.x", &ip).unwrap();
         assert_eq!(
-            store.allocate_vip(&"a.x".parse().unwrap(), range).unwrap(),
-            a
-        );
-        assert!(matches!(
-            store.allocate_vip(&"c.x".parse().unwrap(), range),
-            Err(StoreError::VipsExhausted(_))
-        ));
-        store.release_vip(&"a.x".parse().unwrap()).unwrap();
-        assert_eq!(
-            store.allocate_vip(&"c.x".parse().unwrap(), range).unwrap(),
-            a
-        );
-    }
-
-    #[test]
-    fn endpoint_vips_share_the_pool_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let range: VipRange = "127.10.0.0/29".parse().unwrap();
-        let kafka0: EndpointKey = (
-            "kafka.data".parse().unwrap(),
-            "west".parse().unwrap(),
-            "kafka-0".parse().unwrap(),
-        );
-        let dashed: EndpointKey = (
-            "kafka.data".parse().unwrap(),
-            "east".parse().unwrap(),
-            "10-0-0-5".parse().unwrap(),
-        );
-        let (svc, ep0, ep1) = {
-            let store = Store::open(dir.path()).unwrap();
-            let svc = store
-                .allocate_vip(&"kafka.data".parse().unwrap(), range)
-                .unwrap();
-            let ep0 = store.allocate_endpoint_vip(&kafka0, range).unwrap();
-            let ep1 = store.allocate_endpoint_vip(&dashed, range).unwrap();
-            assert_eq!(store.allocate_endpoint_vip(&kafka0, range).unwrap(), ep0);
-            (svc, ep0, ep1)
-        };
-        assert!(svc != ep0 && svc != ep1 && ep0 != ep1, "one pool");
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.vips().unwrap().len(),
-            1,
-            "endpoint keys are not services"
-        );
-        let eps = store.endpoint_vips().unwrap();
-        assert_eq!(eps.len(), 2);
-        assert_eq!(eps[&kafka0], ep0);
-        assert_eq!(eps[&dashed], ep1);
-        store.release_endpoint_vip(&kafka0).unwrap();
-        assert_eq!(store.endpoint_vips().unwrap().len(), 1);
-        let other: EndpointKey = (
-            kafka0.0.clone(),
-            kafka0.1.clone(),
-            "kafka-9".parse().unwrap(),
-        );
-        assert_eq!(
-            store.allocate_endpoint_vip(&other, range).unwrap(),
-            ep0,
-            "reused"
+            store.vip_rows().unwrap()["a.x"],
+            VipEntry {
+                ip,
+                released_at: None
+            }
         );
     }
 

@@ -46,7 +46,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tls.trust.clone(),
             snapshots.clone(),
             tx.clone(),
-            LinkConfig::default(),
+            LinkConfig {
+                limits: cfg.limits,
+                ..LinkConfig::default()
+            },
         )
     };
     let gateway = match bind(listen) {
@@ -99,6 +102,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                 services,
                 peer_gateways,
                 connected,
+                limited,
             } => c
                 .report_imports(pb::ReportImportsRequest {
                     peer: peer.to_string(),
@@ -107,6 +111,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     withdrawn: false,
                     connected,
                     peer_gateways: peer_gateways.iter().map(|g| g.to_string()).collect(),
+                    limits_json: serde_json::to_string(&limited).unwrap_or_default(),
                 })
                 .await
                 .map(|_| ()),
@@ -118,6 +123,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     withdrawn: true,
                     connected: false,
                     peer_gateways: Vec::new(),
+                    limits_json: String::new(),
                 })
                 .await
                 .map(|_| ()),

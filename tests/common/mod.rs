@@ -80,7 +80,7 @@ impl Mesh {
         std::fs::write(
             &config,
             format!(
-                "cluster = \"{name}\"\n[trust]\ndir = \"{name}-ca\"\n[control]\ndata_dir = \"{name}-data\"\nsocket = \"{name}.sock\"\nvip_range = \"{vip_range}\"\nhealth_interval = \"300ms\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[node]\nname = \"{name}-n1\"\n"
+                "cluster = \"{name}\"\n[trust]\ndir = \"{name}-ca\"\n[control]\ndata_dir = \"{name}-data\"\nsocket = \"{name}.sock\"\nvip_range = \"{vip_range}\"\nhealth_interval = \"300ms\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[federation]\nallow_loopback_gateways = true\n[node]\nname = \"{name}-n1\"\n"
             ),
         )
         .unwrap();

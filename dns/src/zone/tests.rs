@@ -39,6 +39,8 @@ pub(crate) fn service(
         remote,
         headless: false,
         endpoints: vec![],
+        exported_at_ms: 0,
+        conflicts: vec![],
     }
 }
 

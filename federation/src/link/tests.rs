@@ -11,6 +11,7 @@ fn svc(name: &str, healthy: u32) -> ExportedService {
         healthy: [("http".parse().unwrap(), healthy)].into_iter().collect(),
         headless: false,
         endpoints: Vec::new(),
+        exported_at_ms: 0,
     }
 }
 
@@ -18,6 +19,7 @@ fn config() -> LinkConfig {
     LinkConfig {
         heartbeat: Duration::from_secs(1),
         lease: Duration::from_secs(5),
+        limits: ImportLimits::default(),
     }
 }
 
@@ -546,4 +548,135 @@ fn gateway_changes_resend_hello() {
         drain(&mut l).as_slice(),
         [LinkMessage::Hello { session: 1, gateways, .. }] if gateways.len() == 1
     ));
+}
+
+fn refusals(evs: &[LinkEvent]) -> Vec<&'static str> {
+    evs.iter()
+        .filter_map(|e| match e {
+            LinkEvent::Refused { limit, .. } => Some(limit.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_flooding_peer_is_held_to_its_rate_and_the_link_shows_it() {
+    let t0 = crate::testutil::t0();
+    let mut l = east(t0);
+    l.handle_message(t0, hello(7)).unwrap();
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 1,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
+    events(&mut l);
+    let burst = ImportLimits::DEFAULT.frame_burst as u64;
+    for seq in 2..=(burst + 100) {
+        l.handle_message(
+            t0,
+            LinkMessage::Delta {
+                seq,
+                upserts: vec![svc("a.ns", seq as u32)],
+                removals: vec![],
+            },
+        )
+        .unwrap();
+    }
+    let evs = events(&mut l);
+    assert_eq!(
+        refusals(&evs).len(),
+        101,
+        "burst + 101 frames in all (hello, snapshot, deltas): all past the burst are refused"
+    );
+    assert_eq!(
+        l.imports()[0].healthy[&"http".parse::<crate::model::PortName>().unwrap()],
+        burst as u32 - 1,
+        "the last delta applied is the last one within the budget"
+    );
+    assert_eq!(
+        l.limited(),
+        [LimitExceeded::FrameRate {
+            per_second: ImportLimits::DEFAULT.frames_per_second
+        }]
+    );
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, LinkEvent::LimitsChanged { limited, .. } if limited.len() == 1)));
+    // A new connection starts with a full budget and a clean record.
+    l.handle_connected(t0 + secs(10));
+    assert!(l.limited().is_empty());
+}
+
+#[test]
+fn a_resync_while_a_snapshot_is_queued_is_dropped() {
+    let t0 = crate::testutil::t0();
+    let mut l = east(t0);
+    l.set_local_exports(t0, vec![svc("a.ns", 1)]);
+    drain(&mut l);
+    for _ in 0..50 {
+        l.handle_message(t0, LinkMessage::Resync).unwrap();
+    }
+    let queued = drain(&mut l);
+    assert_eq!(queued.len(), 1, "one snapshot, however many requests");
+    assert!(matches!(queued[0], LinkMessage::Snapshot { .. }));
+    assert_eq!(refusals(&events(&mut l)), vec!["resync"; 49]);
+    // Once the snapshot went out, the next request is served again.
+    l.handle_message(t0, LinkMessage::Resync).unwrap();
+    assert_eq!(drain(&mut l).len(), 1);
+}
+
+#[test]
+fn a_peer_over_its_import_bounds_gets_only_what_fits() {
+    let t0 = crate::testutil::t0();
+    let limits = ImportLimits {
+        services: 2,
+        ..ImportLimits::DEFAULT
+    };
+    let mut l = LinkSync::new(
+        cid("east"),
+        cid("west"),
+        1,
+        vec![],
+        LinkConfig { limits, ..config() },
+    );
+    l.handle_connected(t0);
+    l.handle_message(
+        t0,
+        LinkMessage::Hello {
+            cluster: cid("west"),
+            session: 1,
+            gateways: vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "192.0.2.1:1".parse().unwrap(),
+            ],
+            lease_ms: 5000,
+        },
+    )
+    .unwrap();
+    let services = vec![svc("a.ns", 1), svc("b.ns", 1), svc("c.ns", 1)];
+    l.handle_message(t0, LinkMessage::Snapshot { seq: 1, services })
+        .unwrap();
+    let evs = events(&mut l);
+    assert!(evs.contains(&LinkEvent::PeerHello {
+        peer: cid("west"),
+        gateways: vec!["192.0.2.1:1".parse().unwrap()],
+    }));
+    assert_eq!(refusals(&evs), ["gateway_address", "services"]);
+    let names: Vec<String> = l.imports().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, ["a.ns", "b.ns"]);
+    assert_eq!(l.limited().len(), 2);
+    // Back within bounds: the link is clean again; a repeated report counts nothing twice.
+    l.handle_message(
+        t0,
+        LinkMessage::Snapshot {
+            seq: 2,
+            services: vec![svc("a.ns", 1)],
+        },
+    )
+    .unwrap();
+    assert_eq!(refusals(&events(&mut l)), Vec::<&str>::new());
+    assert_eq!(l.limited().len(), 1, "only the gateway address is left");
 }

@@ -486,3 +486,16 @@ impl ServiceSpec {
             .find(|e| &e.hostname_or_default() == hostname)
     }
 }
+
+/// A local service as the control plane knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalService {
+    /// Its spec.
+    pub spec: ServiceSpec,
+    /// Whether it is exported to linked peers.
+    pub exported: bool,
+    /// When it was exported (unix milliseconds), sent to peers so the oldest export wins.
+    pub exported_at_ms: u64,
+    /// Health per entry of `spec.endpoints`; a missing entry counts as unhealthy.
+    pub health: Vec<bool>,
+}

@@ -236,7 +236,7 @@ fn headless_service_vip_still_reaches_any_endpoint() {
         vec![
             Hop::Local(addr("10.0.3.1:9092")),
             Hop::Local(addr("10.0.3.3:9092")),
-            remote("north", "broker", &["198.51.100.1:4443"]),
+            // north exports kafka.data as a plain service: a conflict, never a hop.
             remote("west", "broker", &["192.0.2.1:4443", "192.0.2.2:4443"]),
         ],
         "healthy locals, then peers, none naming an endpoint"

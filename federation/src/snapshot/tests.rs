@@ -1,4 +1,5 @@
 use super::*;
+use crate::resolve::ConflictReason;
 use crate::testutil::*;
 
 #[test]
@@ -93,7 +94,7 @@ fn imports_from_unlinked_peers_and_self_are_dropped() {
 }
 
 #[test]
-fn import_only_ports_are_the_union_by_name() {
+fn import_only_ports_follow_the_oldest_export() {
     let mut imports = BTreeMap::new();
     imports.insert(
         cid("north"),
@@ -115,10 +116,20 @@ fn import_only_ports_are_the_union_by_name() {
     let s = build(&[], &imports, &links, &[("a.ns", "10.96.0.1")]);
     let a = s.service(&sname("a.ns")).unwrap();
     let ports: Vec<String> = a.ports.iter().map(|p| p.to_string()).collect();
-    // north sorts first so its http wins; west adds grpc; west's clash reuses 9000 and is left out.
-    assert_eq!(ports, ["http=80/http", "admin=9000/tcp", "grpc=9090/grpc"]);
-    assert_eq!(a.remote.len(), 2);
-    assert_eq!(a.remote[1].healthy["grpc"], 2);
+    // Equally old, so north (first by name) defines a.ns; west moves http to 8080, so its
+    // export conflicts and is not merged at all: not its grpc port, not its endpoints.
+    assert_eq!(ports, ["http=80/http", "admin=9000/tcp"]);
+    let remotes: Vec<&str> = a.remote.iter().map(|r| r.cluster.as_str()).collect();
+    assert_eq!(remotes, ["north"]);
+    assert_eq!(
+        a.conflicts,
+        [Conflict {
+            cluster: cid("west"),
+            reason: ConflictReason::Port {
+                port: "http".parse().unwrap()
+            }
+        }]
+    );
 }
 
 #[test]
@@ -222,7 +233,14 @@ fn headless_endpoints_local_and_from_linked_peers_sorted() {
         "north exports it as a plain service, rogue is not linked"
     );
     let remotes: Vec<&str> = kafka.remote.iter().map(|r| r.cluster.as_str()).collect();
-    assert_eq!(remotes, ["north", "south", "west"]);
+    assert_eq!(remotes, ["south", "west"], "north's plain export conflicts");
+    assert_eq!(
+        kafka.conflicts,
+        [Conflict {
+            cluster: cid("north"),
+            reason: ConflictReason::Headless { exported: false }
+        }]
+    );
 }
 
 #[test]

@@ -244,6 +244,7 @@ fn sample_messages() -> Vec<LinkMessage> {
         healthy: [("http".parse().unwrap(), 3)].into_iter().collect(),
         headless: false,
         endpoints: Vec::new(),
+        exported_at_ms: 1_700_000_000,
     };
     let headless = ExportedService {
         name: "kafka.data".parse().unwrap(),
