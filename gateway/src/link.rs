@@ -79,7 +79,11 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
         attempt = attempt.wrapping_add(1);
         match dial(&shared, &peer, addr).await {
             Ok(conn) => {
-                shared.register(&peer, ConnKind::Link, &conn);
+                if !shared.register(&peer, ConnKind::Link, &conn) {
+                    conn.close(CLOSE_DONE, b"too many connections");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
                 let began = Instant::now();
                 match conn.open_bi().await {
                     Ok((send, recv)) => {

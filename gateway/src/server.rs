@@ -93,11 +93,17 @@ impl Shared {
         self.snapshots.borrow().clone()
     }
 
-    pub fn register(&self, peer: &ClusterId, kind: ConnKind, conn: &quinn::Connection) {
+    /// Records a peer's connection so removing the link can close it. Returns false (and
+    /// records nothing) when the peer already holds [`MAX_CONNECTIONS_PER_PEER`].
+    pub fn register(&self, peer: &ClusterId, kind: ConnKind, conn: &quinn::Connection) -> bool {
         let mut conns = self.conns.lock().expect("conn registry lock");
         let list = conns.entry(peer.clone()).or_default();
         list.retain(|(_, c)| c.close_reason().is_none());
+        if list.len() >= MAX_CONNECTIONS_PER_PEER {
+            return false;
+        }
         list.push((kind, conn.clone()));
+        true
     }
 
     pub fn has_link_session(&self, peer: &ClusterId) -> bool {
@@ -213,19 +219,84 @@ impl Gateway {
         let shared = self.shared;
         tokio::spawn(crate::link::manage_links(shared.clone()));
         tokio::spawn(watch_links(shared.clone()));
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refusal_log = Arc::new(LogLimiter::default());
         while let Some(incoming) = shared.endpoint.accept().await {
-            let shared = shared.clone();
+            use std::sync::atomic::Ordering::Relaxed;
+            if shared.endpoint.open_connections() >= MAX_CONNECTIONS {
+                metrics::counter!("ferry_gateway_handshake_failures_total", "reason" => "too_many_connections").increment(1);
+                if refusal_log.allow() {
+                    tracing::warn!(limit = MAX_CONNECTIONS, "connection refused: the gateway holds its maximum of connections (further refusals for 10 s are counted, not logged)");
+                }
+                incoming.refuse();
+                continue;
+            }
+            // Under a pile of handshakes, make unproven addresses prove they can receive
+            // (QUIC Retry) before we spend a handshake's work on them.
+            if handshakes.load(Relaxed) >= RETRY_ABOVE_HANDSHAKES
+                && !incoming.remote_address_validated()
+            {
+                metrics::counter!("ferry_gateway_retries_total").increment(1);
+                let _ = incoming.retry();
+                continue;
+            }
+            handshakes.fetch_add(1, Relaxed);
+            let (shared, handshakes, refusal_log) =
+                (shared.clone(), handshakes.clone(), refusal_log.clone());
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                match incoming.await {
+                let result = incoming.await;
+                handshakes.fetch_sub(1, Relaxed);
+                match result {
                     Ok(conn) => handle_connection(shared, conn).await,
                     Err(e) => {
-                        metrics::counter!("ferry_gateway_handshake_failures_total").increment(1);
-                        tracing::warn!(%remote, error = %e, "handshake refused");
+                        metrics::counter!("ferry_gateway_handshake_failures_total", "reason" => "handshake").increment(1);
+                        if refusal_log.allow() {
+                            tracing::warn!(%remote, error = %e, "handshake refused (further refusals for 10 s are counted, not logged)");
+                        }
                     }
                 }
             });
         }
+    }
+}
+
+/// Connections one peer cluster may hold open to this gateway (its gateways and nodes pool
+/// theirs, so a handful is normal).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+
+fn refuse_crowded(conn: &quinn::Connection) {
+    metrics::counter!("ferry_gateway_refusals_total", "reason" => "too_many_connections")
+        .increment(1);
+    tracing::warn!(
+        limit = MAX_CONNECTIONS_PER_PEER,
+        "connection refused: the peer cluster holds its maximum of connections"
+    );
+    conn.close(CLOSE_REFUSED, b"too many connections");
+}
+
+/// Connections the gateway holds at most, from all peers together.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Handshakes in progress above which new unvalidated addresses get a QUIC Retry first.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
+/// Lets one log line through per interval; the rest are only counted.
+#[derive(Default)]
+pub(crate) struct LogLimiter {
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl LogLimiter {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub(crate) fn allow(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().expect("log limiter lock");
+        if last.is_some_and(|at| now < at + Self::EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 }
 
@@ -279,14 +350,16 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
                 conn.close(CLOSE_REFUSED, reason.as_bytes());
                 return;
             }
-            shared.register(&cluster, ConnKind::Link, &conn);
+            if !shared.register(&cluster, ConnKind::Link, &conn) {
+                return refuse_crowded(&conn);
+            }
             crate::link::accept_session(shared, conn, cluster).await;
         } else if alpn == ALPN_TUNNEL {
             // An unlinked caller still gets its answer as a status on each stream
             // (`admit` refuses it as unknown_peer); only linked callers are registered,
             // so removing a link closes exactly their connections.
-            if linked {
-                shared.register(&cluster, ConnKind::Tunnel, &conn);
+            if linked && !shared.register(&cluster, ConnKind::Tunnel, &conn) {
+                return refuse_crowded(&conn);
             }
             crate::tunnel::serve_connection(shared, conn, identity).await;
         } else {

@@ -390,8 +390,19 @@ pub fn peer_identity(conn: &quinn::Connection, td: &TrustDomain) -> Result<Ident
     pki::cert_identity(&leaf, td).map_err(TlsError::PeerIdentity)
 }
 
-/// Transport settings shared by both configs: keep-alive every 1 s and a 6 s idle timeout (a
-/// dead peer is noticed within seconds), room for 4096 concurrent tunnel streams.
+/// Concurrent tunnel streams one connection may hold open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Bytes one stream may have in flight toward us before the sender must wait.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Bytes one connection may have in flight toward us, all streams together: what a peer
+/// that opens every stream and never lets us drain them can make us buffer.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Transport settings shared by both configs, every limit explicit: keep-alive every 750 ms
+/// and a 3 s idle timeout (a dead peer is noticed within seconds), at most
+/// [`MAX_STREAMS_PER_CONNECTION`] concurrent tunnel streams, no unidirectional streams (Ferry
+/// uses none), and receive windows of [`STREAM_RECEIVE_WINDOW`] per stream and
+/// [`CONNECTION_RECEIVE_WINDOW`] per connection.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -399,8 +410,11 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
         // session can move to a surviving gateway without its imports being withdrawn.
         .keep_alive_interval(Some(Duration::from_millis(750)))
         .max_idle_timeout(Some(quinn::VarInt::from_u32(3_000).into()))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .send_window(u64::from(CONNECTION_RECEIVE_WINDOW));
     Arc::new(transport)
 }
 
