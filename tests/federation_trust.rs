@@ -120,11 +120,7 @@ async fn loopback_gateways_are_refused_unless_allowed() {
     let mesh = Mesh::new("example.org");
     let east_def = mesh.cluster("east", "127.84.0.0/16");
     let west_def = mesh.cluster("west", "127.85.0.0/16");
-    let text = std::fs::read_to_string(&west_def.config).unwrap().replace(
-        "allow_loopback_gateways = true",
-        "allow_loopback_gateways = false",
-    );
-    std::fs::write(&west_def.config, text).unwrap();
+    west_def.federation_config("allow_loopback_gateways = false");
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     let token = east_def.token_for("west", &[]);
@@ -202,5 +198,149 @@ async fn unexport_cuts_open_streams() {
     assert!(
         west_def.metric("ferry_gateway_streams_cut_total", "not_exported") >= 1,
         "the cut is counted"
+    );
+}
+
+/// The link `name` in `def`'s `link list -o json`.
+fn link_of(def: &ClusterDef, name: &str) -> serde_json::Value {
+    def.links()
+        .into_iter()
+        .find(|l| l["peer"] == name)
+        .unwrap_or_else(|| panic!("no link to {name} in {}", def.name))
+}
+
+fn many_services(n: usize) -> Vec<ferry_federation::ExportedService> {
+    (0..n)
+        .map(|i| ferry_federation::ExportedService {
+            name: format!("s{i:04}.flood").parse().unwrap(),
+            ports: vec!["tcp=7000".parse().unwrap()],
+            healthy: [("tcp".parse().unwrap(), 1)].into_iter().collect(),
+            headless: false,
+            endpoints: vec![],
+            exported_at_ms: 0,
+        })
+        .collect()
+}
+
+/// A linked peer that exports more than its bound, announces gateways it may not, floods
+/// messages and asks for snapshots it never reads gets what fits and no more: the link
+/// shows why, counters move, and another peer's imports and calls are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
+    use common::rogue::{gateway_identity, RoguePeer};
+    use ferry_federation::LinkMessage;
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.88.0.0/16");
+    let west_def = mesh.cluster("west", "127.89.0.0/16");
+    let rogue_def = mesh.cluster("rogue", "127.90.0.0/16");
+    east_def.federation_config("max_imported_services = 40\nmax_link_messages_per_second = 20");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let mut rogue = rogue_def.up().await;
+    let echo = Echo::start().await;
+    west_def.add_exported_echo(&echo);
+    link(&east_def, &west_def);
+    link(&east_def, &rogue_def);
+    east_def.wait_imported("echo.shop", "west").await;
+
+    // The rogue cluster's own processes step aside; the test speaks for it.
+    let identity = gateway_identity(&rogue_def).await;
+    rogue.kill();
+    let gateway = east_def.gateways()[0];
+    let mut peer = RoguePeer::connect(identity, "east", gateway).await;
+    let mut announced: Vec<std::net::SocketAddr> = vec!["224.0.0.1:4433".parse().unwrap()];
+    announced.extend((1..=20).map(|i| std::net::SocketAddr::from(([127, 0, 0, i], 4433))));
+    assert!(
+        peer.send(&LinkMessage::Hello {
+            cluster: "rogue".parse().unwrap(),
+            session: 7,
+            gateways: announced,
+            lease_ms: 5000,
+        })
+        .await
+    );
+    assert!(
+        peer.send(&LinkMessage::Snapshot {
+            seq: 1,
+            services: many_services(60),
+        })
+        .await
+    );
+    let east = east_def.clone();
+    wait_for(
+        "east to show rogue's link as limited",
+        Duration::from_secs(20),
+        || {
+            let east = east.clone();
+            async move {
+                let l = link_of(&east, "rogue");
+                l["imported_services"] == 40
+                    && l["limited"].as_array().unwrap().iter().any(|x| {
+                        x.as_str()
+                            .unwrap()
+                            .contains("peer exports 60 services, over the limit of 40")
+                    })
+            }
+        },
+    )
+    .await;
+    let l = link_of(&east_def, "rogue");
+    let limited: Vec<&str> = l["limited"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(
+        limited.iter().any(|x| x.contains("224.0.0.1:4433 ignored")),
+        "{limited:?}"
+    );
+    assert!(
+        limited
+            .iter()
+            .any(|x| x.contains("announced 20 gateways, over the limit of 16")),
+        "{limited:?}"
+    );
+    let gateways = l["gateways"].as_array().unwrap();
+    assert!(gateways.len() <= 16, "{gateways:?}");
+    assert!(!gateways.iter().any(|g| g == "224.0.0.1:4433"));
+    let table = east_def.cli_ok(&["link", "list"]);
+    assert!(table.contains("connected, limited:"), "{table}");
+
+    // A flood of heartbeats and resyncs it never reads: dropped past the rate, at most one
+    // snapshot queued; both counted.
+    for _ in 0..300 {
+        if !peer.send(&LinkMessage::Resync).await {
+            break;
+        }
+    }
+    let east = east_def.clone();
+    wait_for(
+        "east to count rogue's refused messages",
+        Duration::from_secs(10),
+        || {
+            let east = east.clone();
+            async move {
+                east.metric("ferry_link_refused_total", "limit=\"frame_rate\"") > 0
+                    && east.metric("ferry_link_refused_total", "limit=\"resync\"") > 0
+            }
+        },
+    )
+    .await;
+    assert!(east_def.metric("ferry_link_refused_total", "limit=\"services\"") >= 1);
+
+    // Nothing else moved: west's service is still imported and reachable.
+    let addr = east_def.vip("echo.shop", 7000);
+    wait_listening(addr).await;
+    assert_eq!(
+        echo_roundtrip(addr, b"still here").await.unwrap(),
+        b"still here"
+    );
+    assert_eq!(
+        link_of(&east_def, "west")["limited"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
     );
 }

@@ -158,8 +158,10 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if !info.replaced.is_empty() {
-                eprintln!("{}", info.replaced);
+            for note in [&info.replaced, &info.warning] {
+                if !note.is_empty() {
+                    eprintln!("{note}");
+                }
             }
             print_services(out, &[info]);
         }

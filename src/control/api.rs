@@ -99,6 +99,7 @@ pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
             })
             .collect(),
         replaced: String::new(),
+        warning: String::new(),
     }
 }
 
@@ -250,10 +251,21 @@ impl Control for ControlApi {
         self.cp.republish().map_err(internal)?;
         self.cp.services_changed.notify_one();
         let snapshot = self.cp.snapshot();
-        let rec = snapshot
-            .service(&name)
-            .ok_or_else(|| internal("service missing from the snapshot after add"))?;
-        let mut info = service_info(rec);
+        let mut info = match snapshot.service(&name) {
+            Some(rec) => service_info(rec),
+            // Stored, but not published: the VIP range is full.
+            None => pb::ServiceInfo {
+                name: name.to_string(),
+                ports: doc.spec.ports.iter().map(|p| p.to_string()).collect(),
+                exported: doc.exported,
+                headless: doc.spec.headless,
+                warning: format!(
+                    "{name} is stored but has no VIP: control.vip_range {} is full; it gets one (and DNS and routing) once an address is free, or widen the range",
+                    self.cp.cfg.vip_range
+                ),
+                ..Default::default()
+            },
+        };
         info.replaced = replaced.unwrap_or_default();
         Ok(Response::new(info))
     }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub mod dns;
+pub mod rogue;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -139,6 +140,29 @@ impl ClusterDef {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
         text.push_str(toml);
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Adds `key = value` lines to the config's `[federation]` section (a later key wins
+    /// over the default written there), before the cluster starts.
+    pub fn federation_config(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("allow_loopback_gateways")
+                && lines.contains("allow_loopback_gateways")
+            {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "[federation]" {
+                out.push_str(lines);
+                if !lines.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        std::fs::write(&self.config, out).unwrap();
     }
 
     /// The cluster's data directory.

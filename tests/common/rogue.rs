@@ -1,0 +1,74 @@
+//! A misbehaving peer: a test client holding a real gateway certificate of its own linked
+//! cluster, speaking the link protocol with whatever messages the test writes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry::pb;
+use ferry_federation::{encode_frame, ClusterId, LinkMessage};
+use ferry_gateway::tls::{self, IdentityStore, PeerExpectation, TrustStore};
+
+use super::ClusterDef;
+
+/// A link connection to another cluster's gateway, opened as `def`'s gateway.
+pub struct RoguePeer {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A gateway certificate of `def`'s cluster, issued by its running control plane.
+pub async fn gateway_identity(def: &ClusterDef) -> (Arc<IdentityStore>, Arc<TrustStore>) {
+    let req = ferry_gateway::pki::new_leaf_request().unwrap();
+    let mut c = ferry::client::connect(&def.socket).await.unwrap();
+    let reply = c
+        .issue_certificate(pb::IssueRequest {
+            role: "gateway".into(),
+            node: String::new(),
+            csr_pem: req.csr_pem.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let td = reply.trust_domain.parse().unwrap();
+    let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
+    let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
+    (Arc::new(identity), Arc::new(trust))
+}
+
+impl RoguePeer {
+    /// Dials `target`'s gateway at `addr` with the link ALPN and opens the control stream.
+    pub async fn connect(
+        identity: (Arc<IdentityStore>, Arc<TrustStore>),
+        target: &str,
+        addr: SocketAddr,
+    ) -> RoguePeer {
+        let target: ClusterId = target.parse().unwrap();
+        let config = tls::client_config(
+            identity.0,
+            identity.1,
+            PeerExpectation::Gateway(target),
+            tls::ALPN_LINK,
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        RoguePeer {
+            conn,
+            send,
+            recv,
+            _endpoint: endpoint,
+        }
+    }
+
+    /// Sends one framed message; false once the gateway has closed the stream.
+    pub async fn send(&mut self, msg: &LinkMessage) -> bool {
+        self.send.write_all(&encode_frame(msg)).await.is_ok()
+    }
+}
