@@ -20,6 +20,7 @@ pub async fn connect(path: &Path) -> anyhow::Result<Client> {
             path.display()
         );
     }
+    check_owner(&path)?;
     let socket = path.clone();
     let channel = Endpoint::try_from("http://ferry-control.invalid")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -37,6 +38,23 @@ pub async fn connect(path: &Path) -> anyhow::Result<Client> {
             )
         })?;
     Ok(ControlClient::new(channel))
+}
+
+/// Refuses a socket another user owns: whoever created it could impersonate the control
+/// plane (and collect the certificate requests and tokens sent to it).
+fn check_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the control plane socket {}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "the control plane socket {} is owned by uid {}, not by you (uid {me}); refusing to use a socket another user could have put there. Run as the cluster's user or fix the path",
+            path.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 /// Turns a gRPC status into an error carrying the server's message only.

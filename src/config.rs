@@ -269,6 +269,16 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 impl Config {
+    /// The socket the cluster's gateways and node proxies use (certificates, reports).
+    pub fn role_socket(&self) -> PathBuf {
+        crate::control::scope::Scope::Role.path(&self.socket)
+    }
+
+    /// The socket that serves only the snapshot stream (`ferry dns`).
+    pub fn watch_socket(&self) -> PathBuf {
+        crate::control::scope::Scope::Watch.path(&self.socket)
+    }
+
     /// Parses a config file's text; `base` is the directory relative paths start from.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;

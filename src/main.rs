@@ -74,6 +74,9 @@ fn main() -> ExitCode {
     );
     ferry::telemetry::init(if quiet { "warn" } else { "info" });
     if !quiet {
+        // Everything a running cluster creates (sockets, the store, data and token
+        // directories, address files) is owner-only from the moment it exists.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         raise_open_file_limit();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

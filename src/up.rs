@@ -60,9 +60,12 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(control::serve(cp, async {
         let _ = stop_rx.await;
     }));
-    // The roles connect over the socket; wait until it answers.
+    // The roles connect over the sockets; wait until the last one bound answers.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::UnixStream::connect(&cfg.socket).await.is_err() {
+    while tokio::net::UnixStream::connect(cfg.watch_socket())
+        .await
+        .is_err()
+    {
         if server.is_finished() {
             return server.await?;
         }

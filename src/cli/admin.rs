@@ -220,16 +220,19 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Link(LinkCommand::Join { token, token_file }) => {
             let token = match (token, token_file) {
-                (Some(t), None) => t.clone(),
+                (Some(t), None) => {
+                    eprintln!("ferry: warning: a token on the command line is visible to other local users (ps, /proc); use --token-file <file> or standard input");
+                    t.clone()
+                }
+                (None, Some(f)) if f.as_os_str() == "-" => read_token_stdin()?,
                 (None, Some(f)) => std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read token file {}", f.display()))?,
                 (Some(_), Some(_)) => anyhow::bail!(
                     "give the token either as an argument or with --token-file, not both"
                 ),
-                (None, None) => anyhow::bail!(
-                    "missing token: `ferry link join <token>` or `--token-file <file>`"
-                ),
+                (None, None) => read_token_stdin()?,
             };
+            let token = token.trim().to_owned();
             let info = c
                 .join_link(pb::JoinLinkRequest { token })
                 .await
@@ -332,6 +335,24 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
         other => anyhow::bail!("not an admin verb: {other:?}"),
     }
     Ok(())
+}
+
+/// Reads a link token from standard input (the first non-empty line).
+fn read_token_stdin() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("paste the link token and press Enter:");
+    }
+    for line in stdin.lock().lines() {
+        let line = line.context("cannot read the token from standard input")?;
+        if !line.trim().is_empty() {
+            return Ok(line.trim().to_owned());
+        }
+    }
+    anyhow::bail!(
+        "no token on standard input: `ferry link join --token-file <file>`, or pipe the token in"
+    )
 }
 
 fn done(out: Output, msg: &str) {

@@ -136,9 +136,12 @@ pub enum LinkCommand {
         #[arg(long, default_value = "15m")]
         ttl: String,
     },
-    /// Join the cluster that issued a token.
+    /// Join the cluster that issued a token, read from --token-file or standard input.
     Join {
+        /// The token itself (works, but other local users can read a command line: prefer
+        /// --token-file or standard input).
         token: Option<String>,
+        /// A file holding the token (`-` for standard input).
         #[arg(long)]
         token_file: Option<PathBuf>,
     },

@@ -16,6 +16,7 @@ use ferry_gateway::tls::IdentityStore;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::scope::{CallKind, Scope};
 use super::store::{hex, CertDoc, LinkDoc, ServiceDoc, TokenDoc};
 use super::{unix_now, unix_now_ms, ControlPlane};
 use crate::pb::{self, control_server::Control};
@@ -23,14 +24,20 @@ use crate::pb::{self, control_server::Control};
 /// Longest a link token may live.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The tonic service over a shared [`ControlPlane`].
+/// The tonic service over a shared [`ControlPlane`], as served on one socket.
 pub struct ControlApi {
     cp: Arc<ControlPlane>,
+    scope: Scope,
 }
 
 impl ControlApi {
-    pub fn new(cp: Arc<ControlPlane>) -> Self {
-        ControlApi { cp }
+    pub fn new(cp: Arc<ControlPlane>, scope: Scope) -> Self {
+        ControlApi { cp, scope }
+    }
+
+    /// Refuses a call this socket does not serve, or a caller of another user.
+    fn check<T>(&self, call: &str, kind: CallKind, request: &Request<T>) -> Result<(), Status> {
+        super::scope::check(self.scope, &self.cp.cfg.socket, call, kind, request)
     }
 }
 
@@ -210,6 +217,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::AddServiceRequest>,
     ) -> Result<Response<pb::ServiceInfo>, Status> {
+        self.check("AddService", CallKind::Admin, &request)?;
         let req = request.into_inner();
         let name = parse_service_name(&req.name)?;
         let ports = req
@@ -274,6 +282,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("RemoveService", CallKind::Admin, &request)?;
         let name = parse_service_name(&request.into_inner().name)?;
         if !self.cp.store.remove_service(&name).map_err(internal)? {
             return Err(Status::not_found(format!(
@@ -288,8 +297,9 @@ impl Control for ControlApi {
 
     async fn list_services(
         &self,
-        _: Request<pb::Empty>,
+        request: Request<pb::Empty>,
     ) -> Result<Response<pb::ServiceList>, Status> {
+        self.check("ListServices", CallKind::Admin, &request)?;
         let snapshot = self.cp.snapshot();
         Ok(Response::new(pb::ServiceList {
             services: snapshot.services.iter().map(service_info).collect(),
@@ -300,6 +310,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("Export", CallKind::Admin, &request)?;
         self.set_exported(&request.into_inner().name, true)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -308,6 +319,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("Unexport", CallKind::Admin, &request)?;
         self.set_exported(&request.into_inner().name, false)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -316,6 +328,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::CreateLinkTokenRequest>,
     ) -> Result<Response<pb::LinkTokenReply>, Status> {
+        self.check("CreateLinkToken", CallKind::Admin, &request)?;
         let req = request.into_inner();
         let peer = parse_peer(&req.peer)?;
         if peer == self.cp.cfg.cluster {
@@ -371,6 +384,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::JoinLinkRequest>,
     ) -> Result<Response<pb::LinkInfo>, Status> {
+        self.check("JoinLink", CallKind::Admin, &request)?;
         let token =
             LinkToken::decode(&request.into_inner().token).map_err(|e| bad(e.to_string()))?;
         let cp = &self.cp;
@@ -443,7 +457,11 @@ impl Control for ControlApi {
         }))
     }
 
-    async fn list_links(&self, _: Request<pb::Empty>) -> Result<Response<pb::LinkList>, Status> {
+    async fn list_links(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::LinkList>, Status> {
+        self.check("ListLinks", CallKind::Admin, &request)?;
         let links = self.cp.store.links().map_err(internal)?;
         let snapshot = self.cp.snapshot();
         let links = links
@@ -471,6 +489,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::LinkRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("RemoveLink", CallKind::Admin, &request)?;
         let peer = parse_peer(&request.into_inner().peer)?;
         if !self.cp.store.remove_link(&peer).map_err(internal)? {
             return Err(Status::not_found(format!(
@@ -483,7 +502,11 @@ impl Control for ControlApi {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        self.check("Status", CallKind::Admin, &request)?;
         let snapshot = self.cp.snapshot();
         Ok(Response::new(pb::StatusReply {
             cluster: self.cp.cfg.cluster.to_string(),
@@ -502,6 +525,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::IssueRequest>,
     ) -> Result<Response<pb::IssueReply>, Status> {
+        self.check("IssueCertificate", CallKind::Role, &request)?;
         let req = request.into_inner();
         let cluster = self.cp.cfg.cluster.clone();
         let identity = match req.role.as_str() {
@@ -554,7 +578,11 @@ impl Control for ControlApi {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, _: Request<pb::Empty>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::Empty>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.check("Watch", CallKind::Watch, &request)?;
         let rx = self.cp.subscribe();
         let stream = tokio_stream::wrappers::WatchStream::new(rx).map(|snapshot| {
             serde_json::to_string(&*snapshot)
@@ -568,6 +596,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::RegisterGatewayRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("RegisterGateway", CallKind::Role, &request)?;
         let req = request.into_inner();
         let addr: SocketAddr = req
             .addr
@@ -582,6 +611,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::ReportImportsRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("ReportImports", CallKind::Role, &request)?;
         let req = request.into_inner();
         let peer = parse_peer(&req.peer)?;
         let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
@@ -616,6 +646,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::RedeemRequest>,
     ) -> Result<Response<pb::RedeemReply>, Status> {
+        self.check("RedeemLinkToken", CallKind::Role, &request)?;
         let req = request.into_inner();
         let id: [u8; 16] = req
             .token_id
@@ -671,6 +702,7 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::LinkRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check("PeerRemovedLink", CallKind::Role, &request)?;
         let peer = parse_peer(&request.into_inner().peer)?;
         if self.cp.store.remove_link(&peer).map_err(internal)? {
             tracing::warn!(%peer, "peer removed the link; removed here too");

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod health;
+pub mod scope;
 pub mod store;
 mod vips;
 
@@ -27,6 +28,7 @@ use ferry_gateway::tls::TrustStore;
 use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
+use scope::Scope;
 use store::{Store, StoreError};
 
 /// Default lease for imports reported by a gateway and for gateway registrations.
@@ -448,40 +450,66 @@ fn report_conflicts(current: &MeshSnapshot, next: &MeshSnapshot) {
     metrics::gauge!("ferry_import_conflicts").set(total as f64);
 }
 
-/// Serves the control plane's API on its Unix socket (mode 0600) until `shutdown`.
+/// Serves the control plane's API until `shutdown` on its three sockets (see [`scope`]):
+/// admin (`control.socket`), role and watch, all owner-only.
 pub async fn serve(
     cp: Arc<ControlPlane>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let path = cp.cfg.socket.clone();
-    if let Some(dir) = path.parent() {
+    let admin = cp.cfg.socket.clone();
+    if let Some(dir) = admin.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let mut listeners = Vec::new();
+    for scope in [Scope::Admin, Scope::Role, Scope::Watch] {
+        listeners.push((scope, bind_socket(&scope.path(&admin)).await?));
+    }
+    tracing::info!(socket = %admin.display(), cluster = %cp.cfg.cluster, "control plane listening");
+    cp.spawn_background();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut servers = tokio::task::JoinSet::new();
+    for (scope, listener) in listeners {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let mut stop = stop_rx.clone();
+        let api = api::ControlApi::new(cp.clone(), scope);
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(crate::pb::control_server::ControlServer::new(api))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        });
+    }
+    let mut result = Ok(());
+    while let Some(done) = servers.join_next().await {
+        if let Ok(Err(e)) = done {
+            result = Err(e.into());
+        }
+    }
+    for scope in [Scope::Admin, Scope::Role, Scope::Watch] {
+        let _ = std::fs::remove_file(scope.path(&admin));
+    }
+    result
+}
+
+/// Binds a Unix socket at `path`, replacing a stale one but never a live one. The socket
+/// gets its final, owner-only mode from the process umask at bind time.
+async fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     if path.exists() {
-        if tokio::net::UnixStream::connect(&path).await.is_ok() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(
                 "another control plane already listens on {}; stop it or set control.socket to another path",
                 path.display()
             );
         }
-        std::fs::remove_file(&path)
+        std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    tracing::info!(socket = %path.display(), cluster = %cp.cfg.cluster, "control plane listening");
-    cp.spawn_background();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(crate::pb::control_server::ControlServer::new(
-            api::ControlApi::new(cp),
-        ))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    let _ = std::fs::remove_file(&path);
-    Ok(())
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))
 }

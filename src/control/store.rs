@@ -119,10 +119,8 @@ impl Store {
         let path = dir.join("control.redb");
         let db =
             Database::create(&path).map_err(|e| StoreError::Open(path.clone(), Box::new(e)))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
+        // Created owner-only by the process umask (077 for long-running roles), never
+        // chmod'ed afterwards.
         let tx = db.begin_write().map_err(db_err)?;
         for t in [SERVICES, LINKS, TOKENS, CERTS, VIPS] {
             tx.open_table(t).map_err(db_err)?;

@@ -30,7 +30,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "ferry: mesh DNS on {addr} (udp+tcp), zone {zone}; try: {}",
         dig_command(addr, &format!("<service>.<namespace>.svc.{zone}"))
     );
-    server.run(snapshots::follow_lazy(cfg.socket.clone())).await;
+    server.run(snapshots::follow_lazy(cfg.watch_socket())).await;
     Ok(())
 }
 

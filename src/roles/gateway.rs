@@ -26,8 +26,8 @@ fn remembered_addr(data_dir: &Path) -> PathBuf {
 
 /// Binds the gateway and runs it until the process ends.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let tls = identity::obtain(cfg.socket.clone(), "gateway", String::new()).await?;
-    let snapshots = snapshots::follow(cfg.socket.clone()).await?;
+    let tls = identity::obtain(cfg.role_socket(), "gateway", String::new()).await?;
+    let snapshots = snapshots::follow(cfg.role_socket()).await?;
     let (tx, rx) = mpsc::channel(256);
     let listen = if cfg.gateway_listen.port() == 0 {
         std::fs::read_to_string(remembered_addr(&cfg.data_dir))
@@ -67,8 +67,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         gateway.local_addr().to_string(),
     );
     tracing::info!(addr = %gateway.local_addr(), %advertised, "gateway listening");
-    let c = client::connect(&cfg.socket).await?;
-    tokio::spawn(register_loop(cfg.socket.clone(), advertised));
+    let c = client::connect(&cfg.role_socket()).await?;
+    tokio::spawn(register_loop(cfg.role_socket(), advertised));
     tokio::spawn(forward_events(c, rx));
     gateway.run().await;
     Ok(())

@@ -10,8 +10,8 @@ use crate::roles::{identity, snapshots};
 
 /// Runs the node proxy until the process ends.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let tls = identity::obtain(cfg.socket.clone(), "node", cfg.node_name.to_string()).await?;
-    let snapshots = snapshots::follow(cfg.socket.clone()).await?;
+    let tls = identity::obtain(cfg.role_socket(), "node", cfg.node_name.to_string()).await?;
+    let snapshots = snapshots::follow(cfg.role_socket()).await?;
     let tunnel = Arc::new(TunnelClient::new(tls.identity.clone(), tls.trust.clone())?);
     tracing::info!(node = %cfg.node_name, "node proxy running");
     NodeProxy::new(snapshots, tunnel).run().await;

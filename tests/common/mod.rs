@@ -289,6 +289,27 @@ impl ClusterDef {
             .unwrap()
     }
 
+    /// Runs a CLI verb with `input` on its standard input.
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(FERRY)
+            .arg("--control")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs a CLI verb that must succeed; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -494,9 +515,16 @@ pub async fn east_west(east_range: &str, west_range: &str) -> EastWest {
 }
 
 /// Links `a` and `b` with a token from `a`.
+/// Links `a` and `b` with a token from `a`, handed to `b` on standard input.
 pub fn link(a: &ClusterDef, b: &ClusterDef) {
     let token = a.token_for(&b.name, &[]);
-    b.cli_ok(&["link", "join", &token]);
+    let out = b.cli_with_input(&["link", "join"], &format!("{token}\n"));
+    assert!(
+        out.status.success(),
+        "`ferry link join` on {} failed: {}",
+        b.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn run_ok(args: &[&str]) -> String {
