@@ -155,9 +155,12 @@ pub enum PkiError {
         #[source]
         source: Box<InvalidSpiffeId>,
     },
-    /// A CA certificate's SPIFFE ID names neither a root nor a cluster CA.
-    #[error("the CA certificate has SPIFFE ID {0}; expected spiffe://<trust domain> for a root CA or spiffe://<trust domain>/cluster/<cluster> for a cluster CA")]
+    /// A CA certificate's SPIFFE ID is not `spiffe://<trust domain>`.
+    #[error("the CA certificate has SPIFFE ID {0}; a CA's SPIFFE ID is spiffe://<trust domain> with no path (X.509-SVID). A CA made by an older Ferry names its cluster in the path: re-issue it with `ferry trust issue`")]
     NotACaIdentity(String),
+    /// A CA certificate's subject binds it to no valid cluster, or to several.
+    #[error("the CA certificate's subject names cluster {0:?}, which is not one valid cluster name; re-issue it with `ferry trust issue`")]
+    BadClusterBinding(String),
     /// A cluster CA was passed where the root is needed.
     #[error(
         "this is the cluster CA of {0}, not the root; cluster CAs are signed by the mesh's root CA"
@@ -211,8 +214,8 @@ impl fmt::Debug for Ca {
 
 impl Ca {
     /// Loads a CA. The first `CERTIFICATE` block of `cert_pem` is the CA; it must have
-    /// `cA=true`, exactly one URI SAN that is `spiffe://<td>` (a root) or
-    /// `spiffe://<td>/cluster/<c>` (a cluster CA), and `key_pem` must be its P-256 key.
+    /// `cA=true`, exactly one URI SAN `spiffe://<td>`, at most one subject OU `cluster:<c>`
+    /// (present: a cluster CA; absent: the root), and `key_pem` must be its P-256 key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let cert_der = parse_certs(cert_pem)?.swap_remove(0);
         let key = KeyPair::from_pem(key_pem).map_err(PkiError::KeyPem)?;
@@ -228,7 +231,7 @@ impl Ca {
         if !cert.is_ca() {
             return Err(PkiError::NotACa);
         }
-        let (trust_domain, cluster) = ca_identity(single_uri_san(&cert)?)?;
+        let (trust_domain, cluster) = ca_binding(&cert)?;
         let not_after = cert_not_after(&cert);
         Ok(Ca {
             cert_pem: format!("{}\n", cert_pem.trim()),
@@ -288,8 +291,9 @@ pub fn create_root(
     })
 }
 
-/// Makes the CA of `cluster`, signed by `root`: CN "Ferry cluster CA (<cluster>)", URI SAN
-/// `spiffe://<td>/cluster/<cluster>`, path length 0. Its validity ends no later than the root's.
+/// Makes the CA of `cluster`, signed by `root`: CN "Ferry cluster CA (<cluster>)", OU
+/// `cluster:<cluster>` (the binding Ferry's verifier checks), URI SAN `spiffe://<td>` (a CA's
+/// SPIFFE ID has no path), path length 0. Its validity ends no later than the root's.
 /// Refuses when `root` is itself a cluster CA.
 pub fn create_cluster_ca(
     root: &Ca,
@@ -302,11 +306,16 @@ pub fn create_cluster_ca(
     }
     let not_after = capped_not_after(root, now, validity)?;
     let key = new_key()?;
-    let id = Identity::ClusterCa {
-        cluster: cluster.clone(),
-    }
-    .spiffe_id(root.trust_domain());
-    let mut params = ca_params(format!("Ferry cluster CA ({cluster})"), id.to_string(), 0)?;
+    let td = root.trust_domain();
+    let mut params = ca_params(
+        format!("Ferry cluster CA ({cluster})"),
+        format!("spiffe://{td}"),
+        0,
+    )?;
+    params.distinguished_name.push(
+        DnType::OrganizationalUnitName,
+        format!("{CLUSTER_OU_PREFIX}{cluster}"),
+    );
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, now, not_after)?;
     let cert = params
@@ -527,25 +536,41 @@ pub(crate) fn cert_not_after(cert: &X509Certificate<'_>) -> SystemTime {
     }
 }
 
-/// Splits a CA's SPIFFE ID into its trust domain and, for a cluster CA, its cluster.
-fn ca_identity(uri: &str) -> Result<(TrustDomain, Option<ClusterId>), PkiError> {
-    let not_ca = || PkiError::NotACaIdentity(uri.to_owned());
-    // A root's ID has no path; parse that form here rather than rely on SpiffeId accepting it.
-    if let Some(td) = uri
+/// The subject organizational unit that binds a cluster CA to its cluster: `cluster:<name>`.
+const CLUSTER_OU_PREFIX: &str = "cluster:";
+
+/// What a CA certificate is: its trust domain, and the cluster it vouches for (`None` for the
+/// root). Per X.509-SVID a CA's SPIFFE ID (its single URI SAN) is `spiffe://<td>` with no
+/// path, so the cluster comes from the subject: exactly one organizational unit
+/// `cluster:<name>` for a cluster CA, none for the root. Ferry's verifier checks this binding
+/// (rustls-webpki does not enforce URI name constraints).
+pub(crate) fn ca_binding(
+    cert: &X509Certificate<'_>,
+) -> Result<(TrustDomain, Option<ClusterId>), PkiError> {
+    let uri = single_uri_san(cert)?;
+    let Some(td) = uri
         .strip_prefix("spiffe://")
         .filter(|rest| !rest.contains('/'))
-    {
-        return Ok((td.parse().map_err(|_| not_ca())?, None));
-    }
-    let id = SpiffeId::parse(uri).map_err(|source| PkiError::BadSpiffeId {
-        uri: uri.to_owned(),
-        source: Box::new(source),
-    })?;
-    let td = id.trust_domain().clone();
-    match Identity::from_spiffe(&id, &td) {
-        Ok(Identity::ClusterCa { cluster }) => Ok((td, Some(cluster))),
-        _ => Err(not_ca()),
-    }
+    else {
+        return Err(PkiError::NotACaIdentity(uri.to_owned()));
+    };
+    let td: TrustDomain = td
+        .parse()
+        .map_err(|_| PkiError::NotACaIdentity(uri.to_owned()))?;
+    let mut clusters = cert
+        .subject()
+        .iter_organizational_unit()
+        .filter_map(|ou| ou.as_str().ok())
+        .filter_map(|ou| ou.strip_prefix(CLUSTER_OU_PREFIX));
+    let cluster = match (clusters.next(), clusters.next()) {
+        (None, _) => None,
+        (Some(name), None) => Some(
+            name.parse::<ClusterId>()
+                .map_err(|_| PkiError::BadClusterBinding(name.to_owned()))?,
+        ),
+        (Some(a), Some(_)) => return Err(PkiError::BadClusterBinding(format!("{a} and more"))),
+    };
+    Ok((td, cluster))
 }
 
 fn new_key() -> Result<KeyPair, PkiError> {

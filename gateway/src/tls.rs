@@ -126,8 +126,8 @@ enum PeerRejected {
     NoClusterCa,
     #[error("the peer's first intermediate is not a cluster CA of this mesh: {0}")]
     BadClusterCa(PkiError),
-    #[error("the peer's first intermediate is {0}, not a cluster CA")]
-    NotAClusterCa(Identity),
+    #[error("the peer's first intermediate is the mesh root, not a cluster CA")]
+    NotAClusterCa,
     #[error("the peer claims to be {identity} but its intermediate is the CA of cluster {ca}; a cluster CA vouches only for its own cluster")]
     ForeignCluster { identity: Identity, ca: ClusterId },
     #[error("the peer's leaf was not signed by the cluster CA presented with it ({0}); a leaf must be issued by its own cluster's CA")]
@@ -451,9 +451,15 @@ fn check_spiffe(
     }
     let ca_der = intermediates.first().ok_or(PeerRejected::NoClusterCa)?;
     let ca = pki::parse_x509(ca_der).map_err(PeerRejected::BadClusterCa)?;
-    let ca_cluster = match pki::cert_identity(&ca, td).map_err(PeerRejected::BadClusterCa)? {
-        Identity::ClusterCa { cluster } => cluster,
-        other => return Err(PeerRejected::NotAClusterCa(other)),
+    let (ca_td, ca_cluster) = pki::ca_binding(&ca).map_err(PeerRejected::BadClusterCa)?;
+    if &ca_td != td {
+        return Err(PeerRejected::BadClusterCa(PkiError::WrongTrustDomain {
+            id: format!("spiffe://{ca_td}"),
+            expected: td.clone(),
+        }));
+    }
+    let Some(ca_cluster) = ca_cluster else {
+        return Err(PeerRejected::NotAClusterCa);
     };
     if &ca_cluster != identity.cluster() {
         return Err(PeerRejected::ForeignCluster {

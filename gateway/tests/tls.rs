@@ -737,3 +737,97 @@ fn written_files_have_the_right_modes() {
     assert_eq!(std::fs::read(&public).unwrap(), b"public");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A cluster CA as older Ferry made it: the cluster in the SPIFFE ID's path, which the
+/// X.509-SVID rules forbid for a CA. Signed by the mesh root, so only the SPIFFE rules refuse it.
+fn legacy_cluster_ca(mesh: &Mesh, c: &str) -> Issued {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("legacy CA ({c})"));
+    params.subject_alt_names = vec![uri(&format!("spiffe://ferry.test/cluster/{c}"))];
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2090, 1, 1);
+    let signer = KeyPair::from_pem(&mesh.root.key_pem).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&mesh.root.cert_pem, &signer).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+#[test]
+fn issued_chain_follows_the_x509_svid_rules() {
+    let mesh = Mesh::new();
+    let (chain, _) = mesh.leaf(&gateway("east"));
+    let certs = parse_certs(&chain).unwrap();
+    assert_eq!(certs.len(), 2);
+    let uris = |cert: &x509_parser::certificate::X509Certificate<'_>| -> Vec<String> {
+        cert.subject_alternative_name()
+            .unwrap()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Leaf: one URI SAN with a path, not a CA, digitalSignature only.
+    let (_, leaf) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
+    assert_eq!(uris(&leaf), ["spiffe://ferry.test/cluster/east/gateway"]);
+    assert!(!leaf.is_ca());
+    let ku = leaf.key_usage().unwrap().unwrap();
+    assert!(ku.critical && ku.value.digital_signature());
+    assert!(!ku.value.key_cert_sign() && !ku.value.crl_sign());
+    // Cluster CA and root: a CA, keyCertSign, SPIFFE ID without a path.
+    let root = parse_certs(&mesh.root.cert_pem).unwrap();
+    for der in [&certs[1], &root[0]] {
+        let (_, ca) = x509_parser::parse_x509_certificate(der).unwrap();
+        assert!(ca.is_ca());
+        assert!(ca.key_usage().unwrap().unwrap().value.key_cert_sign());
+        assert_eq!(
+            uris(&ca),
+            ["spiffe://ferry.test"],
+            "a CA's SPIFFE ID has no path"
+        );
+    }
+    // The cluster binding is the CA's subject.
+    let (_, east_ca) = x509_parser::parse_x509_certificate(&certs[1]).unwrap();
+    let ous: Vec<&str> = east_ca
+        .subject()
+        .iter_organizational_unit()
+        .map(|ou| ou.as_str().unwrap())
+        .collect();
+    assert_eq!(ous, ["cluster:east"]);
+}
+
+#[tokio::test]
+async fn a_cluster_ca_with_a_path_in_its_spiffe_id_is_refused() {
+    let mesh = Mesh::new();
+    let legacy = legacy_cluster_ca(&mesh, "east");
+    let err = Ca::from_pem(&legacy.cert_pem, &legacy.key_pem).unwrap_err();
+    assert!(matches!(err, PkiError::NotACaIdentity(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("re-issue it with `ferry trust issue`"),
+        "{err}"
+    );
+    // A leaf under it, presented with it, is refused in both directions.
+    let bad = mesh.forge(
+        vec![uri("spiffe://ferry.test/cluster/east/gateway")],
+        &legacy.cert_pem,
+        &legacy.key_pem,
+        &[&legacy.cert_pem],
+    );
+    refused_both_ways(&mesh, &bad, "with no path (X.509-SVID)").await;
+}
