@@ -139,6 +139,8 @@ pub struct Config {
     /// How long a VIP whose name went away is kept from every other name.
     pub vip_quarantine: Duration,
     pub services: Vec<DeclaredService>,
+    /// The file this config was loaded from (for messages), if any.
+    pub file: Option<PathBuf>,
 }
 
 /// DNS server settings (used by `ferry dns` and inside `ferry up`).
@@ -293,7 +295,9 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::parse(&text, &base)
+        let mut cfg = Config::parse(&text, &base)?;
+        cfg.file = Some(path.to_owned());
+        Ok(cfg)
     }
 
     fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
@@ -456,6 +460,7 @@ impl Config {
             limits,
             vip_quarantine,
             services,
+            file: None,
         })
     }
 }

@@ -72,8 +72,7 @@ pub enum Command {
     Link(LinkCommand),
     /// This cluster's status.
     Status,
-    /// A tiny HTTP server answering with a fixed name (used by the demo).
-    #[command(hide = true)]
+    /// A tiny HTTP server answering every request with its name: a backend to try the mesh.
     SampleHttp {
         #[arg(long)]
         listen: std::net::SocketAddr,

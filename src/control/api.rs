@@ -169,8 +169,27 @@ fn describe_replacement(old: &ServiceDoc, new: &ServiceDoc) -> String {
 }
 
 impl ControlApi {
+    /// Refuses a runtime change to a service the config file declares: the file is its
+    /// source of truth, and the change would be undone at the next start.
+    fn not_declared(&self, name: &ServiceName, verb: &str) -> Result<(), Status> {
+        if !self.cp.cfg.services.iter().any(|d| &d.spec.name == name) {
+            return Ok(());
+        }
+        let file = self
+            .cp
+            .cfg
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the cluster's config file".into());
+        Err(Status::failed_precondition(format!(
+            "`{verb} {name}` refused: {name} is declared in {file}, which is its source of truth; change it there and restart the cluster (a runtime change would be undone at the next start)"
+        )))
+    }
+
     fn set_exported(&self, name: &str, exported: bool) -> Result<(), Status> {
         let name = parse_service_name(name)?;
+        self.not_declared(&name, if exported { "export" } else { "unexport" })?;
         let mut services = self.cp.store.services().map_err(internal)?;
         let Some(mut doc) = services.remove(&name) else {
             return Err(Status::not_found(format!(
@@ -240,6 +259,7 @@ impl Control for ControlApi {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.not_declared(&name, "service add")?;
         let spec = ServiceSpec::with_headless(name.clone(), ports, endpoints, req.headless)
             .map_err(|e| bad(format!("invalid service `{name}`: {e}")))?;
         let previous = self.cp.store.services().map_err(internal)?.remove(&name);
@@ -252,6 +272,7 @@ impl Control for ControlApi {
             spec,
             exported: req.export,
             exported_at_ms,
+            declared: false,
         };
         self.cp.store.put_service(&doc).map_err(internal)?;
         let replaced = previous.map(|old| describe_replacement(&old, &doc));
@@ -284,6 +305,7 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("RemoveService", CallKind::Admin, &request)?;
         let name = parse_service_name(&request.into_inner().name)?;
+        self.not_declared(&name, "service remove")?;
         if !self.cp.store.remove_service(&name).map_err(internal)? {
             return Err(Status::not_found(format!(
                 "no local service `{name}`; `ferry services` lists them"

@@ -134,21 +134,7 @@ impl ControlPlane {
     pub fn open(cfg: Config) -> anyhow::Result<Arc<ControlPlane>> {
         let trust = ClusterTrust::load(&cfg)?;
         let store = Store::open(&cfg.data_dir)?;
-        // Services declared in the config seed the store. Once stored, a runtime
-        // `export`/`unexport` survives restarts unless the file's definition of that service
-        // changed; a declared service removed at runtime comes back, since the file declares it.
-        let stored = store.services()?;
-        for declared in &cfg.services {
-            let doc = store::ServiceDoc {
-                spec: declared.spec.clone(),
-                exported: declared.export,
-                exported_at_ms: if declared.export { unix_now_ms() } else { 0 },
-            };
-            match stored.get(&declared.spec.name) {
-                Some(existing) if existing.spec == declared.spec => {}
-                _ => store.put_service(&doc)?,
-            }
-        }
+        apply_declared(&cfg, &store)?;
         let empty = MeshSnapshot {
             version: 0,
             cluster: cfg.cluster.clone(),
@@ -430,6 +416,45 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// The config file is the source of truth for the services it declares (the CLI refuses to
+/// change them): at start each declared service is stored exactly as the file says, and a
+/// service the file declared before but no longer does is removed. Services added with the
+/// CLI are the CLI's and are left alone. An export keeps its original time while it lasts,
+/// so a restart never makes it look newer than a peer's.
+fn apply_declared(cfg: &Config, store: &Store) -> Result<(), StoreError> {
+    let stored = store.services()?;
+    for declared in &cfg.services {
+        let name = &declared.spec.name;
+        let existing = stored.get(name);
+        let exported_at_ms = match existing {
+            Some(old) if old.exported && declared.export && old.exported_at_ms > 0 => {
+                old.exported_at_ms
+            }
+            _ if declared.export => unix_now_ms(),
+            _ => 0,
+        };
+        let doc = store::ServiceDoc {
+            spec: declared.spec.clone(),
+            exported: declared.export,
+            exported_at_ms,
+            declared: true,
+        };
+        if existing.is_some_and(|old| !old.declared) {
+            tracing::info!(service = %name, "service added with the CLI is now declared in the config file; the file's definition applies");
+        }
+        if existing != Some(&doc) {
+            store.put_service(&doc)?;
+        }
+    }
+    for (name, doc) in &stored {
+        if doc.declared && !cfg.services.iter().any(|d| &d.spec.name == name) {
+            tracing::info!(service = %name, "service no longer declared in the config file: removed");
+            store.remove_service(name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Logs every conflict that is new in `next` and sets the `ferry_import_conflicts` gauge.

@@ -50,6 +50,9 @@ pub struct ServiceDoc {
     pub exported: bool,
     #[serde(default)]
     pub exported_at_ms: u64,
+    /// Declared in the config file (managed by it), as opposed to added with the CLI.
+    #[serde(default)]
+    pub declared: bool,
 }
 
 /// A link to a peer cluster.
@@ -361,6 +364,7 @@ mod tests {
             .unwrap(),
             exported: true,
             exported_at_ms: 1,
+            declared: false,
         }
     }
 
