@@ -92,6 +92,7 @@ struct RawFederation {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     name: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +134,8 @@ pub struct Config {
     pub gateway_listen: SocketAddr,
     pub gateway_advertise: Option<SocketAddr>,
     pub node_name: NodeName,
+    /// On SIGTERM, how long the node proxy waits for open connections to finish.
+    pub drain_timeout: Duration,
     pub dns: DnsConfig,
     /// What each linked peer may make this cluster hold.
     pub limits: ImportLimits,
@@ -412,6 +415,10 @@ impl Config {
             ));
         }
         let (limits, vip_quarantine) = federation(&raw.federation)?;
+        let drain_timeout = match raw.node.drain_timeout.as_deref() {
+            None => Duration::from_secs(5),
+            Some(s) => parse_duration("node.drain_timeout", s)?,
+        };
         let mut seen = BTreeSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
@@ -456,6 +463,7 @@ impl Config {
             gateway_listen,
             gateway_advertise,
             node_name,
+            drain_timeout,
             dns,
             limits,
             vip_quarantine,

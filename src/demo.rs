@@ -270,6 +270,25 @@ pub async fn resolve(
     )
 }
 
+/// The second octet of a `127.<o>.0.0/16` VIP range whose first addresses are free on
+/// `port` (nothing listens there), other than `avoid`; tried from a per-process starting
+/// point so two demos at once do not race for the same range.
+fn free_vip_range(port: u16, avoid: &[u8]) -> anyhow::Result<u8> {
+    let start = (std::process::id() % 100) as u8;
+    (0..100u8)
+        .map(|i| 130 + (start + i) % 100)
+        .filter(|o| !avoid.contains(o))
+        .find(|&o| {
+            (1..=4u8).all(|last| {
+                std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, o, 0, last), port))
+                    .is_ok()
+            })
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("no free loopback VIP range in 127.130-229.0.0/16 for port {port}")
+        })
+}
+
 /// Runs the demo. With `keep`, stays up until Ctrl-C.
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
@@ -305,8 +324,12 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
         2,
         "starting `ferry up` for east and west (separate processes)",
     );
-    let east_cfg = write_cluster_config(dir, "east", "127.10.0.0/16")?;
-    let west_cfg = write_cluster_config(dir, "west", "127.20.0.0/16")?;
+    // VIP ranges no running cluster uses (the example configs take 127.10/16 and 127.20/16),
+    // so the demo works beside one; every other port is chosen by the kernel.
+    let east_range = free_vip_range(8080, &[])?;
+    let west_range = free_vip_range(8080, &[east_range])?;
+    let east_cfg = write_cluster_config(dir, "east", &format!("127.{east_range}.0.0/16"))?;
+    let west_cfg = write_cluster_config(dir, "west", &format!("127.{west_range}.0.0/16"))?;
     let mut east = spawn_up(dir, "east", &east_cfg)?;
     let mut west = spawn_up(dir, "west", &west_cfg)?;
     let mut east_c = wait_ready(&mut east, Duration::from_secs(20)).await?;

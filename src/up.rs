@@ -43,9 +43,9 @@ pub async fn gateway(cfg: Config) -> anyhow::Result<()> {
     until_stopped(roles::gateway::run(cfg)).await
 }
 
-/// `ferry node`.
+/// `ferry node`: on SIGTERM it stops listening and drains open connections.
 pub async fn node(cfg: Config) -> anyhow::Result<()> {
-    until_stopped(roles::node::run(cfg)).await
+    roles::node::run(cfg, shutdown_signal()).await
 }
 
 /// `ferry dns`.
@@ -77,8 +77,12 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let gateway = tokio::spawn(roles::gateway::run(cfg.clone()));
-    let node = tokio::spawn(roles::node::run(cfg.clone()));
+    let mut node = tokio::spawn(roles::node::run(cfg.clone(), async move {
+        let mut rx = stopping_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    }));
     let dns = if cfg.dns.enabled {
         tokio::spawn(roles::dns::run(cfg.clone()))
     } else {
@@ -89,14 +93,24 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
         cfg.cluster,
         cfg.socket.display()
     );
+    let (gateway_abort, dns_abort) = (gateway.abort_handle(), dns.abort_handle());
     let result = tokio::select! {
-        _ = shutdown_signal() => Ok(()),
+        _ = shutdown_signal() => {
+            // Stop taking connections, let open ones finish (at most node.drain_timeout),
+            // then stop the roles before the control plane, so none of them reports a
+            // failed call on the way down.
+            let _ = stopping_tx.send(true);
+            let _ = (&mut node).await;
+            Ok(())
+        }
         r = gateway => r.map_err(anyhow::Error::from).and_then(|r| r),
-        r = node => r.map_err(anyhow::Error::from).and_then(|r| r),
+        r = &mut node => r.map_err(anyhow::Error::from).and_then(|r| r),
         r = dns => r.map_err(anyhow::Error::from).and_then(|r| r),
     };
+    node.abort();
+    gateway_abort.abort();
+    dns_abort.abort();
     let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    let _ = std::fs::remove_file(&cfg.socket);
+    let _ = server.await;
     result
 }

@@ -9,9 +9,10 @@
 //! to the remote cluster's gateway. Refusals and dead ends reach the application as a
 //! reset connection. Reads only the snapshot; never calls the control plane per request.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,15 +24,40 @@ use tokio::task::JoinHandle;
 
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often listeners that could not be bound are tried again.
+const RETRY_LISTEN_EVERY: Duration = Duration::from_secs(2);
+
+/// `VIP:port`s the proxy should listen on but cannot, with the reason.
+pub type ListenFailures = BTreeMap<SocketAddr, String>;
+
 /// The node proxy: listeners reconciled against the snapshot.
 pub struct NodeProxy {
     shared: Arc<Shared>,
+    failures: watch::Sender<ListenFailures>,
 }
 
 struct Shared {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     tunnel: Arc<TunnelClient>,
     pick: AtomicU64,
+    /// Proxied connections open right now (drained on shutdown).
+    active: AtomicUsize,
+}
+
+/// Counts one proxied connection for as long as it lives.
+struct Active(Arc<Shared>);
+
+impl Active {
+    fn new(shared: &Arc<Shared>) -> Active {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        Active(shared.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl NodeProxy {
@@ -44,45 +70,91 @@ impl NodeProxy {
                 snapshots,
                 tunnel,
                 pick: AtomicU64::new(0),
+                active: AtomicUsize::new(0),
             }),
+            failures: watch::channel(ListenFailures::new()).0,
         }
     }
 
-    /// Runs until the snapshot channel closes: opens listeners for new `VIP:port`s and
-    /// closes those that left the snapshot.
-    pub async fn run(self) {
+    /// The `VIP:port`s the proxy cannot listen on right now, updated after every
+    /// reconciliation (the first one included, so a caller can report failures at start).
+    pub fn listen_failures(&self) -> watch::Receiver<ListenFailures> {
+        self.failures.subscribe()
+    }
+
+    /// Runs until `stop` resolves (or the snapshot channel closes): opens listeners for new
+    /// `VIP:port`s, closes those that left the snapshot, retries the ones it could not bind.
+    /// On `stop` it closes every listener, then waits for open connections to finish, at
+    /// most `drain`.
+    pub async fn run(self, stop: impl Future<Output = ()>, drain: Duration) {
+        tokio::pin!(stop);
         let mut rx = self.shared.snapshots.clone();
         let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        let mut retry = tokio::time::interval(RETRY_LISTEN_EVERY);
         loop {
             let snapshot = rx.borrow_and_update().clone();
-            let wanted = listen_addrs(&snapshot);
-            listeners.retain(|addr, task| {
-                let keep = wanted.contains(addr) && !task.is_finished();
-                if !keep {
-                    task.abort();
-                    tracing::info!(%addr, "listener closed");
-                }
-                keep
-            });
-            for addr in wanted {
-                if listeners.contains_key(&addr) {
-                    continue;
-                }
-                match TcpListener::bind(addr).await {
-                    Ok(listener) => {
-                        tracing::info!(%addr, "listening");
-                        let shared = self.shared.clone();
-                        listeners.insert(addr, tokio::spawn(accept_loop(shared, listener, addr)));
-                    }
-                    Err(e) => {
-                        tracing::error!(%addr, error = %e, "cannot listen on the service VIP")
+            self.reconcile(&snapshot, &mut listeners).await;
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
                     }
                 }
-            }
-            if rx.changed().await.is_err() {
-                return;
+                _ = retry.tick(), if !self.failures.borrow().is_empty() => {}
+                _ = &mut stop => break,
             }
         }
+        for (_, task) in listeners.drain() {
+            task.abort();
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.shared.active.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    open = self.shared.active.load(Ordering::Relaxed),
+                    ?drain,
+                    "drain deadline reached; closing the remaining connections"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        snapshot: &MeshSnapshot,
+        listeners: &mut HashMap<SocketAddr, JoinHandle<()>>,
+    ) {
+        let wanted = listen_addrs(snapshot);
+        listeners.retain(|addr, task| {
+            let keep = wanted.contains(addr) && !task.is_finished();
+            if !keep {
+                task.abort();
+                tracing::info!(%addr, "listener closed");
+            }
+            keep
+        });
+        let mut failures = ListenFailures::new();
+        for addr in wanted {
+            if listeners.contains_key(&addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(%addr, "listening");
+                    let shared = self.shared.clone();
+                    listeners.insert(addr, tokio::spawn(accept_loop(shared, listener, addr)));
+                }
+                Err(e) => {
+                    if !self.failures.borrow().contains_key(&addr) {
+                        tracing::error!(%addr, error = %e, "cannot listen on the service VIP; retrying every 2 s");
+                    }
+                    failures.insert(addr, e.to_string());
+                }
+            }
+        }
+        self.failures.send_replace(failures);
     }
 }
 
@@ -126,6 +198,7 @@ fn reset(client: TcpStream) {
 }
 
 async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
+    let _active = Active::new(&shared);
     let _ = client.set_nodelay(true);
     let snapshot = shared.snapshots.borrow().clone();
     let target = Target {

@@ -47,6 +47,7 @@ fn service_json(s: &pb::ServiceInfo) -> serde_json::Value {
         "conflicts": s.conflicts.iter().map(|c| json!({
             "cluster": c.cluster, "reason": c.reason,
         })).collect::<Vec<_>>(),
+        "listen_errors": s.listen_errors,
     })
 }
 
@@ -116,6 +117,11 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
                         .collect::<Vec<_>>()
                         .join("; ")
                 },
+                if s.listen_errors.is_empty() {
+                    "-".into()
+                } else {
+                    s.listen_errors.join("; ")
+                },
             ]
         })
         .collect();
@@ -129,6 +135,7 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
             "REMOTE (healthy)",
             "ENDPOINT VIPS (healthy)",
             "CONFLICTS",
+            "CANNOT LISTEN",
         ],
         rows,
     );
@@ -302,6 +309,7 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         "services": s.services, "links": s.links, "snapshot_version": s.snapshot_version,
                         "bundle_fingerprint": s.bundle_fingerprint, "metrics": s.metrics,
                         "without_vip": s.without_vip,
+                        "listen_errors": s.listen_errors,
                     }))?
                 );
             } else {
@@ -323,6 +331,9 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         s.snapshot_version.to_string(),
                     ]],
                 );
+                for e in &s.listen_errors {
+                    eprintln!("the node proxy cannot listen on {e}");
+                }
                 if !s.without_vip.is_empty() {
                     eprintln!(
                         "{} names have no VIP because control.vip_range is full (first: {}); widen the range",

@@ -107,6 +107,7 @@ pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
             .collect(),
         replaced: String::new(),
         warning: String::new(),
+        listen_errors: Vec::new(),
     }
 }
 
@@ -323,9 +324,23 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::ServiceList>, Status> {
         self.check("ListServices", CallKind::Admin, &request)?;
         let snapshot = self.cp.snapshot();
-        Ok(Response::new(pb::ServiceList {
-            services: snapshot.services.iter().map(service_info).collect(),
-        }))
+        let failures = self.cp.listen_failures();
+        let services = snapshot
+            .services
+            .iter()
+            .map(|rec| {
+                let mut info = service_info(rec);
+                info.listen_errors = failures
+                    .iter()
+                    .filter(|(addr, _, _)| {
+                        addr.ip() == rec.vip || rec.endpoints.iter().any(|e| e.vip == addr.ip())
+                    })
+                    .map(|(addr, e, node)| format!("{addr}: {e} (node {node})"))
+                    .collect();
+                info
+            })
+            .collect();
+        Ok(Response::new(pb::ServiceList { services }))
     }
 
     async fn export(
@@ -540,6 +555,12 @@ impl Control for ControlApi {
             bundle_fingerprint: fingerprint_hex(&self.cp.trust.fingerprint),
             metrics: crate::telemetry::render(),
             without_vip: self.cp.unallocated(),
+            listen_errors: self
+                .cp
+                .listen_failures()
+                .iter()
+                .map(|(addr, e, node)| format!("{addr}: {e} (node {node})"))
+                .collect(),
         }))
     }
 
@@ -731,6 +752,37 @@ impl Control for ControlApi {
             self.cp.forget_peer(&peer);
             self.cp.republish().map_err(internal)?;
         }
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn report_node_status(
+        &self,
+        request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.report_node_status_impl(request).await
+    }
+}
+
+impl ControlApi {
+    async fn report_node_status_impl(
+        &self,
+        request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.check("ReportNodeStatus", CallKind::Role, &request)?;
+        let req = request.into_inner();
+        let node: NodeName = req
+            .node
+            .parse()
+            .map_err(|e| bad(format!("invalid node name `{}`: {e}", req.node)))?;
+        let failures = req
+            .failures
+            .iter()
+            .take(4096)
+            .filter_map(|f| Some((f.addr.parse().ok()?, f.error.chars().take(200).collect())))
+            .collect();
+        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        self.cp
+            .report_node_status(node.to_string(), failures, lease);
         Ok(Response::new(pb::Empty {}))
     }
 }

@@ -98,6 +98,8 @@ struct Live {
     limited: BTreeMap<ClusterId, Vec<LimitExceeded>>,
     gateways: BTreeMap<SocketAddr, Instant>,
     health: BTreeMap<ServiceName, Vec<bool>>,
+    /// Per node proxy: the VIP:ports it cannot listen on, under a lease.
+    listen_failures: BTreeMap<String, (Vec<(SocketAddr, String)>, Instant)>,
 }
 
 /// The control plane: store, CA and live state behind one lock-light handle.
@@ -154,6 +156,7 @@ impl ControlPlane {
                 limited: BTreeMap::new(),
                 gateways: BTreeMap::new(),
                 health: BTreeMap::new(),
+                listen_failures: BTreeMap::new(),
             }),
             publishing: Mutex::new(()),
             unallocated: Mutex::new(Vec::new()),
@@ -325,6 +328,32 @@ impl ControlPlane {
             }
         }
         self.republish()
+    }
+
+    /// A node proxy reports the VIP:ports it cannot listen on (empty: all fine).
+    pub fn report_node_status(
+        &self,
+        node: String,
+        failures: Vec<(SocketAddr, String)>,
+        lease: Duration,
+    ) {
+        let mut live = self.live.lock().expect("control state lock");
+        live.listen_failures
+            .insert(node, (failures, Instant::now() + lease));
+    }
+
+    /// Every VIP:port some node proxy cannot listen on: (address, error, node).
+    pub fn listen_failures(&self) -> Vec<(SocketAddr, String, String)> {
+        let now = Instant::now();
+        let live = self.live.lock().expect("control state lock");
+        live.listen_failures
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .flat_map(|(node, (list, _))| {
+                list.iter()
+                    .map(move |(addr, e)| (*addr, e.clone(), node.clone()))
+            })
+            .collect()
     }
 
     /// A gateway announces (and refreshes) its reachable address.
@@ -510,10 +539,24 @@ pub async fn serve(
                 .await
         });
     }
+    // Long-lived watch streams never finish by themselves: once asked to stop, in-flight
+    // calls get SHUTDOWN_GRACE, then what is left is closed.
     let mut result = Ok(());
-    while let Some(done) = servers.join_next().await {
-        if let Ok(Err(e)) = done {
-            result = Err(e.into());
+    let mut stopped = stop_rx.clone();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            done = servers.join_next() => match done {
+                None => break,
+                Some(Ok(Err(e))) => result = Err(e.into()),
+                Some(_) => {}
+            },
+            _ = stopped.wait_for(|s| *s), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                servers.abort_all();
+            }
         }
     }
     for scope in [Scope::Admin, Scope::Role, Scope::Watch] {
@@ -521,6 +564,9 @@ pub async fn serve(
     }
     result
 }
+
+/// How long in-flight API calls get to finish once the control plane is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
 /// Binds a Unix socket at `path`, replacing a stale one but never a live one. The socket
 /// gets its final, owner-only mode from the process umask at bind time.
