@@ -15,6 +15,8 @@
 //! [`RequestHandler`]: hickory_server::server::RequestHandler
 
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod packet;
 pub mod ratelimit;

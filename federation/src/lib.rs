@@ -14,6 +14,8 @@
 //! random bytes are passed in, results come back as values or through `poll_*` methods. The
 //! shells (`gateway`, `proxy`, `dns`, the control plane) move the bytes.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imports;
 pub mod limits;
 pub mod link;
