@@ -73,6 +73,7 @@ struct RawControl {
 struct RawGateway {
     listen: Option<String>,
     advertise: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 /// Bounds on what each linked peer may make this cluster hold, and VIP reuse.
@@ -93,6 +94,7 @@ struct RawFederation {
 struct RawNode {
     name: Option<String>,
     drain_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +138,10 @@ pub struct Config {
     pub node_name: NodeName,
     /// On SIGTERM, how long the node proxy waits for open connections to finish.
     pub drain_timeout: Duration,
+    /// A connection the node proxy relays is closed after this long without a byte.
+    pub node_idle_timeout: Duration,
+    /// A tunnel stream the gateway relays is closed after this long without a byte.
+    pub gateway_idle_timeout: Duration,
     pub dns: DnsConfig,
     /// What each linked peer may make this cluster hold.
     pub limits: ImportLimits,
@@ -419,6 +425,19 @@ impl Config {
             None => Duration::from_secs(5),
             Some(s) => parse_duration("node.drain_timeout", s)?,
         };
+        let idle = |key: &str, value: Option<&str>| -> Result<Duration, ConfigError> {
+            let d = match value {
+                None => return Ok(Duration::from_secs(3600)),
+                Some(s) => parse_duration(key, s)?,
+            };
+            if d < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s (the default is 1h)"));
+            }
+            Ok(d)
+        };
+        let node_idle_timeout = idle("node.idle_timeout", raw.node.idle_timeout.as_deref())?;
+        let gateway_idle_timeout =
+            idle("gateway.idle_timeout", raw.gateway.idle_timeout.as_deref())?;
         let mut seen = BTreeSet::new();
         let mut services = Vec::new();
         for (i, s) in raw.services.into_iter().enumerate() {
@@ -464,6 +483,8 @@ impl Config {
             gateway_advertise,
             node_name,
             drain_timeout,
+            node_idle_timeout,
+            gateway_idle_timeout,
             dns,
             limits,
             vip_quarantine,

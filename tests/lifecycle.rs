@@ -128,3 +128,51 @@ async fn a_vip_port_in_use_is_reported_then_served_once_free() {
     .await;
     wait_listening("127.102.0.1:7000".parse().unwrap()).await;
 }
+
+/// A relayed connection silent both ways for the idle timeout is closed: by the node proxy
+/// for a local endpoint, and by the serving gateway for a tunnel stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_relayed_connections_are_closed() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.103.0.0/16");
+    let west_def = mesh.cluster("west", "127.104.0.0/16");
+    east_def.append_config_to("[node]", "idle_timeout = \"1s\"");
+    west_def.append_config_to("[gateway]", "idle_timeout = \"1s\"");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let local = Echo::start().await;
+    east_def.add_echo(&local, false);
+    let remote = Echo::start().await;
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "far.shop",
+        "--port",
+        "tcp=7001",
+        "--endpoint",
+        &remote.addr.to_string(),
+        "--export",
+    ]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("far.shop", "west").await;
+    for addr in [
+        east_def.vip("echo.shop", 7000),
+        east_def.vip("far.shop", 7001),
+    ] {
+        wait_listening(addr).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "{addr}: still open 10 s into silence");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{addr}: closed after {took:?}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod join;
 pub mod link;
 pub mod pki;
+pub mod relay;
 pub mod server;
 pub mod tls;
 pub mod tunnel;

@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     /// Open connections from each peer cluster, so removing a link can close them.
     pub conns: Mutex<HashMap<ClusterId, Vec<(ConnKind, quinn::Connection)>>>,
     pub pick: std::sync::atomic::AtomicU64,
+    /// A relayed stream with no bytes either way for this long is closed.
+    pub relay_idle: std::time::Duration,
 }
 
 impl Shared {
@@ -197,8 +199,17 @@ impl Gateway {
                 advertise,
                 conns: Mutex::new(HashMap::new()),
                 pick: std::sync::atomic::AtomicU64::new(0),
+                relay_idle: DEFAULT_RELAY_IDLE,
             }),
         })
+    }
+
+    /// Sets how long a relayed stream may stay silent both ways before it is closed.
+    pub fn with_relay_idle_timeout(mut self, idle: std::time::Duration) -> Gateway {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.relay_idle = idle;
+        }
+        self
     }
 
     /// The address the endpoint is bound to.
@@ -274,6 +285,9 @@ fn refuse_crowded(conn: &quinn::Connection) {
     );
     conn.close(CLOSE_REFUSED, b"too many connections");
 }
+
+/// How long a relayed stream may be silent both ways by default.
+pub const DEFAULT_RELAY_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Connections the gateway holds at most, from all peers together.
 pub const MAX_CONNECTIONS: usize = 4096;

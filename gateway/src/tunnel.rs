@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::relay::RelayEnd;
 use ferry_federation::{admit, revoked, ClusterId, Identity, Refusal, TunnelHeader, TunnelStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -136,14 +137,18 @@ async fn serve_stream(
     // cuts it at the next snapshot, not when the transfer happens to end.
     let mut snapshots = shared.snapshots.clone();
     let cut = {
-        let relay = tokio::io::copy_bidirectional(&mut stream, &mut tcp);
+        let relay = crate::relay::relay(&mut stream, &mut tcp, shared.relay_idle);
         tokio::pin!(relay);
         loop {
             tokio::select! {
                 done = &mut relay => {
                     match done {
-                        Ok((up, down)) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
-                        Err(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
+                        RelayEnd::Done(up, down) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
+                        RelayEnd::Failed(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
+                        RelayEnd::Idle => {
+                            metrics::counter!("ferry_gateway_streams_idle_closed_total").increment(1);
+                            tracing::debug!(service = %header.service, "tunnel stream idle; closed");
+                        }
                     }
                     break None;
                 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
+use ferry_gateway::relay::RelayEnd;
 use ferry_gateway::tunnel::TunnelClient;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -40,6 +41,8 @@ struct Shared {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     tunnel: Arc<TunnelClient>,
     pick: AtomicU64,
+    /// A proxied connection with no bytes either way for this long is closed.
+    idle: Duration,
     /// Proxied connections open right now (drained on shutdown).
     active: AtomicUsize,
 }
@@ -71,9 +74,18 @@ impl NodeProxy {
                 tunnel,
                 pick: AtomicU64::new(0),
                 active: AtomicUsize::new(0),
+                idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
             }),
             failures: watch::channel(ListenFailures::new()).0,
         }
+    }
+
+    /// Sets how long a proxied connection may stay silent both ways before it is closed.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> NodeProxy {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.idle = idle;
+        }
+        self
     }
 
     /// The `VIP:port`s the proxy cannot listen on right now, updated after every
@@ -191,6 +203,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
     }
 }
 
+/// Relays until done; counts connections closed for being idle.
+async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let RelayEnd::Idle = ferry_gateway::relay::relay(a, b, idle).await {
+        metrics::counter!("ferry_proxy_idle_closed_total").increment(1);
+    }
+}
+
 /// Drops the client connection with a TCP reset, so the application sees a refusal.
 fn reset(client: TcpStream) {
     let _ = client.set_zero_linger();
@@ -224,7 +247,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         let _ = upstream.set_nodelay(true);
                         metrics::counter!("ferry_proxy_connections_total", "result" => "local")
                             .increment(1);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        relay(&mut client, &mut upstream, shared.idle).await;
                         return;
                     }
                     _ => tracing::debug!(%endpoint, "local endpoint failed; trying the next"),
@@ -249,7 +272,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
                             .increment(1);
                         let mut stream = tokio::io::join(recv, send);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                        relay(&mut client, &mut stream, shared.idle).await;
                         return;
                     }
                     Err(e) if e.try_next_cluster() => {

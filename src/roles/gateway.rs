@@ -59,7 +59,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             bind(cfg.gateway_listen)?
         }
         Err(e) => return Err(e.into()),
-    };
+    }
+    .with_relay_idle_timeout(cfg.gateway_idle_timeout);
     let advertised = gateway.advertised();
     let _ = std::fs::create_dir_all(&cfg.data_dir);
     let _ = std::fs::write(

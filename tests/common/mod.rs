@@ -142,6 +142,15 @@ impl ClusterDef {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Adds `lines` right after the config's `section` header (e.g. `[node]`).
+    pub fn append_config_to(&self, section: &str, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let needle = format!("{section}\n");
+        assert!(text.contains(&needle), "no {section} in the config");
+        let text = text.replacen(&needle, &format!("{needle}{lines}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Adds `key = value` lines to the config's `[federation]` section (a later key wins
     /// over the default written there), before the cluster starts.
     pub fn federation_config(&self, lines: &str) {
