@@ -344,3 +344,65 @@ async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
         0
     );
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A linked peer opens as many tunnel streams as it can, each to a backend that writes
+/// without end, and never reads any of them: the serving gateway's memory stays bounded by
+/// the connection's flow-control windows, not by what the backends send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_hoards_streams_and_never_reads_holds_bounded_memory() {
+    let ew = east_west("127.105.0.0/16", "127.106.0.0/16").await;
+    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
+    let origin = firehose().await.to_string();
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "blob.shop",
+        "--port",
+        "tcp=7000",
+        "--endpoint",
+        &origin,
+        "--export",
+    ]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("blob.shop", "west").await;
+    let west_pid = ew.west.procs[0].id();
+    let before = rss_kib(west_pid);
+
+    let client = east_def.node_client().await;
+    let gateways = west_def.gateways();
+    let west: ferry_federation::ClusterId = "west".parse().unwrap();
+    let header = tunnel_header("blob.shop", "tcp", None);
+    // Streams until the connection's receive window is full of unread data: past that the
+    // gateway cannot even send a new stream's status, so the hoarder starves itself.
+    let mut hoard = Vec::new();
+    while hoard.len() < 1000 {
+        match client.open(&west, &gateways, &header).await {
+            Ok(streams) => hoard.push(streams),
+            Err(_) => break,
+        }
+    }
+    assert!(hoard.len() >= 16, "only {} streams opened", hoard.len());
+    // Let the backends push until every window is full.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(west_pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "west RSS {before} KiB -> {after} KiB with {} hoarded streams",
+        hoard.len()
+    );
+    assert!(
+        grown_mib < 96,
+        "the gateway grew by {grown_mib} MiB for a peer that never reads"
+    );
+    drop(hoard);
+}

@@ -272,9 +272,10 @@ impl Gateway {
     }
 }
 
-/// Connections one peer cluster may hold open to this gateway (its gateways and nodes pool
-/// theirs, so a handful is normal).
-pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// Connections one peer cluster may hold open to this gateway: one pooled connection per
+/// node proxy of the peer plus its gateways, so this bounds the peer clusters' size too.
+/// Each connection holds at most CONNECTION_RECEIVE_WINDOW of data in flight toward it.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 512;
 
 fn refuse_crowded(conn: &quinn::Connection) {
     metrics::counter!("ferry_gateway_refusals_total", "reason" => "too_many_connections")
