@@ -8,21 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_federation::{
-    check_gateways, fingerprint_hex, verify_join_proof, ClusterId, EndpointAddr, ExportedService,
-    Identity, LimitExceeded, LinkToken, NodeName, ServiceName, ServicePort, ServiceSpec,
+    fingerprint_hex, verify_join_proof, ClusterId, EndpointAddr, ExportedService, Identity,
+    LimitExceeded, LinkToken, NodeName, ServiceName, ServicePort, ServiceSpec,
 };
 use ferry_gateway::pki;
 use ferry_gateway::tls::IdentityStore;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::domain::ControlError;
 use super::scope::{CallKind, Scope};
-use super::store::{hex, CertDoc, LinkDoc, ServiceDoc, TokenDoc};
 use super::{unix_now, unix_now_ms, ControlPlane};
 use crate::pb::{self, control_server::Control};
-
-/// Longest a link token may live.
-const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The tonic service over a shared [`ControlPlane`], as served on one socket.
 pub struct ControlApi {
@@ -111,102 +108,7 @@ pub fn service_info(rec: &ferry_federation::ServiceRecord) -> pb::ServiceInfo {
     }
 }
 
-/// What `service add` changed about a service that already existed, for the operator.
-fn describe_replacement(old: &ServiceDoc, new: &ServiceDoc) -> String {
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "none".to_owned()
-        } else {
-            v.join(" ")
-        }
-    };
-    let mut changes = Vec::new();
-    let ports = |d: &ServiceDoc| {
-        d.spec
-            .ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-    };
-    let eps = |d: &ServiceDoc| {
-        d.spec
-            .endpoints
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-    };
-    if ports(old) != ports(new) {
-        changes.push(format!(
-            "ports {} -> {}",
-            list(&ports(old)),
-            list(&ports(new))
-        ));
-    }
-    if eps(old) != eps(new) {
-        changes.push(format!(
-            "endpoints {} -> {}",
-            list(&eps(old)),
-            list(&eps(new))
-        ));
-    }
-    if old.spec.headless != new.spec.headless {
-        changes.push(format!(
-            "headless {} -> {}",
-            old.spec.headless, new.spec.headless
-        ));
-    }
-    match (old.exported, new.exported) {
-        (true, false) => {
-            changes.push("no longer exported (add --export to keep it exported)".into())
-        }
-        (false, true) => changes.push("now exported".into()),
-        _ => {}
-    }
-    if changes.is_empty() {
-        format!("replaced {} with an identical definition", new.spec.name)
-    } else {
-        format!("replaced {}: {}", new.spec.name, changes.join("; "))
-    }
-}
-
 impl ControlApi {
-    /// Refuses a runtime change to a service the config file declares: the file is its
-    /// source of truth, and the change would be undone at the next start.
-    fn not_declared(&self, name: &ServiceName, verb: &str) -> Result<(), Status> {
-        if !self.cp.cfg.services.iter().any(|d| &d.spec.name == name) {
-            return Ok(());
-        }
-        let file = self
-            .cp
-            .cfg
-            .file
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "the cluster's config file".into());
-        Err(Status::failed_precondition(format!(
-            "`{verb} {name}` refused: {name} is declared in {file}, which is its source of truth; change it there and restart the cluster (a runtime change would be undone at the next start)"
-        )))
-    }
-
-    fn set_exported(&self, name: &str, exported: bool) -> Result<(), Status> {
-        let name = parse_service_name(name)?;
-        self.not_declared(&name, if exported { "export" } else { "unexport" })?;
-        let mut services = self.cp.store.services().map_err(internal)?;
-        let Some(mut doc) = services.remove(&name) else {
-            return Err(Status::not_found(format!(
-                "no local service `{name}`; add it first with `ferry service add {name} --port …`"
-            )));
-        };
-        if doc.exported != exported {
-            doc.exported = exported;
-            doc.exported_at_ms = if exported { unix_now_ms() } else { 0 };
-            self.cp.store.put_service(&doc).map_err(internal)?;
-            tracing::info!(service = %name, exported, "export changed");
-        }
-        self.cp.republish().map_err(internal)?;
-        Ok(())
-    }
-
     /// Issues this control plane a short-lived gateway certificate for its own QUIC calls
     /// (the join handshake).
     fn self_identity(&self) -> Result<Arc<IdentityStore>, Status> {
@@ -260,35 +162,22 @@ impl Control for ControlApi {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.not_declared(&name, "service add")?;
         let spec = ServiceSpec::with_headless(name.clone(), ports, endpoints, req.headless)
             .map_err(|e| bad(format!("invalid service `{name}`: {e}")))?;
-        let previous = self.cp.store.services().map_err(internal)?.remove(&name);
-        let exported_at_ms = match &previous {
-            Some(old) if old.exported && req.export => old.exported_at_ms,
-            _ if req.export => unix_now_ms(),
-            _ => 0,
-        };
-        let doc = ServiceDoc {
-            spec,
-            exported: req.export,
-            exported_at_ms,
-            declared: false,
-        };
-        self.cp.store.put_service(&doc).map_err(internal)?;
-        let replaced = previous.map(|old| describe_replacement(&old, &doc));
-        tracing::info!(service = %name, exported = req.export, headless = req.headless, replaced = replaced.as_deref().unwrap_or(""), "service added");
-        self.cp.republish().map_err(internal)?;
-        self.cp.services_changed.notify_one();
+        let (ports, headless) = (spec.ports.clone(), spec.headless);
+        let outcome = self
+            .cp
+            .add_service(unix_now_ms(), spec, req.export)
+            .map_err(status)?;
         let snapshot = self.cp.snapshot();
         let mut info = match snapshot.service(&name) {
             Some(rec) => service_info(rec),
             // Stored, but not published: the VIP range is full.
             None => pb::ServiceInfo {
                 name: name.to_string(),
-                ports: doc.spec.ports.iter().map(|p| p.to_string()).collect(),
-                exported: doc.exported,
-                headless: doc.spec.headless,
+                ports: ports.iter().map(|p| p.to_string()).collect(),
+                exported: req.export,
+                headless,
                 warning: format!(
                     "{name} is stored but has no VIP: control.vip_range {} is full; it gets one (and DNS and routing) once an address is free, or widen the range",
                     self.cp.cfg.vip_range
@@ -296,7 +185,7 @@ impl Control for ControlApi {
                 ..Default::default()
             },
         };
-        info.replaced = replaced.unwrap_or_default();
+        info.replaced = outcome.replaced.unwrap_or_default();
         Ok(Response::new(info))
     }
 
@@ -306,15 +195,7 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("RemoveService", CallKind::Admin, &request)?;
         let name = parse_service_name(&request.into_inner().name)?;
-        self.not_declared(&name, "service remove")?;
-        if !self.cp.store.remove_service(&name).map_err(internal)? {
-            return Err(Status::not_found(format!(
-                "no local service `{name}`; `ferry services` lists them"
-            )));
-        }
-        tracing::info!(service = %name, "service removed");
-        self.cp.republish().map_err(internal)?;
-        self.cp.services_changed.notify_one();
+        self.cp.remove_service(&name).map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -348,7 +229,10 @@ impl Control for ControlApi {
         request: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("Export", CallKind::Admin, &request)?;
-        self.set_exported(&request.into_inner().name, true)?;
+        let name = parse_service_name(&request.into_inner().name)?;
+        self.cp
+            .set_exported(unix_now_ms(), &name, true)
+            .map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -357,7 +241,10 @@ impl Control for ControlApi {
         request: Request<pb::ServiceRef>,
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("Unexport", CallKind::Admin, &request)?;
-        self.set_exported(&request.into_inner().name, false)?;
+        let name = parse_service_name(&request.into_inner().name)?;
+        self.cp
+            .set_exported(unix_now_ms(), &name, false)
+            .map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -368,52 +255,18 @@ impl Control for ControlApi {
         self.check("CreateLinkToken", CallKind::Admin, &request)?;
         let req = request.into_inner();
         let peer = parse_peer(&req.peer)?;
-        if peer == self.cp.cfg.cluster {
-            return Err(bad(format!(
-                "cluster `{peer}` cannot link to itself; name the other cluster with --peer"
-            )));
-        }
-        let ttl = Duration::from_secs(req.ttl_seconds);
-        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-            return Err(bad("--ttl must be between 1s and 24h (default 15m)"));
-        }
-        let gateways = self.cp.snapshot().gateways.clone();
-        if gateways.is_empty() {
-            return Err(Status::failed_precondition(
-                "no gateway of this cluster is running, so a peer could not reach it; start `ferry gateway` (or `ferry up`) first",
-            ));
-        }
-        let mut id = [0u8; 16];
-        let mut secret = [0u8; 32];
-        fill_random(&mut id)?;
-        fill_random(&mut secret)?;
-        let expires_at_unix = unix_now() + ttl.as_secs();
-        let token = LinkToken {
-            issuer: self.cp.cfg.cluster.clone(),
-            trust_domain: self.cp.trust.trust_domain().clone(),
-            peer: peer.clone(),
-            gateways,
-            bundle_fingerprint: self.cp.trust.fingerprint,
-            id,
-            secret,
-            expires_at_unix,
-        };
-        self.cp
-            .store
-            .put_token(
-                &id,
-                &TokenDoc {
-                    peer: peer.clone(),
-                    secret,
-                    expires_at_unix,
-                    used: false,
-                },
+        let token = self
+            .cp
+            .create_link_token(
+                unix_now(),
+                &mut system_random,
+                peer,
+                Duration::from_secs(req.ttl_seconds),
             )
-            .map_err(internal)?;
-        tracing::info!(%peer, token_id = %hex(&id), ttl_s = ttl.as_secs(), "link token created");
+            .map_err(status)?;
         Ok(Response::new(pb::LinkTokenReply {
             token: token.encode(),
-            expires_at_unix,
+            expires_at_unix: token.expires_at_unix,
         }))
     }
 
@@ -425,42 +278,7 @@ impl Control for ControlApi {
         let token =
             LinkToken::decode(&request.into_inner().token).map_err(|e| bad(e.to_string()))?;
         let cp = &self.cp;
-        if token.is_expired(unix_now()) {
-            return Err(bad(format!(
-                "link token expired; ask `{}` for a new one with `ferry link create --peer {}`",
-                token.issuer, cp.cfg.cluster
-            )));
-        }
-        if &token.trust_domain != cp.trust.trust_domain()
-            || token.bundle_fingerprint != cp.trust.fingerprint
-        {
-            return Err(bad(format!(
-                "link token comes from a mesh with another root (trust domain `{}`, bundle {}; ours is `{}`, bundle {}); clusters linked in this release must share one root from `ferry trust init`",
-                token.trust_domain,
-                fingerprint_hex(&token.bundle_fingerprint),
-                cp.trust.trust_domain(),
-                fingerprint_hex(&cp.trust.fingerprint)
-            )));
-        }
-        if token.issuer == cp.cfg.cluster {
-            return Err(bad("this link token was issued by this very cluster; run `ferry link join` on the peer"));
-        }
-        if token.peer != cp.cfg.cluster {
-            return Err(bad(format!(
-                "link token was issued for peer `{}`, but this cluster is `{}`; ask `{}` for `ferry link create --peer {}`",
-                token.peer, cp.cfg.cluster, token.issuer, cp.cfg.cluster
-            )));
-        }
-        let mut token = token;
-        let (usable, refused) = check_gateways(&token.gateways, &cp.cfg.limits);
-        if usable.is_empty() {
-            let why: Vec<String> = refused.iter().map(|r| r.to_string()).collect();
-            return Err(bad(format!(
-                "none of the link token's gateway addresses may be dialled ({}); on one host, set `allow_loopback_gateways = true` under [federation]",
-                why.join("; ")
-            )));
-        }
-        token.gateways = usable;
+        let token = cp.check_join_token(unix_now(), token).map_err(status)?;
         let own_gateways = cp.snapshot().gateways.clone();
         let identity = self.self_identity()?;
         let outcome = ferry_gateway::join::join(
@@ -472,18 +290,14 @@ impl Control for ControlApi {
         )
         .await
         .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let (mut gateways, _) = check_gateways(&outcome.gateways, &cp.cfg.limits);
-        if gateways.is_empty() {
-            gateways = token.gateways.clone();
-        }
-        let doc = LinkDoc {
-            peer: outcome.issuer.clone(),
-            gateways,
-            created_at_unix: unix_now(),
-        };
-        cp.store.put_link(&doc).map_err(internal)?;
-        tracing::info!(peer = %doc.peer, "link joined");
-        cp.republish().map_err(internal)?;
+        let doc = cp
+            .record_joined_link(
+                unix_now(),
+                outcome.issuer,
+                &outcome.gateways,
+                &token.gateways,
+            )
+            .map_err(status)?;
         Ok(Response::new(pb::LinkInfo {
             peer: doc.peer.to_string(),
             gateways: doc.gateways.iter().map(|g| g.to_string()).collect(),
@@ -499,7 +313,7 @@ impl Control for ControlApi {
         request: Request<pb::Empty>,
     ) -> Result<Response<pb::LinkList>, Status> {
         self.check("ListLinks", CallKind::Admin, &request)?;
-        let links = self.cp.store.links().map_err(internal)?;
+        let links = self.cp.links().map_err(status)?;
         let snapshot = self.cp.snapshot();
         let links = links
             .into_iter()
@@ -528,14 +342,7 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("RemoveLink", CallKind::Admin, &request)?;
         let peer = parse_peer(&request.into_inner().peer)?;
-        if !self.cp.store.remove_link(&peer).map_err(internal)? {
-            return Err(Status::not_found(format!(
-                "no link to `{peer}`; `ferry link list` shows the links"
-            )));
-        }
-        self.cp.forget_peer(&peer);
-        tracing::info!(%peer, "link removed");
-        self.cp.republish().map_err(internal)?;
+        self.cp.remove_link(&peer).map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -586,35 +393,19 @@ impl Control for ControlApi {
                 )))
             }
         };
-        let leaf = pki::issue_leaf(
-            &self.cp.trust.ca,
-            &identity,
-            &req.csr_pem,
-            SystemTime::now(),
-            self.cp.cfg.cert_ttl,
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        let not_after_unix = leaf
-            .not_after
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.cp
-            .store
-            .record_cert(
-                &leaf.serial,
-                &CertDoc {
-                    identity: identity.spiffe_id(self.cp.trust.trust_domain()).to_string(),
-                    not_after_unix,
-                },
-            )
-            .map_err(internal)?;
-        tracing::info!(identity = %identity, serial = %leaf.serial, "certificate issued");
+        let leaf = self
+            .cp
+            .issue_certificate(SystemTime::now(), &identity, &req.csr_pem)
+            .map_err(status)?;
         Ok(Response::new(pb::IssueReply {
             chain_pem: leaf.chain_pem,
             bundle_pem: self.cp.trust.bundle_pem.clone(),
             trust_domain: self.cp.trust.trust_domain().to_string(),
-            not_after_unix,
+            not_after_unix: leaf
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             cluster: self.cp.cfg.cluster.to_string(),
         }))
     }
@@ -703,41 +494,15 @@ impl Control for ControlApi {
             .map(|g| g.parse::<SocketAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| bad("invalid gateway address in join request"))?;
-        let (gateways, refused) = check_gateways(&offered, &self.cp.cfg.limits);
-        for r in &refused {
-            tracing::warn!(%joiner, detail = %r, "joining cluster's gateway address refused");
-        }
-        let link = LinkDoc {
-            peer: joiner.clone(),
-            gateways,
-            created_at_unix: unix_now(),
-        };
-        let outcome = self
+        let gateways = self
             .cp
-            .store
-            .redeem_token(
-                &id,
-                &joiner,
-                unix_now(),
-                |secret| verify_join_proof(secret, &req.channel_binding, &joiner, &req.proof),
-                &link,
-            )
-            .map_err(internal)?;
-        if let Err(refusal) = outcome {
-            tracing::warn!(%joiner, reason = %refusal, "link join refused");
-            return Err(Status::permission_denied(refusal.to_string()));
-        }
-        tracing::info!(peer = %joiner, "link created by join");
-        self.cp.republish().map_err(internal)?;
+            .redeem_link_token(unix_now(), &id, &joiner, &offered, |secret| {
+                verify_join_proof(secret, &req.channel_binding, &joiner, &req.proof)
+            })
+            .map_err(status)?;
         Ok(Response::new(pb::RedeemReply {
             issuer: self.cp.cfg.cluster.to_string(),
-            gateways: self
-                .cp
-                .snapshot()
-                .gateways
-                .iter()
-                .map(|g| g.to_string())
-                .collect(),
+            gateways: gateways.iter().map(|g| g.to_string()).collect(),
         }))
     }
 
@@ -747,11 +512,7 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::Empty>, Status> {
         self.check("PeerRemovedLink", CallKind::Role, &request)?;
         let peer = parse_peer(&request.into_inner().peer)?;
-        if self.cp.store.remove_link(&peer).map_err(internal)? {
-            tracing::warn!(%peer, "peer removed the link; removed here too");
-            self.cp.forget_peer(&peer);
-            self.cp.republish().map_err(internal)?;
-        }
+        self.cp.peer_removed_link(&peer).map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -787,9 +548,22 @@ impl ControlApi {
     }
 }
 
-fn fill_random(buf: &mut [u8]) -> Result<(), Status> {
+/// Fills `buf` from the system's secure random generator.
+fn system_random(buf: &mut [u8]) {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new()
         .fill(buf)
-        .map_err(|_| internal("the system random generator failed"))
+        .expect("the system random generator works");
+}
+
+/// The gRPC status for a refused control-plane call.
+fn status(e: ControlError) -> Status {
+    match e {
+        ControlError::Invalid(m) => Status::invalid_argument(m),
+        ControlError::NotFound(m) => Status::not_found(m),
+        ControlError::Precondition(m) => Status::failed_precondition(m),
+        ControlError::Redeem(r) => Status::permission_denied(r.to_string()),
+        ControlError::Pki(e) => Status::invalid_argument(e.to_string()),
+        ControlError::Store(e) => internal(e),
+    }
 }

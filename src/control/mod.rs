@@ -7,6 +7,7 @@
 //! roles receive it over the `Watch` RPC and never call back on the request path.
 
 pub mod api;
+pub mod domain;
 mod health;
 pub mod scope;
 pub mod store;
@@ -106,7 +107,7 @@ struct Live {
 pub struct ControlPlane {
     pub cfg: Config,
     pub trust: ClusterTrust,
-    pub store: Store,
+    store: Store,
     live: Mutex<Live>,
     /// Held for a whole republish, so snapshots are built and published one at a time.
     publishing: Mutex<()>,
