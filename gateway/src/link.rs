@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use crate::dial::DialError;
 use crate::server::{ConnKind, GatewayEvent, Shared, CLOSE_DONE, CLOSE_LINK_REMOVED};
 use crate::tls::{self, PeerExpectation, ALPN_LINK};
 
@@ -110,27 +111,27 @@ async fn dial_loop(shared: Arc<Shared>, peer: ClusterId) {
     }
 }
 
+/// Why a link session could not be dialled.
+#[derive(Debug, thiserror::Error)]
+enum LinkDialError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Dial(#[from] DialError),
+}
+
 async fn dial(
     shared: &Shared,
     peer: &ClusterId,
     addr: std::net::SocketAddr,
-) -> Result<quinn::Connection, String> {
+) -> Result<quinn::Connection, LinkDialError> {
     let config = tls::client_config(
         shared.identity.clone(),
         shared.trust.clone(),
         PeerExpectation::Gateway(peer.clone()),
         ALPN_LINK,
-    )
-    .map_err(|e| e.to_string())?;
-    let connecting = shared
-        .endpoint
-        .connect_with(config, addr, tls::SERVER_NAME)
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(Duration::from_secs(3), connecting).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("handshake timed out".into()),
-    }
+    )?;
+    Ok(crate::dial::dial(&shared.endpoint, config, addr, Duration::from_secs(3)).await?)
 }
 
 /// Serves a link connection a peer gateway dialled.

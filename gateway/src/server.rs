@@ -155,10 +155,7 @@ impl Shared {
 /// How long a removed link's session has to say goodbye before its connection is closed.
 const LINK_GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// QUIC application close codes.
-pub(crate) const CLOSE_LINK_REMOVED: quinn::VarInt = quinn::VarInt::from_u32(2);
-pub(crate) const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(3);
-pub(crate) const CLOSE_DONE: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub(crate) use crate::dial::{CLOSE_DONE, CLOSE_LINK_REMOVED, CLOSE_REFUSED};
 
 /// A bound gateway, ready to run.
 pub struct Gateway {
@@ -348,7 +345,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
     let span = tracing::info_span!("conn", peer = %identity, %remote);
     async move {
         if alpn == ALPN_JOIN {
-            crate::join::serve(shared, conn, identity).await;
+            crate::join::server::serve(shared, conn, identity).await;
             return;
         }
         let cluster = identity.cluster().clone();
@@ -376,7 +373,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
             if linked && !shared.register(&cluster, ConnKind::Tunnel, &conn) {
                 return refuse_crowded(&conn);
             }
-            crate::tunnel::serve_connection(shared, conn, identity).await;
+            crate::tunnel::server::serve_connection(shared, conn, identity).await;
         } else {
             conn.close(CLOSE_REFUSED, b"unknown protocol");
         }

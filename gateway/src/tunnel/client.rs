@@ -1,0 +1,209 @@
+//! The calling side of tunnel streams ([`TunnelClient`], used by node proxies): pooled
+//! long-lived QUIC connections to remote gateways, so a call costs one stream, never a
+//! handshake. It knows nothing of the gateway's server side.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_federation::{ClusterId, Refusal, TunnelHeader, TunnelStatus, WireError};
+
+use super::HEADER_TIMEOUT;
+use crate::dial::{dial, DialError};
+use crate::tls::{self, IdentityStore, PeerExpectation, TrustStore, ALPN_TUNNEL};
+
+/// Why opening a tunnel stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("no gateway address known for cluster `{0}`")]
+    NoGateways(ClusterId),
+    #[error("cannot reach any gateway of `{cluster}`: {addr}: {cause}")]
+    Unreachable {
+        cluster: ClusterId,
+        addr: SocketAddr,
+        cause: Unreachable,
+    },
+    #[error("gateway of `{cluster}` refused the stream: {}", .refusal.as_str())]
+    Refused {
+        cluster: ClusterId,
+        refusal: Refusal,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot bind the tunnel client endpoint: {0}")]
+    Bind(#[source] std::io::Error),
+}
+
+/// What went wrong with one gateway.
+#[derive(Debug)]
+pub enum Unreachable {
+    /// The gateway could not be dialled.
+    Dial(DialError),
+    /// The pooled connection failed.
+    Connection(quinn::ConnectionError),
+    /// The header could not be sent.
+    Write(quinn::WriteError),
+    /// The status could not be read.
+    Read(quinn::ReadExactError),
+    /// No status arrived in time (the gateway is gone or wedged).
+    NoStatus,
+    /// The status bytes were not a status.
+    BadStatus(WireError),
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreachable::Dial(e) => write!(f, "{e}"),
+            Unreachable::Connection(e) => write!(f, "{e}"),
+            Unreachable::Write(e) => write!(f, "{e}"),
+            Unreachable::Read(e) => write!(f, "{e}"),
+            Unreachable::NoStatus => f.write_str("no status from the gateway"),
+            Unreachable::BadStatus(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl TunnelError {
+    /// Whether another cluster may still serve the call (a refusal by policy may not).
+    pub fn try_next_cluster(&self) -> bool {
+        match self {
+            TunnelError::Refused { refusal, .. } => matches!(refusal, Refusal::NoEndpoints),
+            _ => true,
+        }
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// Opens tunnel streams on pooled, long-lived QUIC connections to remote gateways.
+pub struct TunnelClient {
+    endpoint: quinn::Endpoint,
+    identity: Arc<IdentityStore>,
+    trust: Arc<TrustStore>,
+    pool: std::sync::Mutex<HashMap<(ClusterId, SocketAddr), Slot>>,
+    alpn: &'static [u8],
+}
+
+impl TunnelClient {
+    /// A client with its own UDP socket, presenting `identity` (a node or gateway cert).
+    pub fn new(
+        identity: Arc<IdentityStore>,
+        trust: Arc<TrustStore>,
+    ) -> Result<TunnelClient, TunnelError> {
+        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr"))
+            .map_err(TunnelError::Bind)?;
+        Ok(TunnelClient {
+            endpoint,
+            identity,
+            trust,
+            pool: std::sync::Mutex::new(HashMap::new()),
+            alpn: ALPN_TUNNEL,
+        })
+    }
+
+    /// A pooled connection to one gateway of `cluster`, dialling it if needed.
+    pub async fn connection(
+        &self,
+        cluster: &ClusterId,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TunnelError> {
+        let slot = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            pool.entry((cluster.clone(), addr)).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let config = tls::client_config(
+            self.identity.clone(),
+            self.trust.clone(),
+            PeerExpectation::Gateway(cluster.clone()),
+            self.alpn,
+        )?;
+        let unreachable = |cause| TunnelError::Unreachable {
+            cluster: cluster.clone(),
+            addr,
+            cause,
+        };
+        let conn = dial(&self.endpoint, config, addr, Duration::from_secs(3))
+            .await
+            .map_err(|e| unreachable(Unreachable::Dial(e)))?;
+        metrics::counter!("ferry_tunnel_connections_total").increment(1);
+        tracing::debug!(%cluster, %addr, "tunnel connection established");
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a stream to `cluster` through the first gateway that answers, sends the
+    /// header and waits for the gateway's status.
+    pub async fn open(
+        &self,
+        cluster: &ClusterId,
+        gateways: &[SocketAddr],
+        header: &TunnelHeader,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        if gateways.is_empty() {
+            return Err(TunnelError::NoGateways(cluster.clone()));
+        }
+        let mut encoded = Vec::with_capacity(128);
+        header.encode(&mut encoded);
+        let mut last = None;
+        for &addr in gateways {
+            match self.open_on(cluster, addr, &encoded).await {
+                Ok(streams) => return Ok(streams),
+                Err(e @ TunnelError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%cluster, %addr, error = %e, "gateway unusable; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TunnelError::NoGateways(cluster.clone())))
+    }
+
+    async fn open_on(
+        &self,
+        cluster: &ClusterId,
+        addr: SocketAddr,
+        header: &[u8],
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        let stream_err = |cause| TunnelError::Unreachable {
+            cluster: cluster.clone(),
+            addr,
+            cause,
+        };
+        let conn = self.connection(cluster, addr).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| stream_err(Unreachable::Connection(e)))?;
+        send.write_all(header)
+            .await
+            .map_err(|e| stream_err(Unreachable::Write(e)))?;
+        let mut status = [0u8; 2];
+        match tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(stream_err(Unreachable::Read(e))),
+            Err(_) => {
+                // The gateway is gone or wedged: drop the pooled connection so the next
+                // call dials afresh instead of waiting on it again.
+                conn.close(quinn::VarInt::from_u32(0), b"no status");
+                return Err(stream_err(Unreachable::NoStatus));
+            }
+        }
+        match TunnelStatus::decode(status) {
+            Ok(TunnelStatus::Ok) => Ok((send, recv)),
+            Ok(TunnelStatus::Refused(refusal)) => Err(TunnelError::Refused {
+                cluster: cluster.clone(),
+                refusal,
+            }),
+            Err(e) => Err(stream_err(Unreachable::BadStatus(e))),
+        }
+    }
+}

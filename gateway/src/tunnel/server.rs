@@ -1,0 +1,172 @@
+//! The gateway's side of tunnel streams: read the header, admit it against the snapshot
+//! (linked caller, exported service, known port, healthy endpoint, or the one named
+//! endpoint of a headless service), connect to a local endpoint admission answered with
+//! only, answer a status, then relay bytes both ways with half-closes, for as long as the
+//! stream stays admitted. Never connects to an address the caller chose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::relay::RelayEnd;
+use ferry_federation::{admit, revoked, Identity, Refusal, TunnelHeader, TunnelStatus};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::HEADER_TIMEOUT;
+use crate::server::Shared;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_HEADER: usize = 1024;
+
+/// Accepts tunnel streams on one connection until it closes.
+pub(crate) async fn serve_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    caller: Identity,
+) {
+    let caller = Arc::new(caller);
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let shared = shared.clone();
+                let caller = caller.clone();
+                tokio::spawn(async move { serve_stream(shared, send, recv, &caller).await });
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "tunnel connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<(TunnelHeader, Vec<u8>), Refusal> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        match TunnelHeader::decode(&buf) {
+            Ok(Some((header, used))) => return Ok((header, buf.split_off(used))),
+            Ok(None) if buf.len() < MAX_HEADER => {}
+            _ => return Err(Refusal::BadHeader),
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err(Refusal::BadHeader),
+        }
+    }
+}
+
+async fn refuse(
+    mut send: quinn::SendStream,
+    caller: &Identity,
+    header: Option<&TunnelHeader>,
+    refusal: Refusal,
+) {
+    metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str()).increment(1);
+    match header {
+        Some(h) => tracing::warn!(
+            caller = %caller, service = %h.service, port = %h.port,
+            endpoint = h.endpoint.as_ref().map_or("", |e| e.as_str()),
+            reason = refusal.as_str(), "tunnel stream refused"
+        ),
+        None => {
+            tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
+        }
+    }
+    let _ = send
+        .write_all(&TunnelStatus::Refused(refusal).encode())
+        .await;
+    let _ = send.finish();
+    // Give the status a moment to leave before the stream is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    caller: &Identity,
+) {
+    let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(r)) => return refuse(send, caller, None, r).await,
+        Err(_) => return refuse(send, caller, None, Refusal::BadHeader).await,
+    };
+    let snapshot = shared.snapshot();
+    let endpoints = match admit(&snapshot, caller, &header, shared.next_pick()) {
+        Ok(e) => e,
+        Err(r) => return refuse(send, caller, Some(&header), r).await,
+    };
+    let mut upstream = None;
+    for addr in endpoints {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                upstream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "endpoint refused the connection"),
+            Err(_) => tracing::debug!(%addr, "endpoint connect timed out"),
+        }
+    }
+    let Some(mut tcp) = upstream else {
+        // A named endpoint that does not answer is that endpoint's failure, not the service's.
+        let refusal = match header.endpoint {
+            Some(_) => Refusal::EndpointUnhealthy,
+            None => Refusal::NoEndpoints,
+        };
+        return refuse(send, caller, Some(&header), refusal).await;
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut send = send;
+    if send.write_all(&TunnelStatus::Ok.encode()).await.is_err() {
+        return;
+    }
+    if !early.is_empty() && tcp.write_all(&early).await.is_err() {
+        return;
+    }
+    metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
+    let mut stream = tokio::io::join(recv, send);
+    // The stream lives only while what admitted it holds: an unexport or a link removal
+    // cuts it at the next snapshot, not when the transfer happens to end.
+    let mut snapshots = shared.snapshots.clone();
+    let cut = {
+        let relay = crate::relay::relay(&mut stream, &mut tcp, shared.relay_idle);
+        tokio::pin!(relay);
+        loop {
+            tokio::select! {
+                done = &mut relay => {
+                    match done {
+                        RelayEnd::Done(up, down) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
+                        RelayEnd::Failed(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
+                        RelayEnd::Idle => {
+                            metrics::counter!("ferry_gateway_streams_idle_closed_total").increment(1);
+                            tracing::debug!(service = %header.service, "tunnel stream idle; closed");
+                        }
+                    }
+                    break None;
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        // The snapshot source is gone (shutting down): finish the transfer.
+                        let _ = (&mut relay).await;
+                        break None;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if let Some(refusal) = revoked(&snapshot, caller, &header) {
+                        break Some(refusal);
+                    }
+                }
+            }
+        }
+    };
+    if let Some(refusal) = cut {
+        tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
+        metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str())
+            .increment(1);
+        let (recv, mut send) = stream.into_inner();
+        let code = quinn::VarInt::from_u32(u32::from(refusal.code()));
+        let _ = send.reset(code);
+        let mut recv = recv;
+        let _ = recv.stop(code);
+    }
+}
