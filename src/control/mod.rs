@@ -312,23 +312,31 @@ impl ControlPlane {
         lease: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
-        {
+        // A lease refresh that changes nothing (the common case: every gateway re-reports
+        // each second) does no republish: the work is proportional to what changed.
+        let changed = {
             let mut live = self.live.lock().expect("control state lock");
-            live.connected
-                .insert(peer.clone(), (connected, now + lease));
-            if services.is_some() {
-                live.limited.insert(peer.clone(), limited);
-            }
+            let was_connected = live
+                .connected
+                .insert(peer.clone(), (connected, now + lease))
+                .map(|(c, _)| c);
+            let mut changed = was_connected != Some(connected);
             match services {
                 Some(list) => {
-                    live.imports.handle_report(now, peer, list, lease);
+                    if live.limited.get(&peer) != Some(&limited) {
+                        live.limited.insert(peer.clone(), limited);
+                        changed = true;
+                    }
+                    changed |= live.imports.handle_report(now, peer, list, lease);
                 }
-                None => {
-                    live.imports.withdraw(&peer);
-                }
+                None => changed |= live.imports.withdraw(&peer),
             }
+            changed
+        };
+        if changed {
+            self.republish()?;
         }
-        self.republish()
+        Ok(())
     }
 
     /// A node proxy reports the VIP:ports it cannot listen on (empty: all fine).
