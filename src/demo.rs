@@ -5,115 +5,19 @@
 //! answer really came from `west`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
 
-use crate::client::{self, status_error, Client};
+use crate::client::status_error;
 use crate::pb;
-
-/// One cluster of the demo: its config, socket and process.
-pub struct DemoCluster {
-    pub name: String,
-    pub config: PathBuf,
-    pub socket: PathBuf,
-    pub child: Child,
-}
+use crate::testkit::{free_vip_range, spawn_up, wait_imported, wait_ready, ClusterSpec};
 
 fn step(n: usize, msg: &str) {
     println!("[{n}] {msg}");
-}
-
-/// Writes a cluster config for the demo or tests.
-pub fn write_cluster_config(dir: &Path, name: &str, vip_range: &str) -> anyhow::Result<PathBuf> {
-    let text = format!(
-        r#"cluster = "{name}"
-
-[trust]
-dir = "{name}-ca"
-
-[control]
-data_dir = "{name}-data"
-socket = "{name}.sock"
-vip_range = "{vip_range}"
-
-[gateway]
-listen = "127.0.0.1:0"
-
-[federation]
-allow_loopback_gateways = true   # every cluster of the demo lives on this host
-
-[node]
-name = "{name}-node-1"
-"#
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// Starts `ferry up` for a config, logging to `<dir>/<name>.log`.
-pub fn spawn_up(dir: &Path, name: &str, config: &Path) -> anyhow::Result<DemoCluster> {
-    let exe = std::env::current_exe().context("cannot find the ferry binary")?;
-    spawn_up_with(&exe, dir, name, config)
-}
-
-/// Starts `<exe> up` for a config (the `ferry` binary at `exe`).
-pub fn spawn_up_with(
-    exe: &Path,
-    dir: &Path,
-    name: &str,
-    config: &Path,
-) -> anyhow::Result<DemoCluster> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let child = Command::new(exe)
-        .arg("up")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start `ferry up`")?;
-    Ok(DemoCluster {
-        name: name.to_owned(),
-        config: config.to_owned(),
-        socket: dir.join(format!("{name}.sock")),
-        child,
-    })
-}
-
-/// Waits until the cluster's control plane answers and a gateway has registered.
-pub async fn wait_ready(cluster: &mut DemoCluster, timeout: Duration) -> anyhow::Result<Client> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = cluster.child.try_wait()? {
-            anyhow::bail!(
-                "cluster {} exited early ({status}); see its log",
-                cluster.name
-            );
-        }
-        if let Ok(mut c) = client::connect(&cluster.socket).await {
-            if let Ok(s) = c.status(pb::Empty {}).await {
-                if !s.into_inner().gateways.is_empty() {
-                    return Ok(c);
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "cluster {} did not become ready within {timeout:?}",
-                cluster.name
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A tiny HTTP/1.1 server answering every request with `hello from <name>`.
@@ -174,35 +78,6 @@ pub async fn http_get(addr: SocketAddr, host: &str) -> anyhow::Result<String> {
         anyhow::bail!("unexpected response: {head}");
     }
     Ok(body.to_owned())
-}
-
-/// Waits until `service` is visible in the cluster with a healthy endpoint in `from`.
-pub async fn wait_imported(
-    c: &mut Client,
-    service: &str,
-    from: &str,
-    timeout: Duration,
-) -> anyhow::Result<pb::ServiceInfo> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let list = c
-            .list_services(pb::Empty {})
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        if let Some(s) = list.services.into_iter().find(|s| s.name == service) {
-            if s.remote
-                .iter()
-                .any(|r| r.cluster == from && r.healthy.values().any(|n| *n > 0))
-            {
-                return Ok(s);
-            }
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("{service} from {from} did not appear within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits for a cluster's DNS server to record its address in `<dir>/<name>-data/dns.addr`.
@@ -270,25 +145,6 @@ pub async fn resolve(
     )
 }
 
-/// The second octet of a `127.<o>.0.0/16` VIP range whose first addresses are free on
-/// `port` (nothing listens there), other than `avoid`; tried from a per-process starting
-/// point so two demos at once do not race for the same range.
-fn free_vip_range(port: u16, avoid: &[u8]) -> anyhow::Result<u8> {
-    let start = (std::process::id() % 100) as u8;
-    (0..100u8)
-        .map(|i| 130 + (start + i) % 100)
-        .filter(|o| !avoid.contains(o))
-        .find(|&o| {
-            (1..=4u8).all(|last| {
-                std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, o, 0, last), port))
-                    .is_ok()
-            })
-        })
-        .ok_or_else(|| {
-            anyhow::anyhow!("no free loopback VIP range in 127.130-229.0.0/16 for port {port}")
-        })
-}
-
 /// Runs the demo. With `keep`, stays up until Ctrl-C.
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
@@ -328,10 +184,11 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
     // so the demo works beside one; every other port is chosen by the kernel.
     let east_range = free_vip_range(8080, &[])?;
     let west_range = free_vip_range(8080, &[east_range])?;
-    let east_cfg = write_cluster_config(dir, "east", &format!("127.{east_range}.0.0/16"))?;
-    let west_cfg = write_cluster_config(dir, "west", &format!("127.{west_range}.0.0/16"))?;
-    let mut east = spawn_up(dir, "east", &east_cfg)?;
-    let mut west = spawn_up(dir, "west", &west_cfg)?;
+    let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+    let east_cfg = ClusterSpec::new("east", &format!("127.{east_range}.0.0/16")).write(dir)?;
+    let west_cfg = ClusterSpec::new("west", &format!("127.{west_range}.0.0/16")).write(dir)?;
+    let mut east = spawn_up(&exe, dir, "east", &east_cfg)?;
+    let mut west = spawn_up(&exe, dir, "west", &west_cfg)?;
     let mut east_c = wait_ready(&mut east, Duration::from_secs(20)).await?;
     let mut west_c = wait_ready(&mut west, Duration::from_secs(20)).await?;
     let backend = TcpListener::bind("127.0.0.1:0").await?;

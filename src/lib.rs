@@ -11,5 +11,6 @@ pub mod demo;
 pub mod pb;
 pub mod roles;
 pub mod telemetry;
+pub mod testkit;
 pub mod trust;
 pub mod up;

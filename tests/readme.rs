@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::FERRY;
+use ferry::testkit::free_port;
 
 /// The first ```sh block after the "## Using it" heading.
 fn using_it_block(readme: &str) -> Vec<String> {
@@ -30,17 +31,6 @@ fn using_it_block(readme: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-fn free_port() -> u16 {
-    // A port free for both TCP and UDP (the DNS server takes both).
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 struct Background(Vec<Child>);

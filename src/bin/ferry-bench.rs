@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ferry::demo::{spawn_up_with, wait_imported, wait_ready, write_cluster_config};
 use ferry::pb;
+use ferry::testkit::{free_vip_range, spawn_up, wait_imported, wait_ready, ClusterSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -122,10 +122,14 @@ async fn main() -> anyhow::Result<()> {
             &dir.path().join(format!("{name}-ca")),
         )?;
     }
-    let east_cfg = write_cluster_config(dir.path(), "east", "127.110.0.0/16")?;
-    let west_cfg = write_cluster_config(dir.path(), "west", "127.120.0.0/16")?;
-    let mut east = spawn_up_with(&ferry_bin, dir.path(), "east", &east_cfg)?;
-    let mut west = spawn_up_with(&ferry_bin, dir.path(), "west", &west_cfg)?;
+    let east_range = free_vip_range(9000, &[])?;
+    let west_range = free_vip_range(9000, &[east_range])?;
+    let east_cfg =
+        ClusterSpec::new("east", &format!("127.{east_range}.0.0/16")).write(dir.path())?;
+    let west_cfg =
+        ClusterSpec::new("west", &format!("127.{west_range}.0.0/16")).write(dir.path())?;
+    let mut east = spawn_up(&ferry_bin, dir.path(), "east", &east_cfg)?;
+    let mut west = spawn_up(&ferry_bin, dir.path(), "west", &west_cfg)?;
     let mut ec = wait_ready(&mut east, Duration::from_secs(30)).await?;
     let mut wc = wait_ready(&mut west, Duration::from_secs(30)).await?;
     wc.add_service(pb::AddServiceRequest {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry::pb;
+use ferry::testkit::ClusterSpec;
 use ferry_federation::TunnelHeader;
 use ferry_gateway::tls::{IdentityStore, TrustStore};
 use ferry_gateway::tunnel::TunnelClient;
@@ -77,14 +78,10 @@ impl Mesh {
             "--out",
             ca.to_str().unwrap(),
         ]);
-        let config = self.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "cluster = \"{name}\"\n[trust]\ndir = \"{name}-ca\"\n[control]\ndata_dir = \"{name}-data\"\nsocket = \"{name}.sock\"\nvip_range = \"{vip_range}\"\nhealth_interval = \"300ms\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[federation]\nallow_loopback_gateways = true\n[node]\nname = \"{name}-n1\"\n"
-            ),
-        )
-        .unwrap();
+        let config = ClusterSpec::new(name, vip_range)
+            .health_interval("300ms")
+            .write(self.path())
+            .unwrap();
         ClusterDef {
             name: name.to_owned(),
             config,
