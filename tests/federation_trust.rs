@@ -406,3 +406,88 @@ async fn a_peer_that_hoards_streams_and_never_reads_holds_bounded_memory() {
     );
     drop(hoard);
 }
+
+/// A linked peer that keeps asking for snapshots and never reads them cannot block the
+/// session: the write deadline closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_cut_off_by_the_write_deadline() {
+    use common::rogue::{gateway_identity, RoguePeer};
+    use ferry_federation::LinkMessage;
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.107.0.0/16");
+    let rogue_def = mesh.cluster("rogue", "127.108.0.0/16");
+    // Enough exports that a dozen snapshots fill the peer's stream window.
+    let mut services = String::new();
+    for i in 0..600 {
+        services.push_str(&format!(
+            "\n[[service]]\nname = \"padding-service-number-{i:04}.exported-namespace\"\nports = [\"http=8080/http\"]\nexport = true\n"
+        ));
+    }
+    east_def.append_config(&services);
+    let _east = east_def.up().await;
+    let mut rogue = rogue_def.up().await;
+    link(&east_def, &rogue_def);
+    // East's gateway knows the link once a session with rogue's real gateway is up.
+    let east = east_def.clone();
+    wait_for("a link session east-rogue", Duration::from_secs(20), || {
+        let east = east.clone();
+        async move { link_of(&east, "rogue")["connected"] == true }
+    })
+    .await;
+    let identity = gateway_identity(&rogue_def).await;
+    rogue.kill();
+    let gateway = east_def.gateways()[0];
+    let mut peer = RoguePeer::connect(identity, "east", gateway).await;
+    assert!(
+        peer.send(&LinkMessage::Hello {
+            cluster: "rogue".parse().unwrap(),
+            session: 9,
+            gateways: vec![],
+            lease_ms: 5000,
+        })
+        .await
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        if !peer.send(&LinkMessage::Resync).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(20), peer.conn.closed())
+        .await
+        .expect("the session is closed, not left blocked");
+    let took = started.elapsed();
+    assert!(
+        closed.to_string().contains("write deadline"),
+        "closed for another reason: {closed}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(east_def.metric("ferry_link_write_timeouts_total", "rogue") >= 1);
+}
+
+/// `link join` dials every gateway of the token at once: a dead address first in the token
+/// costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tries_the_token_s_gateways_at_once() {
+    let ew = east_west("127.109.0.0/16", "127.110.0.0/16").await;
+    let token = ew.east_def.token_for("west", &[]);
+    let mut token = ferry_federation::LinkToken::decode(&token).unwrap();
+    // A UDP port nothing listens on: a handshake there only ends at the deadline.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    token.gateways.insert(0, dead_addr);
+    let started = std::time::Instant::now();
+    let out = ew
+        .west_def
+        .cli_with_input(&["link", "join"], &format!("{}\n", token.encode()));
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(2), "join took {took:?}");
+    assert_eq!(ew.west_def.links().len(), 1);
+}

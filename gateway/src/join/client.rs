@@ -115,17 +115,24 @@ pub async fn join(
             Err(ExchangeError::WrongIssuer(named))
         }
         Ok(Ok(JoinMessage::Refused { reason })) => {
-            conn.close(CLOSE_DONE, b"join done");
-            endpoint.wait_idle().await;
+            finish(&endpoint, &conn).await;
             return Err(JoinError::Refused { issuer, reason });
         }
         Ok(Ok(JoinMessage::Request { .. })) => Err(ExchangeError::UnexpectedRequest),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ExchangeError::Timeout),
     };
-    conn.close(CLOSE_DONE, b"join done");
-    endpoint.wait_idle().await;
+    finish(&endpoint, &conn).await;
     result.map_err(|cause| JoinError::Protocol { issuer, cause })
+}
+
+/// Closes the join connection and every handshake still pending toward the token's other
+/// gateways (a dead address would otherwise keep the endpoint busy until its timeout), then
+/// lets the close frames leave.
+async fn finish(endpoint: &quinn::Endpoint, conn: &quinn::Connection) {
+    conn.close(CLOSE_DONE, b"join done");
+    endpoint.close(CLOSE_DONE, b"join done");
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
 }
 
 /// Dials every address at once, under one deadline: the first handshake that completes
