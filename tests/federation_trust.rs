@@ -151,13 +151,8 @@ async fn firehose() -> std::net::SocketAddr {
     addr
 }
 
-/// Unexporting a service cuts its open tunnel streams within 2 s: a download that would
-/// never end stops, and new connections are refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unexport_cuts_open_streams() {
-    use tokio::io::AsyncReadExt;
-    let ew = east_west("127.86.0.0/16", "127.87.0.0/16").await;
-    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
+/// West exports `blob.shop` (port `tcp=7000`), backed by a [`firehose`]; east imports it.
+async fn export_firehose(east_def: &ClusterDef, west_def: &ClusterDef) {
     let origin = firehose().await.to_string();
     west_def.cli_ok(&[
         "service",
@@ -169,8 +164,18 @@ async fn unexport_cuts_open_streams() {
         &origin,
         "--export",
     ]);
-    link(&east_def, &west_def);
+    link(east_def, west_def);
     east_def.wait_imported("blob.shop", "west").await;
+}
+
+/// Unexporting a service cuts its open tunnel streams within 2 s: a download that would
+/// never end stops, and new connections are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexport_cuts_open_streams() {
+    use tokio::io::AsyncReadExt;
+    let ew = east_west("127.86.0.0/16", "127.87.0.0/16").await;
+    let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
+    export_firehose(&east_def, &west_def).await;
     let addr = east_def.vip("blob.shop", 7000);
     wait_listening(addr).await;
     let mut download = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -362,19 +367,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_peer_that_hoards_streams_and_never_reads_holds_bounded_memory() {
     let ew = east_west("127.105.0.0/16", "127.106.0.0/16").await;
     let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
-    let origin = firehose().await.to_string();
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "blob.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &origin,
-        "--export",
-    ]);
-    link(&east_def, &west_def);
-    east_def.wait_imported("blob.shop", "west").await;
+    export_firehose(&east_def, &west_def).await;
     let west_pid = ew.west.procs[0].id();
     let before = rss_kib(west_pid);
 

@@ -454,12 +454,19 @@ impl ClusterDef {
     /// A tunnel client holding a real node certificate (node `attacker`) issued by this
     /// cluster's control plane: it opens tunnel streams with headers the test writes.
     pub async fn node_client(&self) -> TunnelClient {
+        let (identity, trust) = self.identity("node", "attacker").await;
+        TunnelClient::new(identity, trust).unwrap()
+    }
+
+    /// A real certificate for `role` ("gateway" or "node", named `node`) of this cluster,
+    /// issued by its running control plane, with the mesh's trust bundle.
+    pub async fn identity(&self, role: &str, node: &str) -> (Arc<IdentityStore>, Arc<TrustStore>) {
         let req = ferry_gateway::pki::new_leaf_request().unwrap();
         let mut c = ferry::client::connect(&self.socket).await.unwrap();
         let reply = c
             .issue_certificate(pb::IssueRequest {
-                role: "node".into(),
-                node: "attacker".into(),
+                role: role.into(),
+                node: node.into(),
                 csr_pem: req.csr_pem.clone(),
             })
             .await
@@ -468,7 +475,7 @@ impl ClusterDef {
         let td = reply.trust_domain.parse().unwrap();
         let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
         let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
-        TunnelClient::new(Arc::new(identity), Arc::new(trust)).unwrap()
+        (Arc::new(identity), Arc::new(trust))
     }
 }
 

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferry::pb;
 use ferry_federation::{encode_frame, ClusterId, LinkMessage};
 use ferry_gateway::tls::{self, IdentityStore, PeerExpectation, TrustStore};
 
@@ -20,21 +19,7 @@ pub struct RoguePeer {
 
 /// A gateway certificate of `def`'s cluster, issued by its running control plane.
 pub async fn gateway_identity(def: &ClusterDef) -> (Arc<IdentityStore>, Arc<TrustStore>) {
-    let req = ferry_gateway::pki::new_leaf_request().unwrap();
-    let mut c = ferry::client::connect(&def.socket).await.unwrap();
-    let reply = c
-        .issue_certificate(pb::IssueRequest {
-            role: "gateway".into(),
-            node: String::new(),
-            csr_pem: req.csr_pem.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let td = reply.trust_domain.parse().unwrap();
-    let identity = IdentityStore::from_pem(&reply.chain_pem, &req.key_pem, &td).unwrap();
-    let trust = TrustStore::from_pem(td, &reply.bundle_pem).unwrap();
-    (Arc::new(identity), Arc::new(trust))
+    def.identity("gateway", "").await
 }
 
 impl RoguePeer {
