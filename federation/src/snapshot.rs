@@ -214,8 +214,19 @@ pub struct SnapshotInputs<'a> {
 pub fn build_snapshot(version: u64, inputs: &SnapshotInputs<'_>) -> MeshSnapshot {
     let linked = linked_peers(inputs.cluster, inputs.links);
     let resolved = resolve(inputs.local, inputs.imports, &linked);
+    build_snapshot_resolved(version, inputs, &resolved)
+}
+
+/// [`build_snapshot`] for a caller that already resolved the inputs (the control plane
+/// resolves once per republish, for VIP allocation and the snapshot alike). `resolved` must
+/// be `resolve` of these same inputs.
+pub fn build_snapshot_resolved(
+    version: u64,
+    inputs: &SnapshotInputs<'_>,
+    resolved: &BTreeMap<&ServiceName, Resolved<'_>>,
+) -> MeshSnapshot {
     let mut records: BTreeMap<ServiceName, ServiceRecord> = BTreeMap::new();
-    for (name, r) in &resolved {
+    for (name, r) in resolved {
         let Some(vip) = inputs.vips.get(*name) else {
             continue;
         };
@@ -258,7 +269,7 @@ pub fn build_snapshot(version: u64, inputs: &SnapshotInputs<'_>) -> MeshSnapshot
     }
 
     // Key order is (service, cluster, hostname), so each list ends up sorted.
-    for (key, healthy) in headless_endpoints(inputs.cluster, &resolved) {
+    for (key, healthy) in headless_endpoints(inputs.cluster, resolved) {
         let Some(vip) = inputs.endpoint_vips.get(&key) else {
             continue;
         };
@@ -298,7 +309,15 @@ pub fn endpoint_keys(
 ) -> BTreeSet<EndpointKey> {
     let linked = linked_peers(cluster, links);
     let resolved = resolve(local, imports, &linked);
-    headless_endpoints(cluster, &resolved).into_keys().collect()
+    resolved_endpoint_keys(cluster, &resolved)
+}
+
+/// [`endpoint_keys`] of inputs already resolved.
+pub fn resolved_endpoint_keys(
+    cluster: &ClusterId,
+    resolved: &BTreeMap<&ServiceName, Resolved<'_>>,
+) -> BTreeSet<EndpointKey> {
+    headless_endpoints(cluster, resolved).into_keys().collect()
 }
 
 /// Linked peers (never this cluster) with when each link was made.

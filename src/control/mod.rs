@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use ferry_federation::snapshot::linked_peers;
+use ferry_federation::snapshot::{build_snapshot_resolved, linked_peers, resolved_endpoint_keys};
 use ferry_federation::{
-    build_snapshot, endpoint_keys, resolve, ClusterId, ExportedService, ImportStore, LimitExceeded,
-    LinkRecord, LocalService, MeshSnapshot, ServiceName, SnapshotInputs, TrustDomain,
+    resolve, ClusterId, ExportedService, ImportStore, LimitExceeded, LinkRecord, LocalService,
+    MeshSnapshot, ServiceName, SnapshotInputs, TrustDomain,
 };
 use ferry_gateway::pki::Ca;
 use ferry_gateway::tls::TrustStore;
@@ -224,12 +224,13 @@ impl ControlPlane {
         // Every local and imported service, and every endpoint of a headless one, gets a
         // stable VIP before it is published.
         let linked = linked_peers(&self.cfg.cluster, &link_records);
-        let mut wanted: BTreeSet<String> = resolve(&local, &imports, &linked)
+        let resolved = resolve(&local, &imports, &linked);
+        let mut wanted: BTreeSet<String> = resolved
             .keys()
             .map(|name| vips::service_key(name))
             .collect();
         wanted.extend(
-            endpoint_keys(&self.cfg.cluster, &local, &imports, &link_records)
+            resolved_endpoint_keys(&self.cfg.cluster, &resolved)
                 .iter()
                 .map(vips::endpoint_key),
         );
@@ -252,7 +253,7 @@ impl ControlPlane {
             endpoint_vips: &endpoint_vips,
         };
         let current = self.snapshot_tx.borrow().clone();
-        let mut next = build_snapshot(current.version, &inputs);
+        let mut next = build_snapshot_resolved(current.version, &inputs, &resolved);
         if *current == next {
             return Ok(());
         }
