@@ -520,15 +520,6 @@ impl Control for ControlApi {
         &self,
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        self.report_node_status_impl(request).await
-    }
-}
-
-impl ControlApi {
-    async fn report_node_status_impl(
-        &self,
-        request: Request<pb::NodeStatusRequest>,
-    ) -> Result<Response<pb::Empty>, Status> {
         self.check("ReportNodeStatus", CallKind::Role, &request)?;
         let req = request.into_inner();
         let node: NodeName = req
