@@ -52,16 +52,13 @@ async fn a_later_export_cannot_take_over_a_name() {
         "--export",
     ]);
     link(&east_def, &rogue_def);
-    let east = east_def.clone();
-    wait_for(
-        "east to report rogue's conflicting export",
+    wait_until(
+        &east_def,
+        "rogue's conflicting export",
         Duration::from_secs(20),
-        || {
-            let east = east.clone();
-            async move {
-                east.service("db.prod")
-                    .is_some_and(|s| !s["conflicts"].as_array().unwrap().is_empty())
-            }
+        |east| {
+            east.service("db.prod")
+                .is_some_and(|s| !s["conflicts"].as_array().unwrap().is_empty())
         },
     )
     .await;
@@ -271,21 +268,18 @@ async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
         })
         .await
     );
-    let east = east_def.clone();
-    wait_for(
-        "east to show rogue's link as limited",
+    wait_until(
+        &east_def,
+        "rogue's link shown as limited",
         Duration::from_secs(20),
-        || {
-            let east = east.clone();
-            async move {
-                let l = link_of(&east, "rogue");
-                l["imported_services"] == 40
-                    && l["limited"].as_array().unwrap().iter().any(|x| {
-                        x.as_str()
-                            .unwrap()
-                            .contains("peer exports 60 services, over the limit of 40")
-                    })
-            }
+        |east| {
+            let l = link_of(east, "rogue");
+            l["imported_services"] == 40
+                && l["limited"].as_array().unwrap().iter().any(|x| {
+                    x.as_str()
+                        .unwrap()
+                        .contains("peer exports 60 services, over the limit of 40")
+                })
         },
     )
     .await;
@@ -319,16 +313,13 @@ async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
             break;
         }
     }
-    let east = east_def.clone();
-    wait_for(
-        "east to count rogue's refused messages",
+    wait_until(
+        &east_def,
+        "rogue's refused messages counted",
         Duration::from_secs(10),
-        || {
-            let east = east.clone();
-            async move {
-                east.metric("ferry_link_refused_total", "limit=\"frame_rate\"") > 0
-                    && east.metric("ferry_link_refused_total", "limit=\"resync\"") > 0
-            }
+        |east| {
+            east.metric("ferry_link_refused_total", "limit=\"frame_rate\"") > 0
+                && east.metric("ferry_link_refused_total", "limit=\"resync\"") > 0
         },
     )
     .await;
@@ -421,11 +412,12 @@ async fn a_peer_that_stops_reading_is_cut_off_by_the_write_deadline() {
     let mut rogue = rogue_def.up().await;
     link(&east_def, &rogue_def);
     // East's gateway knows the link once a session with rogue's real gateway is up.
-    let east = east_def.clone();
-    wait_for("a link session east-rogue", Duration::from_secs(20), || {
-        let east = east.clone();
-        async move { link_of(&east, "rogue")["connected"] == true }
-    })
+    wait_until(
+        &east_def,
+        "a link session with rogue",
+        Duration::from_secs(20),
+        |east| link_of(east, "rogue")["connected"] == true,
+    )
     .await;
     let identity = gateway_identity(&rogue_def).await;
     rogue.kill();

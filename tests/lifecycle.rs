@@ -81,16 +81,13 @@ async fn a_vip_port_in_use_is_reported_then_served_once_free() {
         "\n[[service]]\nname = \"echo.shop\"\nports = [\"tcp=7000\"]\nendpoints = [\"127.0.0.1:9\"]\n",
     );
     let _cluster = def.up().await;
-    let d = def.clone();
-    wait_for(
+    wait_until(
+        &def,
         "the failure in `ferry services`",
         Duration::from_secs(10),
-        || {
-            let d = d.clone();
-            async move {
-                d.service("echo.shop")
-                    .is_some_and(|s| !s["listen_errors"].as_array().unwrap().is_empty())
-            }
+        |d| {
+            d.service("echo.shop")
+                .is_some_and(|s| !s["listen_errors"].as_array().unwrap().is_empty())
         },
     )
     .await;
@@ -117,13 +114,9 @@ async fn a_vip_port_in_use_is_reported_then_served_once_free() {
 
     // Freed: the proxy takes it within its retry interval and the report clears.
     drop(squatter);
-    let d = def.clone();
-    wait_for("the failure to clear", Duration::from_secs(10), || {
-        let d = d.clone();
-        async move {
-            d.service("echo.shop")
-                .is_some_and(|s| s["listen_errors"].as_array().unwrap().is_empty())
-        }
+    wait_until(&def, "the failure to clear", Duration::from_secs(10), |d| {
+        d.service("echo.shop")
+            .is_some_and(|s| s["listen_errors"].as_array().unwrap().is_empty())
     })
     .await;
     wait_listening("127.102.0.1:7000".parse().unwrap()).await;

@@ -116,14 +116,11 @@ fn endpoint_vips(def: &ClusterDef, service: &str) -> BTreeMap<String, SocketAddr
 }
 
 async fn wait_endpoints(def: &ClusterDef, service: &str, n: usize) -> BTreeMap<String, SocketAddr> {
-    let (d, s) = (def.clone(), service.to_owned());
-    wait_for(
+    wait_until(
+        def,
         &format!("{n} healthy endpoints of {service}"),
         Duration::from_secs(30),
-        || {
-            let (d, s) = (d.clone(), s.clone());
-            async move { endpoint_vips(&d, &s).len() == n }
-        },
+        |d| endpoint_vips(d, service).len() == n,
     )
     .await;
     endpoint_vips(def, service)

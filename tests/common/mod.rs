@@ -37,6 +37,25 @@ where
     }
 }
 
+/// Waits for `cond` (a blocking check, e.g. a CLI call) to hold on `def`, failing the test
+/// with `what` after `timeout`.
+pub async fn wait_until(
+    def: &ClusterDef,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&ClusterDef) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !cond(def) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what} in {}",
+            def.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A mesh root in a temporary directory.
 pub struct Mesh {
     pub dir: tempfile::TempDir,
