@@ -187,3 +187,36 @@ async fn endpoint_vips_survive_a_peer_restarting_while_it_exports() {
         assert!(!before.values().any(|b| b == addr), "zk got a kafka VIP");
     }
 }
+
+/// A peer gateway killed and restarted at once (it sorts first, so it dials straight away)
+/// finds its dead process's session still open on the importer: the importer closes that
+/// stale session as soon as the new one says hello, instead of letting both report the
+/// peer's exports in turn until the old one times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_replaces_its_stale_link_session() {
+    let mesh = Mesh::new("example.org");
+    let alpha_def = mesh.cluster("alpha", "127.111.0.0/24");
+    let zulu_def = mesh.cluster("zulu", "127.112.0.0/24");
+    let mut alpha = alpha_def.up().await;
+    let _zulu = zulu_def.up().await;
+    let echo = Echo::start().await;
+    alpha_def.add_exported_echo(&echo);
+    link(&zulu_def, &alpha_def);
+    zulu_def.wait_imported("echo.shop", "alpha").await;
+    let vip = zulu_def.service("echo.shop").unwrap()["vip"].clone();
+
+    alpha.kill();
+    let _alpha = alpha_def.up().await;
+    wait_until(
+        &zulu_def,
+        "the stale session closed",
+        Duration::from_secs(10),
+        |z| {
+            z.log()
+                .contains("the peer restarted: closing its previous link session")
+        },
+    )
+    .await;
+    zulu_def.wait_imported("echo.shop", "alpha").await;
+    assert_eq!(zulu_def.service("echo.shop").unwrap()["vip"], vip);
+}

@@ -50,6 +50,8 @@ pub enum LinkEvent {
     PeerHello {
         /// The peer.
         peer: ClusterId,
+        /// The peer's session (new every time its process starts).
+        session: u64,
         /// Its gateways.
         gateways: Vec<SocketAddr>,
     },
@@ -279,6 +281,7 @@ impl LinkSync {
                 self.update_limited();
                 self.events.push_back(LinkEvent::PeerHello {
                     peer: self.peer.clone(),
+                    session,
                     gateways,
                 });
             }

@@ -217,7 +217,12 @@ async fn run_session(
         }
         while let Some(event) = sync.poll_event() {
             match event {
-                LinkEvent::PeerHello { gateways, .. } => peer_gateways = gateways,
+                LinkEvent::PeerHello {
+                    gateways, session, ..
+                } => {
+                    peer_gateways = gateways;
+                    shared.note_peer_session(&peer, &conn, session);
+                }
                 LinkEvent::Imports { services, .. } => {
                     withdrawn = false;
                     have_imports = true;

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub pick: std::sync::atomic::AtomicU64,
     /// A relayed stream with no bytes either way for this long is closed.
     pub relay_idle: std::time::Duration,
+    /// The peer session (process incarnation) each link connection has announced, by the
+    /// connection's stable id.
+    pub peer_sessions: Mutex<HashMap<usize, u64>>,
 }
 
 impl Shared {
@@ -114,6 +117,38 @@ impl Shared {
             list.iter()
                 .any(|(k, c)| *k == ConnKind::Link && c.close_reason().is_none())
         })
+    }
+
+    /// A link session on `conn` heard `peer` announce its incarnation `session`. The peer's
+    /// other link connections with the same gateway (remote address) that announced another
+    /// incarnation are closed: a restarted peer gateway's stale session would otherwise keep
+    /// reporting the exports it had before, in turn with the new session's, until its idle
+    /// timeout. Sessions with the peer's other gateways (other processes) are left alone.
+    pub fn note_peer_session(&self, peer: &ClusterId, conn: &quinn::Connection, session: u64) {
+        let conns = self.conns.lock().expect("conn registry lock");
+        let mut sessions = self.peer_sessions.lock().expect("peer sessions lock");
+        let live: std::collections::HashSet<usize> = conns
+            .values()
+            .flatten()
+            .filter(|(kind, c)| *kind == ConnKind::Link && c.close_reason().is_none())
+            .map(|(_, c)| c.stable_id())
+            .collect();
+        sessions.retain(|id, _| live.contains(id));
+        sessions.insert(conn.stable_id(), session);
+        for (kind, other) in conns.get(peer).into_iter().flatten() {
+            let stale = sessions
+                .get(&other.stable_id())
+                .is_some_and(|s| *s != session);
+            let same_gateway = other.remote_address() == conn.remote_address();
+            if *kind == ConnKind::Link
+                && other.stable_id() != conn.stable_id()
+                && same_gateway
+                && stale
+            {
+                tracing::info!(%peer, "the peer restarted: closing its previous link session");
+                other.close(CLOSE_DONE, b"superseded by the peer's new session");
+            }
+        }
     }
 
     pub fn next_pick(&self) -> u64 {
@@ -197,6 +232,7 @@ impl Gateway {
                 conns: Mutex::new(HashMap::new()),
                 pick: std::sync::atomic::AtomicU64::new(0),
                 relay_idle: DEFAULT_RELAY_IDLE,
+                peer_sessions: Mutex::new(HashMap::new()),
             }),
         })
     }

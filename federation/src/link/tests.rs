@@ -150,6 +150,7 @@ fn snapshots_and_deltas_update_imports() {
         events(&mut l),
         vec![LinkEvent::PeerHello {
             peer: cid("west"),
+            session: 7,
             gateways: vec![]
         }]
     );
@@ -662,6 +663,7 @@ fn a_peer_over_its_import_bounds_gets_only_what_fits() {
     let evs = events(&mut l);
     assert!(evs.contains(&LinkEvent::PeerHello {
         peer: cid("west"),
+        session: 1,
         gateways: vec!["192.0.2.1:1".parse().unwrap()],
     }));
     assert_eq!(refusals(&evs), ["gateway_address", "services"]);
