@@ -108,6 +108,9 @@ pub enum RedeemError {
 /// The embedded store.
 pub struct Store {
     db: Database,
+    /// The VIP table as committed, read once: this process is the store's only writer (redb
+    /// locks the file), so a republish that changes no VIP reads and writes nothing.
+    vip_cache: std::sync::Mutex<Option<BTreeMap<String, VipEntry>>>,
 }
 
 impl Store {
@@ -129,7 +132,10 @@ impl Store {
             tx.open_table(t).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            vip_cache: std::sync::Mutex::new(None),
+        })
     }
 
     fn all<T: DeserializeOwned>(
@@ -280,16 +286,26 @@ impl Store {
         Ok(n as usize)
     }
 
-    /// Applies [`super::vips::plan`] to the VIP table in one write transaction: reads every
-    /// row, decides, writes what changed. Nothing is committed when nothing changed.
+    /// Applies [`super::vips::plan`] to the VIP table: decides over the committed rows (read
+    /// from the file once, then kept in memory) and writes what changed in one transaction.
+    /// Nothing is opened, written or committed when nothing changed.
     pub fn sync_vips(
         &self,
         decide: impl FnOnce(&BTreeMap<String, VipEntry>) -> VipPlan,
     ) -> Result<VipPlan, StoreError> {
+        let mut cache = self.vip_cache.lock().expect("VIP cache lock");
+        let rows = match cache.take() {
+            Some(rows) => rows,
+            None => self.vip_rows()?,
+        };
+        let plan = decide(&rows);
+        if plan.writes.is_empty() {
+            *cache = Some(rows);
+            return Ok(plan);
+        }
         let tx = self.db.begin_write().map_err(db_err)?;
-        let plan = {
+        {
             let mut table = tx.open_table(VIPS).map_err(db_err)?;
-            let plan = decide(&read_vip_rows(&table)?);
             for (key, write) in &plan.writes {
                 match write {
                     Some(entry) => {
@@ -301,13 +317,17 @@ impl Store {
                     }
                 }
             }
-            plan
-        };
-        if plan.writes.is_empty() {
-            tx.abort().map_err(db_err)?;
-        } else {
-            tx.commit().map_err(db_err)?;
         }
+        tx.commit().map_err(db_err)?;
+        // Only what was committed enters the cache; on an error above it is re-read.
+        let mut rows = rows;
+        for (key, write) in &plan.writes {
+            match write {
+                Some(entry) => rows.insert(key.clone(), *entry),
+                None => rows.remove(key),
+            };
+        }
+        *cache = Some(rows);
         Ok(plan)
     }
 
