@@ -203,6 +203,28 @@ async fn unexport_cuts_open_streams() {
     );
 }
 
+/// Links `rogue` to `east`, waits until east's gateway holds a session with rogue's real
+/// gateway (so it knows the link), then stops rogue's processes and dials east as rogue's
+/// gateway with a real certificate: the test speaks for the rogue from here on.
+async fn impersonate(
+    east_def: &ClusterDef,
+    rogue_def: &ClusterDef,
+    mut rogue: Cluster,
+) -> common::rogue::RoguePeer {
+    link(east_def, rogue_def);
+    wait_until(
+        east_def,
+        &format!("a link session with {}", rogue_def.name),
+        Duration::from_secs(20),
+        |east| link_of(east, &rogue_def.name)["connected"] == true,
+    )
+    .await;
+    let identity = common::rogue::gateway_identity(rogue_def).await;
+    rogue.kill();
+    let gateway = east_def.gateways()[0];
+    common::rogue::RoguePeer::connect(identity, "east", gateway).await
+}
+
 /// The link `name` in `def`'s `link list -o json`.
 fn link_of(def: &ClusterDef, name: &str) -> serde_json::Value {
     def.links()
@@ -229,7 +251,6 @@ fn many_services(n: usize) -> Vec<ferry_federation::ExportedService> {
 /// shows why, counters move, and another peer's imports and calls are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
-    use common::rogue::{gateway_identity, RoguePeer};
     use ferry_federation::LinkMessage;
     let mesh = Mesh::new("example.org");
     let east_def = mesh.cluster("east", "127.88.0.0/16");
@@ -238,18 +259,12 @@ async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
     east_def.federation_config("max_imported_services = 40\nmax_link_messages_per_second = 20");
     let _east = east_def.up().await;
     let _west = west_def.up().await;
-    let mut rogue = rogue_def.up().await;
+    let rogue = rogue_def.up().await;
     let echo = Echo::start().await;
     west_def.add_exported_echo(&echo);
     link(&east_def, &west_def);
-    link(&east_def, &rogue_def);
     east_def.wait_imported("echo.shop", "west").await;
-
-    // The rogue cluster's own processes step aside; the test speaks for it.
-    let identity = gateway_identity(&rogue_def).await;
-    rogue.kill();
-    let gateway = east_def.gateways()[0];
-    let mut peer = RoguePeer::connect(identity, "east", gateway).await;
+    let mut peer = impersonate(&east_def, &rogue_def, rogue).await;
     let mut announced: Vec<std::net::SocketAddr> = vec!["224.0.0.1:4433".parse().unwrap()];
     announced.extend((1..=20).map(|i| std::net::SocketAddr::from(([127, 0, 0, i], 4433))));
     assert!(
@@ -395,7 +410,6 @@ async fn a_peer_that_hoards_streams_and_never_reads_holds_bounded_memory() {
 /// session: the write deadline closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_cut_off_by_the_write_deadline() {
-    use common::rogue::{gateway_identity, RoguePeer};
     use ferry_federation::LinkMessage;
     let mesh = Mesh::new("example.org");
     let east_def = mesh.cluster("east", "127.107.0.0/16");
@@ -409,20 +423,8 @@ async fn a_peer_that_stops_reading_is_cut_off_by_the_write_deadline() {
     }
     east_def.append_config(&services);
     let _east = east_def.up().await;
-    let mut rogue = rogue_def.up().await;
-    link(&east_def, &rogue_def);
-    // East's gateway knows the link once a session with rogue's real gateway is up.
-    wait_until(
-        &east_def,
-        "a link session with rogue",
-        Duration::from_secs(20),
-        |east| link_of(east, "rogue")["connected"] == true,
-    )
-    .await;
-    let identity = gateway_identity(&rogue_def).await;
-    rogue.kill();
-    let gateway = east_def.gateways()[0];
-    let mut peer = RoguePeer::connect(identity, "east", gateway).await;
+    let rogue = rogue_def.up().await;
+    let mut peer = impersonate(&east_def, &rogue_def, rogue).await;
     assert!(
         peer.send(&LinkMessage::Hello {
             cluster: "rogue".parse().unwrap(),
