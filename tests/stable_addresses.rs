@@ -127,15 +127,18 @@ async fn wait_endpoints(def: &ClusterDef, service: &str, n: usize) -> BTreeMap<S
 }
 
 /// West exports a headless service whose brokers answer their own names; east caches their
-/// endpoint VIPs. West then exports a second headless service and is killed at once; when it
-/// is back and the link reconnects, every cached VIP still reaches the broker it named.
+/// endpoint VIPs. West then exports a second headless service (whose name sorts first, so a
+/// lowest-free allocator would hand it the brokers' addresses) and is killed at once. East
+/// withdraws west's imports when their lease runs out; when west is back and the link
+/// reconnects, every cached VIP still reaches the broker it named, and the new service's
+/// endpoints got addresses of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_vips_survive_a_peer_restarting_while_it_exports() {
     let ew = east_west("127.93.0.0/24", "127.94.0.0/24").await;
     let (east_def, west_def) = (ew.east_def.clone(), ew.west_def.clone());
     let mut west = ew.west;
     let (k0, k1) = (named("kafka-0").await, named("kafka-1").await);
-    let (z0, z1) = (named("zk-0").await, named("zk-1").await);
+    let (e0, e1) = (named("etcd-0").await, named("etcd-1").await);
     let (k0, k1) = (format!("kafka-0={k0}"), format!("kafka-1={k1}"));
     west_def.cli_ok(&[
         "service",
@@ -157,23 +160,30 @@ async fn endpoint_vips_survive_a_peer_restarting_while_it_exports() {
         assert!(key.ends_with(&who(*addr).await), "{key} answers as itself");
     }
 
-    let (z0, z1) = (format!("zk-0={z0}"), format!("zk-1={z1}"));
+    let (e0, e1) = (format!("etcd-0={e0}"), format!("etcd-1={e1}"));
     west_def.cli_ok(&[
         "service",
         "add",
-        "zk.data",
+        "etcd.data",
         "--port",
         "tcp=7000",
         "--endpoint",
-        &z0,
+        &e0,
         "--endpoint",
-        &z1,
+        &e1,
         "--headless",
         "--export",
     ]);
     west.kill();
+    wait_until(
+        &east_def,
+        "west's imports withdrawn",
+        Duration::from_secs(30),
+        |d| endpoint_vips(d, "kafka.data").is_empty(),
+    )
+    .await;
     let _west = west_def.up().await;
-    let zk = wait_endpoints(&east_def, "zk.data", 2).await;
+    let etcd = wait_endpoints(&east_def, "etcd.data", 2).await;
     let after = wait_endpoints(&east_def, "kafka.data", 2).await;
     assert_eq!(after, before, "kafka's endpoint VIPs did not move");
     for (key, addr) in &before {
@@ -183,8 +193,10 @@ async fn endpoint_vips_survive_a_peer_restarting_while_it_exports() {
             "cached VIP of {key} now reaches {got:?}"
         );
     }
-    for addr in zk.values() {
-        assert!(!before.values().any(|b| b == addr), "zk got a kafka VIP");
+    for (key, addr) in &etcd {
+        assert!(!before.values().any(|b| b == addr), "{key} got a kafka VIP");
+        wait_listening(*addr).await;
+        assert!(key.ends_with(&who(*addr).await), "{key} answers as itself");
     }
 }
 

@@ -546,7 +546,6 @@ pub async fn east_west(east_range: &str, west_range: &str) -> EastWest {
     }
 }
 
-/// Links `a` and `b` with a token from `a`.
 /// Links `a` and `b` with a token from `a`, handed to `b` on standard input.
 pub fn link(a: &ClusterDef, b: &ClusterDef) {
     let token = a.token_for(&b.name, &[]);
