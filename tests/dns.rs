@@ -305,19 +305,7 @@ async fn export_unexport_and_peer_loss_show_in_dns() {
     )
     .await;
     // Let west's health check pass first, so the export carries a healthy endpoint.
-    wait_for("west endpoint healthy", Duration::from_secs(10), || {
-        let west_def = west_def.clone();
-        async move {
-            west_def.service("echo.shop").is_some_and(|s| {
-                s["local"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e["healthy"] == true)
-            })
-        }
-    })
-    .await;
+    west_def.wait_local_healthy("echo.shop").await;
 
     let t = Instant::now();
     west_def.cli_ok(&["export", "echo.shop"]);

@@ -267,15 +267,7 @@ async fn a_peer_over_its_bounds_gets_what_fits_and_nothing_else_moves() {
     let mut peer = impersonate(&east_def, &rogue_def, rogue).await;
     let mut announced: Vec<std::net::SocketAddr> = vec!["224.0.0.1:4433".parse().unwrap()];
     announced.extend((1..=20).map(|i| std::net::SocketAddr::from(([127, 0, 0, i], 4433))));
-    assert!(
-        peer.send(&LinkMessage::Hello {
-            cluster: "rogue".parse().unwrap(),
-            session: 7,
-            gateways: announced,
-            lease_ms: 5000,
-        })
-        .await
-    );
+    peer.hello(announced).await;
     assert!(
         peer.send(&LinkMessage::Snapshot {
             seq: 1,
@@ -425,15 +417,7 @@ async fn a_peer_that_stops_reading_is_cut_off_by_the_write_deadline() {
     let _east = east_def.up().await;
     let rogue = rogue_def.up().await;
     let mut peer = impersonate(&east_def, &rogue_def, rogue).await;
-    assert!(
-        peer.send(&LinkMessage::Hello {
-            cluster: "rogue".parse().unwrap(),
-            session: 9,
-            gateways: vec![],
-            lease_ms: 5000,
-        })
-        .await
-    );
+    peer.hello(vec![]).await;
     let started = std::time::Instant::now();
     for _ in 0..100 {
         if !peer.send(&LinkMessage::Resync).await {
@@ -477,4 +461,122 @@ async fn join_tries_the_token_s_gateways_at_once() {
     );
     assert!(took < Duration::from_secs(2), "join took {took:?}");
     assert_eq!(ew.west_def.links().len(), 1);
+}
+
+/// User plus system CPU time of a process, from /proc, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// A linked peer with 5000 exports that changes one of them at its full message rate (50
+/// changes a second, inside its bounds) cannot make the importing cluster rebuild and
+/// republish everything 50 times a second: its changes are folded, at most ten imports
+/// reports a second, each folded republish waits as long as the last one took, the latest
+/// state always lands, and commands still answer at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_churning_its_exports_cannot_monopolize_the_control_plane() {
+    use ferry_federation::LinkMessage;
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.107.0.0/16");
+    let rogue_def = mesh.cluster("rogue", "127.108.0.0/16");
+    let east = east_def.up().await;
+    let rogue = rogue_def.up().await;
+    let mut peer = impersonate(&east_def, &rogue_def, rogue).await;
+    peer.hello(vec![]).await;
+    let mut services = many_services(5000);
+    assert!(
+        peer.send(&LinkMessage::Snapshot {
+            seq: 1,
+            services: services.clone(),
+        })
+        .await
+    );
+    wait_until(
+        &east_def,
+        "5000 services imported from rogue",
+        Duration::from_secs(60),
+        |east| link_of(east, "rogue")["imported_services"] == 5000,
+    )
+    .await;
+
+    let pid = east.procs[0].id();
+    let (version_before, cpu_before) = (
+        east_def.status()["snapshot_version"].as_u64().unwrap(),
+        cpu_seconds(pid),
+    );
+    let started = std::time::Instant::now();
+    let changes = 300u64;
+    let mut slowest_command = Duration::ZERO;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for i in 0..changes {
+        tick.tick().await;
+        let svc = &mut services[(i % 5000) as usize];
+        svc.healthy
+            .insert("tcp".parse().unwrap(), 2 + (i % 7) as u32);
+        assert!(
+            peer.send(&LinkMessage::Delta {
+                seq: 2 + i,
+                upserts: vec![svc.clone()],
+                removals: vec![],
+            })
+            .await,
+            "east closed the link during the churn"
+        );
+        if i % 50 == 25 {
+            let t = std::time::Instant::now();
+            east_def.cli_ok(&["link", "list"]);
+            slowest_command = slowest_command.max(t.elapsed());
+        }
+    }
+    let last = (changes - 1) as usize;
+    let want = 2 + ((changes - 1) % 7);
+    let name = services[last].name.to_string();
+    eprintln!(
+        "{:?} {} {}",
+        east_def.service(&name),
+        east_def.services().len(),
+        link_of(&east_def, "rogue")
+    );
+    eprintln!(
+        "refused {}",
+        east_def.metric("ferry_link_refused_total", "")
+    );
+    for l in east_def.log().lines().filter(|l| !l.contains("listener")) {
+        eprintln!("LOG {l}");
+    }
+    wait_until(
+        &east_def,
+        "the last change landed",
+        Duration::from_secs(10),
+        |east| {
+            east.service(&name).is_some_and(|s| {
+                s["remote"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["cluster"] == "rogue" && r["healthy"]["tcp"] == want)
+            })
+        },
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let published = east_def.status()["snapshot_version"].as_u64().unwrap() - version_before;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    eprintln!(
+        "{changes} changes in {elapsed:.1} s: {published} snapshots published, east used {cpu:.1} CPU s ({:.0} %), slowest command {slowest_command:?}",
+        100.0 * cpu / elapsed
+    );
+    // Ten reports a second at most, over the churn and the wait for the last one.
+    let bound = (10.0 * elapsed).ceil() as u64 + 5;
+    assert!(
+        published <= bound,
+        "{published} snapshots for {changes} changes in {elapsed:.1} s (bound {bound})"
+    );
+    assert!(
+        slowest_command < Duration::from_secs(3),
+        "a command took {slowest_command:?} during the churn"
+    );
 }

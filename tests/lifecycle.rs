@@ -45,6 +45,7 @@ async fn sigterm_stops_an_idle_cluster_quickly_and_drains_open_connections() {
     let mut busy = def.up().await;
     let echo = Echo::start().await;
     def.add_echo(&echo, false);
+    def.wait_local_healthy("echo.shop").await;
     let addr = def.vip("echo.shop", 7000);
     wait_listening(addr).await;
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -135,6 +136,7 @@ async fn idle_relayed_connections_are_closed() {
     let _west = west_def.up().await;
     let local = Echo::start().await;
     east_def.add_echo(&local, false);
+    east_def.wait_local_healthy("echo.shop").await;
     let remote = Echo::start().await;
     west_def.cli_ok(&[
         "service",

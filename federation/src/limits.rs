@@ -164,25 +164,11 @@ pub fn bound_exports(
 ) -> (Vec<ExportedService>, Vec<LimitExceeded>) {
     let mut exceeded = Vec::new();
     let mut valid = Vec::with_capacity(offered.len().min(limits.services));
-    for mut svc in offered {
-        if svc.ports.len() > limits.ports || !distinct_ports(&svc) {
-            exceeded.push(LimitExceeded::Ports {
-                service: svc.name,
-                max: limits.ports,
-            });
-            continue;
+    for svc in offered {
+        match check_export(svc, limits) {
+            Ok(svc) => valid.push(svc),
+            Err(limit) => exceeded.push(limit),
         }
-        let hostnames: BTreeSet<_> = svc.endpoints.iter().map(|e| &e.hostname).collect();
-        if svc.endpoints.len() > limits.endpoints || hostnames.len() != svc.endpoints.len() {
-            exceeded.push(LimitExceeded::Endpoints {
-                service: svc.name,
-                max: limits.endpoints,
-            });
-            continue;
-        }
-        let ports: BTreeSet<_> = svc.ports.iter().map(|p| p.name.clone()).collect();
-        svc.healthy.retain(|name, _| ports.contains(name));
-        valid.push(svc);
     }
     if valid.len() > limits.services {
         let offered = valid.len();
@@ -206,6 +192,30 @@ pub fn bound_exports(
         });
     }
     (valid, exceeded)
+}
+
+/// Checks one exported service against the per-service bounds (ports, endpoints, distinct
+/// port names, numbers and hostnames) and drops healthy counts of ports it does not have.
+pub fn check_export(
+    mut svc: ExportedService,
+    limits: &ImportLimits,
+) -> Result<ExportedService, LimitExceeded> {
+    if svc.ports.len() > limits.ports || !distinct_ports(&svc) {
+        return Err(LimitExceeded::Ports {
+            service: svc.name,
+            max: limits.ports,
+        });
+    }
+    let hostnames: BTreeSet<_> = svc.endpoints.iter().map(|e| &e.hostname).collect();
+    if svc.endpoints.len() > limits.endpoints || hostnames.len() != svc.endpoints.len() {
+        return Err(LimitExceeded::Endpoints {
+            service: svc.name,
+            max: limits.endpoints,
+        });
+    }
+    let ports: BTreeSet<_> = svc.ports.iter().map(|p| &p.name).collect();
+    svc.healthy.retain(|name, _| ports.contains(name));
+    Ok(svc)
 }
 
 fn distinct_ports(svc: &ExportedService) -> bool {

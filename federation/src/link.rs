@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::limits::{bound_exports, check_gateways, FrameBudget, ImportLimits, LimitExceeded};
+use crate::limits::{
+    bound_exports, check_export, check_gateways, FrameBudget, ImportLimits, LimitExceeded,
+};
 use crate::model::{ClusterId, ExportedService, ServiceName};
 use crate::wire::{GoodbyeReason, LinkMessage};
 
@@ -55,12 +57,10 @@ pub enum LinkEvent {
         /// Its gateways.
         gateways: Vec<SocketAddr>,
     },
-    /// The complete current set of the peer's exports, after each change.
+    /// The peer's exports changed; [`LinkSync::imports`] has the complete current set.
     Imports {
         /// The peer.
         peer: ClusterId,
-        /// All its exports, sorted by name.
-        services: Vec<ExportedService>,
     },
     /// The peer was silent past the lease; its imports are gone.
     ImportsWithdrawn {
@@ -129,7 +129,15 @@ pub struct LinkSync {
     /// A gap was seen: deltas are ignored until a snapshot arrives.
     awaiting_snapshot: bool,
     resync_sent_at: Option<Instant>,
-    imports: Vec<ExportedService>,
+    /// The peer's exports that passed the bounds, by name. A delta changes only the names
+    /// it carries: the work per message is proportional to the message, not to the imports.
+    imports: BTreeMap<ServiceName, ExportedService>,
+    /// Services refused on their own (ports, endpoints), while the peer still exports them;
+    /// at most `limits.services` of them are remembered.
+    refused: BTreeMap<ServiceName, LimitExceeded>,
+    /// Whether names were refused for the services bound since the last snapshot, and how
+    /// many the peer offered at least.
+    services_over: Option<LimitExceeded>,
     /// Whether `imports` have been reported to the shell and not withdrawn.
     imports_live: bool,
     lease_deadline: Option<Instant>,
@@ -168,7 +176,9 @@ impl LinkSync {
             recv_seq: None,
             awaiting_snapshot: false,
             resync_sent_at: None,
-            imports: Vec::new(),
+            imports: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            services_over: None,
             imports_live: false,
             lease_deadline: None,
             events: VecDeque::new(),
@@ -304,18 +314,7 @@ impl LinkSync {
                     Some(last) if !self.awaiting_snapshot => {
                         if seq == last + 1 {
                             self.recv_seq = Some(seq);
-                            let mut next: BTreeMap<ServiceName, ExportedService> = self
-                                .imports
-                                .iter()
-                                .map(|s| (s.name.clone(), s.clone()))
-                                .collect();
-                            for name in &removals {
-                                next.remove(name);
-                            }
-                            for s in upserts {
-                                next.insert(s.name.clone(), s);
-                            }
-                            self.replace_imports(next.into_values().collect());
+                            self.apply_delta(upserts, removals);
                         } else if seq > last + 1 {
                             self.awaiting_snapshot = true;
                             self.request_resync(now);
@@ -352,7 +351,7 @@ impl LinkSync {
             }
             LinkMessage::Goodbye { reason } => match reason {
                 GoodbyeReason::LinkRemoved => {
-                    self.imports.clear();
+                    self.clear_imports();
                     self.imports_live = false;
                     self.recv_seq = None;
                     self.lease_deadline = None;
@@ -382,7 +381,7 @@ impl LinkSync {
             self.lease_deadline = None;
             self.recv_seq = None;
             self.awaiting_snapshot = false;
-            self.imports.clear();
+            self.clear_imports();
             if self.imports_live {
                 self.imports_live = false;
                 self.events.push_back(LinkEvent::ImportsWithdrawn {
@@ -421,8 +420,13 @@ impl LinkSync {
     }
 
     /// The peer's current exports as far as we know (empty once withdrawn), sorted by name.
-    pub fn imports(&self) -> &[ExportedService] {
-        &self.imports
+    pub fn imports(&self) -> Vec<ExportedService> {
+        self.imports.values().cloned().collect()
+    }
+
+    /// How many services the peer's current exports hold.
+    pub fn import_count(&self) -> usize {
+        self.imports.len()
     }
 
     /// The cluster this link runs from.
@@ -495,21 +499,111 @@ impl LinkSync {
 
     /// Bounds the peer's new complete exports and makes them the imports.
     fn replace_imports(&mut self, services: Vec<ExportedService>) {
-        let (services, exceeded) = bound_exports(&self.imports, services, &self.config.limits);
+        let previous: Vec<ExportedService> = self.imports.values().cloned().collect();
+        let (services, exceeded) = bound_exports(&previous, services, &self.config.limits);
         if exceeded != self.import_limits {
             self.refuse_all(&exceeded);
         }
+        self.refused.clear();
+        self.services_over = None;
+        for limit in &exceeded {
+            match limit {
+                LimitExceeded::Ports { service, .. } | LimitExceeded::Endpoints { service, .. }
+                    if self.refused.len() < self.config.limits.services =>
+                {
+                    self.refused.insert(service.clone(), limit.clone());
+                }
+                LimitExceeded::Services { .. } => self.services_over = Some(limit.clone()),
+                _ => {}
+            }
+        }
         self.import_limits = exceeded;
         self.update_limited();
-        let changed = !self.imports_live || services != self.imports;
-        self.imports = services;
+        let changed = !self.imports_live || services != previous;
+        self.imports = services.into_iter().map(|s| (s.name.clone(), s)).collect();
         self.imports_live = true;
         if changed {
-            self.events.push_back(LinkEvent::Imports {
-                peer: self.peer.clone(),
-                services: self.imports.clone(),
-            });
+            self.imports_changed();
         }
+    }
+
+    /// Applies one delta name by name, under the same bounds as a snapshot: a service over
+    /// its own bounds is refused (and dropped if it was imported), a new name past the
+    /// services bound is refused, names imported before keep their place.
+    fn apply_delta(&mut self, upserts: Vec<ExportedService>, removals: Vec<ServiceName>) {
+        let limits = self.config.limits;
+        let mut changed = !self.imports_live;
+        let mut limits_changed = false;
+        for name in &removals {
+            changed |= self.imports.remove(name).is_some();
+            limits_changed |= self.refused.remove(name).is_some();
+        }
+        for svc in upserts {
+            match check_export(svc, &limits) {
+                Err(limit) => {
+                    let name = match &limit {
+                        LimitExceeded::Ports { service, .. }
+                        | LimitExceeded::Endpoints { service, .. } => service.clone(),
+                        _ => continue,
+                    };
+                    changed |= self.imports.remove(&name).is_some();
+                    self.refuse_all(std::slice::from_ref(&limit));
+                    if self.refused.len() < limits.services || self.refused.contains_key(&name) {
+                        limits_changed |= self.refused.insert(name, limit.clone()) != Some(limit);
+                    }
+                }
+                Ok(svc) => {
+                    limits_changed |= self.refused.remove(&svc.name).is_some();
+                    if !self.imports.contains_key(&svc.name)
+                        && self.imports.len() >= limits.services
+                    {
+                        let offered = match &self.services_over {
+                            Some(LimitExceeded::Services { offered, .. }) => {
+                                (*offered).max(self.imports.len() + 1)
+                            }
+                            _ => self.imports.len() + 1,
+                        };
+                        let over = LimitExceeded::Services {
+                            max: limits.services,
+                            offered,
+                        };
+                        self.refuse_all(std::slice::from_ref(&over));
+                        limits_changed |= self.services_over.as_ref() != Some(&over);
+                        self.services_over = Some(over);
+                        continue;
+                    }
+                    if self.imports.get(&svc.name) != Some(&svc) {
+                        self.imports.insert(svc.name.clone(), svc);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if limits_changed {
+            self.import_limits = self
+                .refused
+                .values()
+                .chain(&self.services_over)
+                .cloned()
+                .collect();
+            self.update_limited();
+        }
+        self.imports_live = true;
+        if changed {
+            self.imports_changed();
+        }
+    }
+
+    fn imports_changed(&mut self) {
+        self.events.push_back(LinkEvent::Imports {
+            peer: self.peer.clone(),
+        });
+    }
+
+    fn clear_imports(&mut self) {
+        self.imports.clear();
+        self.refused.clear();
+        self.services_over = None;
     }
 
     /// Asks for a snapshot, at most once per heartbeat interval (the peer's heartbeats

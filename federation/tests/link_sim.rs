@@ -260,7 +260,7 @@ impl Sim {
             while let Some(ev) = node.sync.poll_event() {
                 match ev {
                     LinkEvent::PeerHello { .. } => node.hellos += 1,
-                    LinkEvent::Imports { services, .. } => node.view = Some(services),
+                    LinkEvent::Imports { .. } => node.view = Some(node.sync.imports()),
                     LinkEvent::ImportsWithdrawn { .. } => {
                         node.view = None;
                         node.withdrawals.push(now);

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_federation::{encode_frame, ClusterId, FrameDecoder, LinkEvent, LinkMessage, LinkSync};
+use ferry_federation::{
+    encode_frame, ClusterId, FrameDecoder, LimitExceeded, LinkEvent, LinkMessage, LinkSync,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -22,6 +24,9 @@ use crate::tls::{self, PeerExpectation, ALPN_LINK};
 
 /// How often a live session re-reports its imports to the control plane (lease refresh).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// The shortest time between two imports reports of one session: changes a peer sends
+/// faster than this are folded into the next report (the latest state wins).
+const MIN_REPORT_GAP: Duration = Duration::from_millis(100);
 /// Lease the control plane gives our reports.
 pub const REPORT_LEASE: Duration = Duration::from_secs(5);
 /// How long the cluster that does not dial first waits for the peer to dial.
@@ -162,6 +167,22 @@ fn cluster_gateways(
     all
 }
 
+/// The imports report of a session: everything the peer exports that passed the bounds.
+fn imports_report(
+    peer: &ClusterId,
+    sync: &LinkSync,
+    peer_gateways: &[std::net::SocketAddr],
+    limited: &[LimitExceeded],
+) -> GatewayEvent {
+    GatewayEvent::Imports {
+        peer: peer.clone(),
+        services: sync.imports(),
+        peer_gateways: peer_gateways.to_vec(),
+        connected: true,
+        limited: limited.to_vec(),
+    }
+}
+
 async fn emit(shared: &Shared, event: GatewayEvent) {
     let _ = shared.events.send(event).await;
 }
@@ -198,6 +219,9 @@ async fn run_session(
     let mut have_imports = false;
     let mut limited = Vec::new();
     let mut last_refusal_log: Option<Instant> = None;
+    // An imports report waiting for MIN_REPORT_GAP since the previous one.
+    let mut report_due = false;
+    let mut next_report_at = Instant::now();
     loop {
         // Flush what the state machine wants to send, within the write deadline.
         while let Some(msg) = sync.poll_transmit() {
@@ -223,20 +247,10 @@ async fn run_session(
                     peer_gateways = gateways;
                     shared.note_peer_session(&peer, &conn, session);
                 }
-                LinkEvent::Imports { services, .. } => {
+                LinkEvent::Imports { .. } => {
                     withdrawn = false;
                     have_imports = true;
-                    emit(
-                        &shared,
-                        GatewayEvent::Imports {
-                            peer: peer.clone(),
-                            services,
-                            peer_gateways: peer_gateways.clone(),
-                            connected: true,
-                            limited: limited.clone(),
-                        },
-                    )
-                    .await;
+                    report_due = true;
                 }
                 LinkEvent::Refused { limit, .. } => {
                     metrics::counter!("ferry_link_refused_total", "peer" => peer.to_string(), "limit" => limit.kind()).increment(1);
@@ -251,22 +265,11 @@ async fn run_session(
                     ..
                 } => {
                     limited = now_limited;
-                    if have_imports && !withdrawn {
-                        emit(
-                            &shared,
-                            GatewayEvent::Imports {
-                                peer: peer.clone(),
-                                services: sync.imports().to_vec(),
-                                peer_gateways: peer_gateways.clone(),
-                                connected: true,
-                                limited: limited.clone(),
-                            },
-                        )
-                        .await;
-                    }
+                    report_due |= have_imports && !withdrawn;
                 }
                 LinkEvent::ImportsWithdrawn { .. } => {
                     withdrawn = true;
+                    report_due = false;
                     tracing::warn!("peer silent past its lease: imports withdrawn");
                     emit(&shared, GatewayEvent::Withdrawn { peer: peer.clone() }).await;
                 }
@@ -280,6 +283,16 @@ async fn run_session(
                     conn.close(CLOSE_LINK_REMOVED, b"link removed by peer");
                 }
             }
+        }
+        if report_due && !removing && Instant::now() >= next_report_at {
+            report_due = false;
+            next_report_at = Instant::now() + MIN_REPORT_GAP;
+            tracing::debug!(services = sync.import_count(), "imports report");
+            emit(
+                &shared,
+                imports_report(&peer, &sync, &peer_gateways, &limited),
+            )
+            .await;
         }
         if removing {
             let _ = send.finish();
@@ -330,17 +343,10 @@ async fn run_session(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => sync.handle_timeout(Instant::now().into_std()),
-            _ = report.tick() => {
-                if have_imports && !withdrawn && !removing {
-                    emit(&shared, GatewayEvent::Imports {
-                        peer: peer.clone(),
-                        services: sync.imports().to_vec(),
-                        peer_gateways: peer_gateways.clone(),
-                        connected: true,
-                        limited: limited.clone(),
-                    }).await;
-                }
-            }
+            // A folded report whose gap is over: sent at the top of the loop.
+            _ = tokio::time::sleep_until(next_report_at), if report_due => {}
+            // The lease refresh.
+            _ = report.tick() => report_due |= have_imports && !withdrawn,
         }
     }
     sync.handle_disconnected(Instant::now().into_std());

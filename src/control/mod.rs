@@ -15,6 +15,7 @@ mod vips;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,11 +112,23 @@ pub struct ControlPlane {
     live: Mutex<Live>,
     /// Held for a whole republish, so snapshots are built and published one at a time.
     publishing: Mutex<()>,
+    /// Set once the coalescing publisher runs (`spawn_background`); until then reports
+    /// republish in place.
+    coalescing: AtomicBool,
+    /// Wakes the coalescing publisher: live state changed.
+    publish_wanted: Notify,
     unallocated: Mutex<Vec<String>>,
     snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
     /// Wakes the health checker when the set of services changes.
     pub services_changed: Notify,
 }
+
+/// The shortest time between two republishes that reports caused.
+const MIN_PUBLISH_GAP: Duration = Duration::from_millis(100);
+/// A folded republish waits this many times as long as the previous one took: every
+/// published snapshot is also parsed by each role and rebuilt into DNS zones and listeners,
+/// which together cost a few times the republish itself.
+const PUBLISH_GAP_FACTOR: u32 = 4;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now_ms() -> u64 {
@@ -160,6 +173,8 @@ impl ControlPlane {
                 listen_failures: BTreeMap::new(),
             }),
             publishing: Mutex::new(()),
+            coalescing: AtomicBool::new(false),
+            publish_wanted: Notify::new(),
             unallocated: Mutex::new(Vec::new()),
             snapshot_tx,
             services_changed: Notify::new(),
@@ -297,7 +312,7 @@ impl ControlPlane {
             live.health.insert(name.clone(), health.clone()) != Some(health)
         };
         if changed {
-            self.republish()?;
+            self.live_changed()?;
         }
         Ok(())
     }
@@ -334,8 +349,9 @@ impl ControlPlane {
             }
             changed
         };
+        tracing::debug!(%changed, "imports report");
         if changed {
-            self.republish()?;
+            self.live_changed()?;
         }
         Ok(())
     }
@@ -374,7 +390,7 @@ impl ControlPlane {
         };
         if is_new {
             tracing::info!(%addr, "gateway registered");
-            self.republish()?;
+            self.live_changed()?;
         }
         Ok(())
     }
@@ -400,7 +416,7 @@ impl ControlPlane {
             !expired.is_empty() || before != live.gateways.len() + live.connected.len()
         };
         if changed {
-            self.republish()?;
+            self.live_changed()?;
         }
         Ok(())
     }
@@ -413,8 +429,47 @@ impl ControlPlane {
         live.limited.remove(peer);
     }
 
-    /// Runs the control plane's background work: lease expiry and health checks.
+    /// Live state that others report (imports, health, gateways, leases) changed: asks for
+    /// a republish. Once the publisher runs, these coalesce (see [`Self::run_publisher`]),
+    /// so however fast a peer or a flapping endpoint changes things, rebuilding the
+    /// snapshot takes a bounded share of the control plane's time. Commands (`service
+    /// add`, `link remove`, ...) still republish before they answer.
+    fn live_changed(&self) -> Result<(), StoreError> {
+        if self.coalescing.load(Ordering::Acquire) {
+            self.publish_wanted.notify_one();
+            Ok(())
+        } else {
+            self.republish()
+        }
+    }
+
+    /// The coalescing publisher: the first change after a quiet spell is published at once;
+    /// changes that arrive while a republish runs or just ran are folded into the next one,
+    /// which waits at least [`MIN_PUBLISH_GAP`] and [`PUBLISH_GAP_FACTOR`] times as long as
+    /// the previous republish took. However fast reports change, publishing and what it
+    /// sets off in the roles stay a bounded share of the machine.
+    async fn run_publisher(self: Arc<Self>) {
+        loop {
+            self.publish_wanted.notified().await;
+            let started = tokio::time::Instant::now();
+            let cp = self.clone();
+            match tokio::task::spawn_blocking(move || cp.republish()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "republish failed; retrying at the next change")
+                }
+                Err(e) => tracing::error!(error = %e, "republish panicked"),
+            }
+            let took = started.elapsed();
+            tokio::time::sleep((took * PUBLISH_GAP_FACTOR).max(MIN_PUBLISH_GAP)).await;
+        }
+    }
+
+    /// Runs the control plane's background work: the coalescing publisher, lease expiry
+    /// and health checks.
     pub fn spawn_background(self: &Arc<Self>) {
+        self.coalescing.store(true, Ordering::Release);
+        tokio::spawn(self.clone().run_publisher());
         let cp = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));

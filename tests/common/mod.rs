@@ -142,7 +142,10 @@ fn spawn_role(def: &ClusterDef, role: &str) -> Child {
         .unwrap();
     Command::new(FERRY)
         .args([role, "--config", def.config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -429,6 +432,25 @@ impl ClusterDef {
             .service(service)
             .unwrap_or_else(|| panic!("{service} unknown in {}", self.name));
         SocketAddr::new(s["vip"].as_str().unwrap().parse().unwrap(), port)
+    }
+
+    /// Waits until `service` has a local endpoint that passed its health check.
+    pub async fn wait_local_healthy(&self, service: &str) {
+        wait_until(
+            self,
+            &format!("a healthy local endpoint of {service}"),
+            Duration::from_secs(20),
+            |d| {
+                d.service(service).is_some_and(|s| {
+                    s["local"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|e| e["healthy"] == true)
+                })
+            },
+        )
+        .await;
     }
 
     /// Waits until `service` is imported here with a healthy endpoint in `from`.

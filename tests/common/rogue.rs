@@ -52,6 +52,20 @@ impl RoguePeer {
         }
     }
 
+    /// Introduces itself as the rogue cluster announcing `gateways`.
+    pub async fn hello(&mut self, gateways: Vec<SocketAddr>) {
+        let hello = LinkMessage::Hello {
+            cluster: "rogue".parse().unwrap(),
+            session: 7,
+            gateways,
+            lease_ms: 5000,
+        };
+        assert!(
+            self.send(&hello).await,
+            "the gateway closed the link at hello"
+        );
+    }
+
     /// Sends one framed message; false once the gateway has closed the stream.
     pub async fn send(&mut self, msg: &LinkMessage) -> bool {
         self.send.write_all(&encode_frame(msg)).await.is_ok()

@@ -54,11 +54,10 @@ fn events(l: &mut LinkSync) -> Vec<LinkEvent> {
     std::iter::from_fn(|| l.poll_event()).collect()
 }
 
-fn imports_event(services: Vec<ExportedService>) -> LinkEvent {
-    LinkEvent::Imports {
-        peer: cid("west"),
-        services,
-    }
+/// The only event is "imports changed", and the imports are now `services`.
+fn assert_imports(l: &mut LinkSync, services: Vec<ExportedService>) {
+    assert_eq!(events(l), vec![LinkEvent::Imports { peer: cid("west") }]);
+    assert_eq!(l.imports(), services);
 }
 
 fn secs(n: u64) -> Duration {
@@ -154,34 +153,13 @@ fn snapshots_and_deltas_update_imports() {
             gateways: vec![]
         }]
     );
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 3,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
+    snapshot_from_west(&mut l, t0, 3, vec![svc("a.ns", 1)]);
+    assert_imports(&mut l, vec![svc("a.ns", 1)]);
     // Same content again: no event. Older seq: ignored.
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 3,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 2,
-            services: vec![],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 3, vec![svc("a.ns", 1)]);
+    snapshot_from_west(&mut l, t0, 2, vec![]);
     assert!(events(&mut l).is_empty());
-    assert_eq!(l.imports(), &[svc("a.ns", 1)]);
+    assert_eq!(l.imports(), [svc("a.ns", 1)]);
 
     let delta = LinkMessage::Delta {
         seq: 4,
@@ -189,7 +167,7 @@ fn snapshots_and_deltas_update_imports() {
         removals: vec!["a.ns".parse().unwrap()],
     };
     l.handle_message(t0, delta.clone()).unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![svc("b.ns", 1)])]);
+    assert_imports(&mut l, vec![svc("b.ns", 1)]);
     l.handle_message(t0, delta).unwrap();
     assert!(events(&mut l).is_empty(), "duplicate delta ignored");
     l.handle_message(t0, LinkMessage::Heartbeat { seq: 4 })
@@ -202,14 +180,7 @@ fn gaps_ask_for_resync_once_per_heartbeat_and_wait_for_a_snapshot() {
     let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 1,
-            services: vec![],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 1, vec![]);
     events(&mut l);
     let gap = LinkMessage::Delta {
         seq: 3,
@@ -242,15 +213,8 @@ fn gaps_ask_for_resync_once_per_heartbeat_and_wait_for_a_snapshot() {
         vec![LinkMessage::Resync],
         "repeated if the first was lost"
     );
-    l.handle_message(
-        t0 + secs(1),
-        LinkMessage::Snapshot {
-            seq: 3,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
+    snapshot_from_west(&mut l, t0 + secs(1), 3, vec![svc("a.ns", 1)]);
+    assert_imports(&mut l, vec![svc("a.ns", 1)]);
     l.handle_message(
         t0 + secs(1),
         LinkMessage::Delta {
@@ -260,7 +224,7 @@ fn gaps_ask_for_resync_once_per_heartbeat_and_wait_for_a_snapshot() {
         },
     )
     .unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![])]);
+    assert_imports(&mut l, vec![]);
 }
 
 #[test]
@@ -275,14 +239,7 @@ fn heartbeat_ahead_or_before_any_snapshot_asks_for_resync() {
         vec![LinkMessage::Resync],
         "the first snapshot was lost"
     );
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 0,
-            services: vec![],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 0, vec![]);
     l.handle_message(t0 + secs(1), LinkMessage::Heartbeat { seq: 2 })
         .unwrap();
     assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
@@ -293,14 +250,7 @@ fn lease_expiry_withdraws_once_and_traffic_brings_imports_back() {
     let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 1,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 1, vec![svc("a.ns", 1)]);
     events(&mut l);
     l.handle_message(t0 + secs(2), LinkMessage::Heartbeat { seq: 1 })
         .unwrap();
@@ -324,15 +274,8 @@ fn lease_expiry_withdraws_once_and_traffic_brings_imports_back() {
     l.handle_message(t0 + secs(20), LinkMessage::Heartbeat { seq: 1 })
         .unwrap();
     assert_eq!(drain(&mut l), vec![LinkMessage::Resync]);
-    l.handle_message(
-        t0 + secs(20),
-        LinkMessage::Snapshot {
-            seq: 1,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![svc("a.ns", 1)])]);
+    snapshot_from_west(&mut l, t0 + secs(20), 1, vec![svc("a.ns", 1)]);
+    assert_imports(&mut l, vec![svc("a.ns", 1)]);
 }
 
 #[test]
@@ -354,14 +297,7 @@ fn peer_lease_is_honoured_within_bounds() {
         *lease_ms = 30_000;
     }
     l.handle_message(t0, h).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 0,
-            services: vec![],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 0, vec![]);
     events(&mut l);
     l.handle_timeout(t0 + secs(29));
     assert!(events(&mut l).is_empty());
@@ -374,14 +310,7 @@ fn peer_lease_is_honoured_within_bounds() {
         *lease_ms = u64::MAX;
     }
     l.handle_message(t0, h).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 0,
-            services: vec![],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 0, vec![]);
     events(&mut l);
     l.handle_timeout(t0 + MAX_LEASE);
     assert_eq!(events(&mut l).len(), 1, "a huge lease is capped");
@@ -392,39 +321,18 @@ fn new_peer_session_resets_sequence() {
     let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 9,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 9, vec![svc("a.ns", 1)]);
     events(&mut l);
     // Same session again (reconnect): old seq still holds.
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 2,
-            services: vec![],
-        },
-    )
-    .unwrap();
-    assert_eq!(l.imports(), &[svc("a.ns", 1)]);
+    snapshot_from_west(&mut l, t0, 2, vec![]);
+    assert_eq!(l.imports(), [svc("a.ns", 1)]);
     // The peer restarted: seq starts over, old imports stay until the new snapshot.
     l.handle_message(t0, hello(8)).unwrap();
-    assert_eq!(l.imports(), &[svc("a.ns", 1)]);
+    assert_eq!(l.imports(), [svc("a.ns", 1)]);
     events(&mut l);
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 0,
-            services: vec![svc("b.ns", 1)],
-        },
-    )
-    .unwrap();
-    assert_eq!(events(&mut l), vec![imports_event(vec![svc("b.ns", 1)])]);
+    snapshot_from_west(&mut l, t0, 0, vec![svc("b.ns", 1)]);
+    assert_imports(&mut l, vec![svc("b.ns", 1)]);
 }
 
 #[test]
@@ -489,14 +397,7 @@ fn goodbyes() {
     let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 0,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 0, vec![svc("a.ns", 1)]);
     events(&mut l);
     l.handle_message(
         t0,
@@ -565,14 +466,7 @@ fn a_flooding_peer_is_held_to_its_rate_and_the_link_shows_it() {
     let t0 = crate::testutil::t0();
     let mut l = east(t0);
     l.handle_message(t0, hello(7)).unwrap();
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 1,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 1, vec![svc("a.ns", 1)]);
     events(&mut l);
     let burst = ImportLimits::DEFAULT.frame_burst as u64;
     for seq in 2..=(burst + 100) {
@@ -629,13 +523,14 @@ fn a_resync_while_a_snapshot_is_queued_is_dropped() {
     assert_eq!(drain(&mut l).len(), 1);
 }
 
-#[test]
-fn a_peer_over_its_import_bounds_gets_only_what_fits() {
-    let t0 = crate::testutil::t0();
-    let limits = ImportLimits {
-        services: 2,
-        ..ImportLimits::DEFAULT
-    };
+/// West's snapshot `seq` with `services` arrives at `at`.
+fn snapshot_from_west(l: &mut LinkSync, at: Instant, seq: u64, services: Vec<ExportedService>) {
+    l.handle_message(at, LinkMessage::Snapshot { seq, services })
+        .unwrap();
+}
+
+/// A link from east to west under `limits`, connected at `t0`.
+fn connected_with(limits: ImportLimits, t0: Instant) -> LinkSync {
     let mut l = LinkSync::new(
         cid("east"),
         cid("west"),
@@ -644,6 +539,19 @@ fn a_peer_over_its_import_bounds_gets_only_what_fits() {
         LinkConfig { limits, ..config() },
     );
     l.handle_connected(t0);
+    l
+}
+
+#[test]
+fn a_peer_over_its_import_bounds_gets_only_what_fits() {
+    let t0 = crate::testutil::t0();
+    let mut l = connected_with(
+        ImportLimits {
+            services: 2,
+            ..ImportLimits::DEFAULT
+        },
+        t0,
+    );
     l.handle_message(
         t0,
         LinkMessage::Hello {
@@ -671,14 +579,69 @@ fn a_peer_over_its_import_bounds_gets_only_what_fits() {
     assert_eq!(names, ["a.ns", "b.ns"]);
     assert_eq!(l.limited().len(), 2);
     // Back within bounds: the link is clean again; a repeated report counts nothing twice.
-    l.handle_message(
-        t0,
-        LinkMessage::Snapshot {
-            seq: 2,
-            services: vec![svc("a.ns", 1)],
-        },
-    )
-    .unwrap();
+    snapshot_from_west(&mut l, t0, 2, vec![svc("a.ns", 1)]);
     assert_eq!(refusals(&events(&mut l)), Vec::<&str>::new());
     assert_eq!(l.limited().len(), 1, "only the gateway address is left");
+}
+
+#[test]
+fn deltas_are_bounded_like_snapshots_and_touch_only_their_names() {
+    let t0 = crate::testutil::t0();
+    let mut l = connected_with(
+        ImportLimits {
+            services: 2,
+            ports: 1,
+            ..ImportLimits::DEFAULT
+        },
+        t0,
+    );
+    l.handle_message(t0, hello(1)).unwrap();
+    snapshot_from_west(&mut l, t0, 1, vec![svc("a.ns", 1)]);
+    events(&mut l);
+    let delta = |seq, upserts, removals| LinkMessage::Delta {
+        seq,
+        upserts,
+        removals,
+    };
+    let names =
+        |l: &LinkSync| -> Vec<String> { l.imports().iter().map(|s| s.name.to_string()).collect() };
+    // A new name within the bound, then one past it: refused, shown, imports untouched.
+    l.handle_message(t0, delta(2, vec![svc("b.ns", 1)], vec![]))
+        .unwrap();
+    assert_imports(&mut l, vec![svc("a.ns", 1), svc("b.ns", 1)]);
+    l.handle_message(t0, delta(3, vec![svc("c.ns", 1)], vec![]))
+        .unwrap();
+    assert_eq!(refusals(&events(&mut l)), ["services"]);
+    assert_eq!(names(&l), ["a.ns", "b.ns"]);
+    assert_eq!(
+        l.limited(),
+        [LimitExceeded::Services { max: 2, offered: 3 }]
+    );
+    // An imported name changing still lands: names imported before keep their place.
+    l.handle_message(t0, delta(4, vec![svc("a.ns", 5)], vec![]))
+        .unwrap();
+    assert_imports(&mut l, vec![svc("a.ns", 5), svc("b.ns", 1)]);
+    // An imported service that grows past its own bound is dropped and shown; removing it
+    // clears that refusal.
+    let mut wide = svc("b.ns", 1);
+    wide.ports.push("grpc=81".parse().unwrap());
+    l.handle_message(t0, delta(5, vec![wide], vec![])).unwrap();
+    let evs = events(&mut l);
+    assert_eq!(refusals(&evs), ["ports"]);
+    assert!(evs.contains(&LinkEvent::Imports { peer: cid("west") }));
+    assert_eq!(names(&l), ["a.ns"]);
+    assert!(l.limited().contains(&LimitExceeded::Ports {
+        service: "b.ns".parse().unwrap(),
+        max: 1
+    }));
+    l.handle_message(t0, delta(6, vec![], vec!["b.ns".parse().unwrap()]))
+        .unwrap();
+    assert!(!l
+        .limited()
+        .iter()
+        .any(|x| matches!(x, LimitExceeded::Ports { .. })));
+    // A full snapshot within bounds clears everything.
+    snapshot_from_west(&mut l, t0, 7, vec![svc("c.ns", 1)]);
+    assert_eq!(names(&l), ["c.ns"]);
+    assert!(l.limited().is_empty());
 }
