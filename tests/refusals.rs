@@ -84,6 +84,25 @@ async fn only_linked_clusters_reach_only_exported_services() {
         Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::UnknownPort),
         other => panic!("unknown port must be refused, got {:?}", other.map(|_| ())),
     }
+    // The same with the caller's first bytes sent right behind the header (a new proxied
+    // connection does not wait for the status): refused all the same, nothing reaches the
+    // backend, and the bytes are handed back.
+    let mut early = Vec::new();
+    let mut caller: &[u8] = b"GET /secret HTTP/1.1\r\n\r\n";
+    match east_node
+        .open_pipelined(
+            &west,
+            &west_gw,
+            &header("secret.shop", "tcp"),
+            &mut caller,
+            &mut early,
+        )
+        .await
+    {
+        Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::NotExported),
+        other => panic!("must be refused, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(early, b"GET /secret HTTP/1.1\r\n\r\n");
     assert_eq!(
         secret.accepted(),
         0,
@@ -228,4 +247,52 @@ async fn link_remove_closes_open_streams_within_2s() {
         "calls after removal must fail"
     );
     assert_eq!(echo.accepted(), before);
+}
+
+/// A caller's bytes that went out behind the header to a cluster that then answered "no
+/// endpoints" are kept and replayed to the next cluster exporting the service: the call
+/// succeeds there, whole, and the first cluster's backend saw nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_refused_by_one_cluster_are_replayed_to_the_next() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.45.0.0/16");
+    let west_def = mesh.cluster("west", "127.46.0.0/16");
+    let north_def = mesh.cluster("north", "127.47.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let _north = north_def.up().await;
+    // West's only endpoint is a closed port: never healthy, so west refuses `no_endpoints`.
+    west_def.add_dead_echo();
+    let echo = Echo::start().await;
+    north_def.add_exported_echo(&echo);
+    link(&east_def, &west_def);
+    link(&east_def, &north_def);
+    east_def.wait_imported("echo.shop", "north").await;
+
+    let node = east_def.node_client().await;
+    let (west, north): (ferry_federation::ClusterId, ferry_federation::ClusterId) =
+        ("west".parse().unwrap(), "north".parse().unwrap());
+    let hdr = header("echo.shop", "tcp");
+    let mut early = Vec::new();
+    let mut caller: &[u8] = b"first bytes";
+    match node
+        .open_pipelined(&west, &west_def.gateways(), &hdr, &mut caller, &mut early)
+        .await
+    {
+        Err(e @ TunnelError::Refused { .. }) => {
+            assert!(e.try_next_cluster(), "{e}");
+        }
+        other => panic!("west must refuse, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(early, b"first bytes");
+    let (mut send, mut recv) = node
+        .open_pipelined(&north, &north_def.gateways(), &hdr, &mut caller, &mut early)
+        .await
+        .expect("north serves the call");
+    assert!(early.is_empty(), "sent and answered");
+    send.write_all(b" and the rest").await.unwrap();
+    send.finish().unwrap();
+    let back = recv.read_to_end(1024).await.unwrap();
+    assert_eq!(back, b"first bytes and the rest");
+    assert_eq!(echo.accepted(), 1);
 }

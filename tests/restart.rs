@@ -110,19 +110,7 @@ async fn health_travels_with_exports() {
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     // An endpoint nobody listens on: exported, but unhealthy.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap().to_string();
-    drop(dead);
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "echo.shop",
-        "--port",
-        "tcp=7000",
-        "--endpoint",
-        &dead_addr,
-        "--export",
-    ]);
+    let dead_addr = west_def.add_dead_echo();
     link(&east_def, &west_def);
     let e = east_def.clone();
     wait_for(

@@ -19,6 +19,7 @@ use std::time::Duration;
 use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
 use ferry_gateway::relay::RelayEnd;
 use ferry_gateway::tunnel::TunnelClient;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -237,6 +238,9 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
             return reset(client);
         }
     };
+    // The caller's bytes a remote attempt took before its status: replayed if another
+    // cluster gets the call after a refusal that allows it.
+    let mut early = Vec::new();
     for hop in route.hops {
         match hop {
             Hop::Local(endpoint) => {
@@ -245,6 +249,9 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                 {
                     Ok(Ok(mut upstream)) => {
                         let _ = upstream.set_nodelay(true);
+                        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+                            return reset(client);
+                        }
                         metrics::counter!("ferry_proxy_connections_total", "result" => "local")
                             .increment(1);
                         relay(&mut client, &mut upstream, shared.idle).await;
@@ -267,7 +274,11 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                     traceparent: None,
                     endpoint,
                 };
-                match shared.tunnel.open(&cluster, &gateways, &header).await {
+                match shared
+                    .tunnel
+                    .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)
+                    .await
+                {
                     Ok((send, recv)) => {
                         metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
                             .increment(1);

@@ -368,9 +368,22 @@ impl ClusterDef {
         self.add_echo(echo, true);
     }
 
+    /// Adds and exports `echo.shop` (port `tcp=7000`) whose only endpoint is a closed
+    /// port: exported, never healthy. Returns that endpoint.
+    pub fn add_dead_echo(&self) -> String {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap().to_string();
+        drop(dead);
+        self.add_echo_at(&dead_addr, true);
+        dead_addr
+    }
+
     /// Adds `echo.shop` (port `tcp=7000`) backed by `echo`, exported or not.
     pub fn add_echo(&self, echo: &Echo, export: bool) {
-        let endpoint = echo.addr.to_string();
+        self.add_echo_at(&echo.addr.to_string(), export);
+    }
+
+    fn add_echo_at(&self, endpoint: &str, export: bool) {
         let mut args = vec![
             "service",
             "add",
@@ -378,7 +391,7 @@ impl ClusterDef {
             "--port",
             "tcp=7000",
             "--endpoint",
-            &endpoint,
+            endpoint,
         ];
         if export {
             args.push("--export");

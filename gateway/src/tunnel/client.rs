@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_federation::{ClusterId, Refusal, TunnelHeader, TunnelStatus, WireError};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::HEADER_TIMEOUT;
 use crate::dial::{dial, DialError};
@@ -21,6 +22,14 @@ pub enum TunnelError {
     NoGateways(ClusterId),
     #[error("cannot reach any gateway of `{cluster}`: {addr}: {cause}")]
     Unreachable {
+        cluster: ClusterId,
+        addr: SocketAddr,
+        cause: Unreachable,
+    },
+    /// The stream failed after it carried some of the caller's bytes: they may have
+    /// reached an endpoint, so the call is not tried elsewhere.
+    #[error("the stream to `{cluster}` via {addr} failed after it carried data: {cause}")]
+    Interrupted {
         cluster: ClusterId,
         addr: SocketAddr,
         cause: Unreachable,
@@ -71,12 +80,18 @@ impl TunnelError {
     pub fn try_next_cluster(&self) -> bool {
         match self {
             TunnelError::Refused { refusal, .. } => matches!(refusal, Refusal::NoEndpoints),
+            TunnelError::Interrupted { .. } => false,
             _ => true,
         }
     }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// How many bytes of the caller's a stream carries before the gateway's status arrives.
+/// They are kept, so a refusal that lets another cluster serve the call can replay them
+/// there; past this the caller waits for the status.
+pub const MAX_EARLY: usize = 64 * 1024;
 
 /// Opens tunnel streams on pooled, long-lived QUIC connections to remote gateways.
 pub struct TunnelClient {
@@ -148,6 +163,34 @@ impl TunnelClient {
         gateways: &[SocketAddr],
         header: &TunnelHeader,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
+        self.open_pipelined(
+            cluster,
+            gateways,
+            header,
+            &mut tokio::io::empty(),
+            &mut Vec::new(),
+        )
+        .await
+    }
+
+    /// Opens a stream to `cluster` through the first gateway that answers and sends the
+    /// header, then, without waiting for the gateway's status, whatever `caller` sends: a
+    /// new connection costs one round trip, not two. The gateway admits the stream before
+    /// any of it reaches an endpoint; a refused stream never does.
+    ///
+    /// `early` holds the caller's bytes sent before the status (at most [`MAX_EARLY`];
+    /// the caller is not read past that until the status arrives). It starts with bytes
+    /// an earlier attempt took, which are sent first; after a refusal that allows
+    /// another cluster ([`TunnelError::try_next_cluster`]) it still holds them all, for
+    /// the next attempt. After `Ok`, the caller's remaining bytes are still unread.
+    pub async fn open_pipelined<C: AsyncRead + Unpin + ?Sized>(
+        &self,
+        cluster: &ClusterId,
+        gateways: &[SocketAddr],
+        header: &TunnelHeader,
+        caller: &mut C,
+        early: &mut Vec<u8>,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
         if gateways.is_empty() {
             return Err(TunnelError::NoGateways(cluster.clone()));
         }
@@ -155,9 +198,11 @@ impl TunnelClient {
         header.encode(&mut encoded);
         let mut last = None;
         for &addr in gateways {
-            match self.open_on(cluster, addr, &encoded).await {
+            match self.open_on(cluster, addr, &encoded, caller, early).await {
                 Ok(streams) => return Ok(streams),
-                Err(e @ TunnelError::Refused { .. }) => return Err(e),
+                Err(e @ (TunnelError::Refused { .. } | TunnelError::Interrupted { .. })) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!(%cluster, %addr, error = %e, "gateway unusable; trying the next");
                     last = Some(e);
@@ -167,43 +212,86 @@ impl TunnelClient {
         Err(last.unwrap_or_else(|| TunnelError::NoGateways(cluster.clone())))
     }
 
-    async fn open_on(
+    async fn open_on<C: AsyncRead + Unpin + ?Sized>(
         &self,
         cluster: &ClusterId,
         addr: SocketAddr,
         header: &[u8],
+        caller: &mut C,
+        early: &mut Vec<u8>,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TunnelError> {
-        let stream_err = |cause| TunnelError::Unreachable {
-            cluster: cluster.clone(),
-            addr,
-            cause,
+        // Before any of the caller's bytes left, a failure lets the next gateway or cluster
+        // try; after, it does not (they may have reached an endpoint).
+        let stream_err = |cause, carried: bool| match carried {
+            false => TunnelError::Unreachable {
+                cluster: cluster.clone(),
+                addr,
+                cause,
+            },
+            true => TunnelError::Interrupted {
+                cluster: cluster.clone(),
+                addr,
+                cause,
+            },
         };
         let conn = self.connection(cluster, addr).await?;
         let (mut send, mut recv) = conn
             .open_bi()
             .await
-            .map_err(|e| stream_err(Unreachable::Connection(e)))?;
-        send.write_all(header)
+            .map_err(|e| stream_err(Unreachable::Connection(e), false))?;
+        // Header and the bytes an earlier attempt took leave together.
+        let mut first = Vec::with_capacity(header.len() + early.len());
+        first.extend_from_slice(header);
+        first.extend_from_slice(early);
+        send.write_all(&first)
             .await
-            .map_err(|e| stream_err(Unreachable::Write(e)))?;
+            .map_err(|e| stream_err(Unreachable::Write(e), !early.is_empty()))?;
+        // While the status is on its way, the caller's bytes follow the header.
         let mut status = [0u8; 2];
-        match tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status)).await {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut caller_done = false;
+        let waited = {
+            let status_read = tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status));
+            tokio::pin!(status_read);
+            loop {
+                let room = MAX_EARLY.saturating_sub(early.len()).min(chunk.len());
+                tokio::select! {
+                    biased;
+                    got = &mut status_read => break got,
+                    read = caller.read(&mut chunk[..room]), if !caller_done && room > 0 => match read {
+                        // The caller's end of input is passed on by the relay, after the status.
+                        Ok(0) | Err(_) => caller_done = true,
+                        Ok(n) => {
+                            early.extend_from_slice(&chunk[..n]);
+                            send.write_all(&chunk[..n])
+                                .await
+                                .map_err(|e| stream_err(Unreachable::Write(e), true))?;
+                        }
+                    },
+                }
+            }
+        };
+        let carried = !early.is_empty();
+        match waited {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(stream_err(Unreachable::Read(e))),
+            Ok(Err(e)) => return Err(stream_err(Unreachable::Read(e), carried)),
             Err(_) => {
                 // The gateway is gone or wedged: drop the pooled connection so the next
                 // call dials afresh instead of waiting on it again.
                 conn.close(quinn::VarInt::from_u32(0), b"no status");
-                return Err(stream_err(Unreachable::NoStatus));
+                return Err(stream_err(Unreachable::NoStatus, carried));
             }
         }
         match TunnelStatus::decode(status) {
-            Ok(TunnelStatus::Ok) => Ok((send, recv)),
+            Ok(TunnelStatus::Ok) => {
+                early.clear();
+                Ok((send, recv))
+            }
             Ok(TunnelStatus::Refused(refusal)) => Err(TunnelError::Refused {
                 cluster: cluster.clone(),
                 refusal,
             }),
-            Err(e) => Err(stream_err(Unreachable::BadStatus(e))),
+            Err(e) => Err(stream_err(Unreachable::BadStatus(e), carried)),
         }
     }
 }

@@ -58,6 +58,7 @@ async fn read_header(recv: &mut quinn::RecvStream) -> Result<(TunnelHeader, Vec<
 
 async fn refuse(
     mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
     caller: &Identity,
     header: Option<&TunnelHeader>,
     refusal: Refusal,
@@ -73,6 +74,8 @@ async fn refuse(
             tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
         }
     }
+    // Bytes the caller sent after its header go nowhere; tell it to stop sending them.
+    let _ = recv.stop(quinn::VarInt::from_u32(u32::from(refusal.code())));
     let _ = send
         .write_all(&TunnelStatus::Refused(refusal).encode())
         .await;
@@ -89,13 +92,13 @@ async fn serve_stream(
 ) {
     let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(h)) => h,
-        Ok(Err(r)) => return refuse(send, caller, None, r).await,
-        Err(_) => return refuse(send, caller, None, Refusal::BadHeader).await,
+        Ok(Err(r)) => return refuse(send, recv, caller, None, r).await,
+        Err(_) => return refuse(send, recv, caller, None, Refusal::BadHeader).await,
     };
     let snapshot = shared.snapshot();
     let endpoints = match admit(&snapshot, caller, &header, shared.next_pick()) {
         Ok(e) => e,
-        Err(r) => return refuse(send, caller, Some(&header), r).await,
+        Err(r) => return refuse(send, recv, caller, Some(&header), r).await,
     };
     let mut upstream = None;
     for addr in endpoints {
@@ -114,7 +117,7 @@ async fn serve_stream(
             Some(_) => Refusal::EndpointUnhealthy,
             None => Refusal::NoEndpoints,
         };
-        return refuse(send, caller, Some(&header), refusal).await;
+        return refuse(send, recv, caller, Some(&header), refusal).await;
     };
     let _ = tcp.set_nodelay(true);
     let mut send = send;
