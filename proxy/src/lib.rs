@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
-use ferry_gateway::relay::RelayEnd;
+use ferry_gateway::relay::{relay, relay_tcp, RelayEnd};
 use ferry_gateway::tunnel::TunnelClient;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -204,13 +204,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
     }
 }
 
-/// Relays until done; counts connections closed for being idle.
-async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let RelayEnd::Idle = ferry_gateway::relay::relay(a, b, idle).await {
+/// Counts connections closed for being idle.
+fn relay_ended(end: RelayEnd) {
+    if let RelayEnd::Idle = end {
         metrics::counter!("ferry_proxy_idle_closed_total").increment(1);
     }
 }
@@ -254,7 +250,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         }
                         metrics::counter!("ferry_proxy_connections_total", "result" => "local")
                             .increment(1);
-                        relay(&mut client, &mut upstream, shared.idle).await;
+                        relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
                         return;
                     }
                     _ => tracing::debug!(%endpoint, "local endpoint failed; trying the next"),
@@ -283,7 +279,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
                             .increment(1);
                         let mut stream = tokio::io::join(recv, send);
-                        relay(&mut client, &mut stream, shared.idle).await;
+                        relay_ended(relay(&mut client, &mut stream, shared.idle).await);
                         return;
                     }
                     Err(e) if e.try_next_cluster() => {
