@@ -102,7 +102,11 @@ async fn only_linked_clusters_reach_only_exported_services() {
         Err(TunnelError::Refused { refusal, .. }) => assert_eq!(refusal, Refusal::NotExported),
         other => panic!("must be refused, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(early, b"GET /secret HTTP/1.1\r\n\r\n");
+    // Whatever went out before the refusal (all, some or none of it) comes back.
+    assert!(
+        b"GET /secret HTTP/1.1\r\n\r\n".starts_with(&early),
+        "{early:?}"
+    );
     assert_eq!(
         secret.accepted(),
         0,
@@ -273,8 +277,10 @@ async fn early_bytes_refused_by_one_cluster_are_replayed_to_the_next() {
     let (west, north): (ferry_federation::ClusterId, ferry_federation::ClusterId) =
         ("west".parse().unwrap(), "north".parse().unwrap());
     let hdr = header("echo.shop", "tcp");
-    let mut early = Vec::new();
-    let mut caller: &[u8] = b"first bytes";
+    // "first " was taken by an earlier attempt; "bytes" is still with the caller (this
+    // attempt may or may not take some of it before west's refusal arrives).
+    let mut early = b"first ".to_vec();
+    let mut caller: &[u8] = b"bytes";
     match node
         .open_pipelined(&west, &west_def.gateways(), &hdr, &mut caller, &mut early)
         .await
@@ -284,7 +290,7 @@ async fn early_bytes_refused_by_one_cluster_are_replayed_to_the_next() {
         }
         other => panic!("west must refuse, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(early, b"first bytes");
+    assert!(early.starts_with(b"first ") && b"first bytes".starts_with(&early));
     let (mut send, mut recv) = node
         .open_pipelined(&north, &north_def.gateways(), &hdr, &mut caller, &mut early)
         .await

@@ -20,6 +20,11 @@ use tokio::time::Instant;
 #[cfg(target_os = "linux")]
 mod splice;
 
+/// Bytes one direction of a user-space relay moves per read and write: big enough that a
+/// QUIC stream gets a few packets' worth per write (each write wakes its connection), not
+/// tokio's default 8 KiB.
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -47,7 +52,7 @@ where
         activity: activity.clone(),
     };
     until_idle(
-        tokio::io::copy_bidirectional(&mut a, &mut b),
+        tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER),
         &activity,
         idle,
     )

@@ -215,7 +215,7 @@ impl Gateway {
             &[ALPN_LINK, ALPN_TUNNEL, ALPN_JOIN],
         )?;
         let endpoint =
-            quinn::Endpoint::server(server, listen).map_err(|e| GatewayError::Bind(listen, e))?;
+            tls::endpoint(listen, Some(server)).map_err(|e| GatewayError::Bind(listen, e))?;
         let bound = endpoint
             .local_addr()
             .map_err(|e| GatewayError::Bind(listen, e))?;

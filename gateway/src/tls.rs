@@ -418,6 +418,54 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
+/// A QUIC endpoint on `addr` with socket buffers sized for full speed, serving `server` if
+/// given.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let config = quinn::EndpointConfig::default();
+    quinn::Endpoint::new(
+        config,
+        server,
+        udp_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A UDP socket on `addr` with buffers of [`UDP_SOCKET_BUFFER`] where allowed.
+fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    size_socket_buffers(&socket);
+    Ok(socket)
+}
+
+/// The UDP socket buffers asked for. With the default (about 200 KiB) a receiver that is
+/// a moment late overflows at full speed: the datagrams are dropped, congestion control
+/// reads it as loss, and path MTU discovery as a black hole.
+pub const UDP_SOCKET_BUFFER: usize = 8 << 20;
+
+/// Asks for [`UDP_SOCKET_BUFFER`] both ways: past `net.core.rmem_max`/`wmem_max` where the
+/// process may (`CAP_NET_ADMIN`), else up to them.
+fn size_socket_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &UDP_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &UDP_SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &UDP_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &UDP_SOCKET_BUFFER);
+    }
+    // The kernel reports twice what it granted (its bookkeeping overhead).
+    let got = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0) / 2;
+    if got < UDP_SOCKET_BUFFER {
+        tracing::info!(
+            wanted = UDP_SOCKET_BUFFER,
+            got,
+            "UDP receive buffer smaller than wanted; raise net.core.rmem_max for full speed"
+        );
+    }
+}
+
 /// The *ring* provider, built here every time: never the process default.
 fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
@@ -623,5 +671,25 @@ impl ResolvesClientCert for ServeIdentity {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[test]
+    fn udp_sockets_get_big_buffers_where_allowed() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rcv = getsockopt(&socket, sockopt::RcvBuf).unwrap() / 2;
+        let snd = getsockopt(&socket, sockopt::SndBuf).unwrap() / 2;
+        // Root (as in CI) may pass the system maximum; anyone gets at least the default.
+        let floor = if nix::unistd::Uid::effective().is_root() {
+            UDP_SOCKET_BUFFER
+        } else {
+            200 * 1024
+        };
+        assert!(rcv >= floor && snd >= floor, "rcv {rcv}, snd {snd}");
     }
 }

@@ -76,8 +76,8 @@ pub async fn join(
     own_gateways: Vec<SocketAddr>,
 ) -> Result<JoinOutcome, JoinError> {
     let issuer = token.issuer.clone();
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr"))
-        .map_err(JoinError::Bind)?;
+    let endpoint =
+        tls::endpoint("0.0.0.0:0".parse().expect("valid addr"), None).map_err(JoinError::Bind)?;
     let config = tls::client_config(
         identity,
         trust,

@@ -108,7 +108,7 @@ impl TunnelClient {
         identity: Arc<IdentityStore>,
         trust: Arc<TrustStore>,
     ) -> Result<TunnelClient, TunnelError> {
-        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("valid addr"))
+        let endpoint = tls::endpoint("0.0.0.0:0".parse().expect("valid addr"), None)
             .map_err(TunnelError::Bind)?;
         Ok(TunnelClient {
             endpoint,
