@@ -1,5 +1,5 @@
-//! One harness for everything that starts clusters on this host: `ferry demo`, the
-//! benchmark (`ferry-bench`) and the integration tests. A typed [`ClusterSpec`] writes the
+//! One harness for everything in Rust that starts clusters on this host: `ferry demo` and
+//! the integration tests (the benchmark, `tests/bench/run.sh`, drives the CLI itself). A typed [`ClusterSpec`] writes the
 //! config, [`spawn_up`] starts `ferry up`, [`wait_ready`] / [`wait_imported`] speak the
 //! control API, and [`free_vip_range`] / [`free_port`] hand out addresses nothing else
 //! on the host uses.
