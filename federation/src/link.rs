@@ -314,7 +314,7 @@ impl LinkSync {
                     Some(last) if !self.awaiting_snapshot => {
                         if seq == last + 1 {
                             self.recv_seq = Some(seq);
-                            self.apply_delta(upserts, removals);
+                            self.apply_delta(now, upserts, removals);
                         } else if seq > last + 1 {
                             self.awaiting_snapshot = true;
                             self.request_resync(now);
@@ -529,14 +529,25 @@ impl LinkSync {
 
     /// Applies one delta name by name, under the same bounds as a snapshot: a service over
     /// its own bounds is refused (and dropped if it was imported), a new name past the
-    /// services bound is refused, names imported before keep their place.
-    fn apply_delta(&mut self, upserts: Vec<ExportedService>, removals: Vec<ServiceName>) {
+    /// services bound is refused, names imported before keep their place. Names refused
+    /// for the services bound are not remembered (a peer could send endless new ones), so
+    /// when a removal makes room while some were refused, a fresh snapshot is asked for:
+    /// it tells exactly what fits now.
+    fn apply_delta(
+        &mut self,
+        now: Instant,
+        upserts: Vec<ExportedService>,
+        removals: Vec<ServiceName>,
+    ) {
         let limits = self.config.limits;
         let mut changed = !self.imports_live;
         let mut limits_changed = false;
         for name in &removals {
             changed |= self.imports.remove(name).is_some();
             limits_changed |= self.refused.remove(name).is_some();
+        }
+        if self.services_over.is_some() && self.imports.len() < limits.services {
+            self.request_resync(now);
         }
         for svc in upserts {
             match check_export(svc, &limits) {
