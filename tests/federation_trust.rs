@@ -534,19 +534,6 @@ async fn a_peer_churning_its_exports_cannot_monopolize_the_control_plane() {
     let last = (changes - 1) as usize;
     let want = 2 + ((changes - 1) % 7);
     let name = services[last].name.to_string();
-    eprintln!(
-        "{:?} {} {}",
-        east_def.service(&name),
-        east_def.services().len(),
-        link_of(&east_def, "rogue")
-    );
-    eprintln!(
-        "refused {}",
-        east_def.metric("ferry_link_refused_total", "")
-    );
-    for l in east_def.log().lines().filter(|l| !l.contains("listener")) {
-        eprintln!("LOG {l}");
-    }
     wait_until(
         &east_def,
         "the last change landed",

@@ -531,8 +531,8 @@ impl LinkSync {
     /// its own bounds is refused (and dropped if it was imported), a new name past the
     /// services bound is refused, names imported before keep their place. Names refused
     /// for the services bound are not remembered (a peer could send endless new ones), so
-    /// when a removal makes room while some were refused, a fresh snapshot is asked for:
-    /// it tells exactly what fits now.
+    /// when room opens while some were refused, or a removal names what may have been one
+    /// of them, a fresh snapshot is asked for: it tells exactly what fits now.
     fn apply_delta(
         &mut self,
         now: Instant,
@@ -542,12 +542,15 @@ impl LinkSync {
         let limits = self.config.limits;
         let mut changed = !self.imports_live;
         let mut limits_changed = false;
+        // A removal of a name neither imported nor refused may be one refused for the
+        // services bound: only a snapshot can say whether the peer is still over it.
+        let mut unknown_removed = false;
         for name in &removals {
-            changed |= self.imports.remove(name).is_some();
-            limits_changed |= self.refused.remove(name).is_some();
-        }
-        if self.services_over.is_some() && self.imports.len() < limits.services {
-            self.request_resync(now);
+            let imported = self.imports.remove(name).is_some();
+            let refused = self.refused.remove(name).is_some();
+            changed |= imported;
+            limits_changed |= refused;
+            unknown_removed |= !imported && !refused;
         }
         for svc in upserts {
             match check_export(svc, &limits) {
@@ -589,6 +592,10 @@ impl LinkSync {
                     }
                 }
             }
+        }
+        if self.services_over.is_some() && (unknown_removed || self.imports.len() < limits.services)
+        {
+            self.request_resync(now);
         }
         if limits_changed {
             self.import_limits = self

@@ -5,11 +5,48 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use std::collections::BTreeMap;
+
 use ferry_federation::{
     encode_frame, ClusterId, EndpointAddr, ExportedEndpoint, ExportedService, FrameDecoder,
-    GoodbyeReason, JoinMessage, Label, LinkConfig, LinkMessage, LinkSync, LinkToken, ServiceName,
-    SpiffeId, TunnelHeader,
+    GoodbyeReason, ImportLimits, JoinMessage, Label, LinkConfig, LinkMessage, LinkSync, LinkToken,
+    ServiceName, SpiffeId, TunnelHeader,
 };
+
+/// One service of a small pool with 1 to 3 ports (over a bound of 2 when 3).
+fn pooled_service() -> impl Strategy<Value = ExportedService> {
+    (0usize..6, 1usize..=3, 0u32..3).prop_map(|(i, ports, healthy)| ExportedService {
+        name: format!("s{i}.ns").parse().unwrap(),
+        ports: (0..ports)
+            .map(|p| format!("p{p}={}", 8000 + p).parse().unwrap())
+            .collect(),
+        healthy: [("p0".parse().unwrap(), healthy)].into_iter().collect(),
+        headless: false,
+        endpoints: vec![],
+        exported_at_ms: 0,
+    })
+}
+
+/// A delta over the pool: upserts and removals of distinct names.
+fn pooled_delta() -> impl Strategy<Value = (Vec<ExportedService>, Vec<ServiceName>)> {
+    (
+        proptest::collection::vec(pooled_service(), 0..4),
+        proptest::collection::vec(0usize..6, 0..3),
+    )
+        .prop_map(|(upserts, removed)| {
+            let mut seen = std::collections::BTreeSet::new();
+            let upserts: Vec<_> = upserts
+                .into_iter()
+                .filter(|s| seen.insert(s.name.clone()))
+                .collect();
+            let removals = removed
+                .into_iter()
+                .map(|i| format!("s{i}.ns").parse::<ServiceName>().unwrap())
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+            (upserts, removals)
+        })
+}
 
 fn cluster() -> impl Strategy<Value = ClusterId> {
     "[a-z]([a-z0-9-]{0,20}[a-z0-9])?".prop_map(|s| s.parse().unwrap())
@@ -320,6 +357,43 @@ proptest! {
             sorted.sort();
             sorted.dedup();
             prop_assert_eq!(names, sorted);
+        }
+    }
+}
+
+proptest! {
+    /// Deltas applied name by name keep the bounds (at most 3 services, none with more
+    /// than 2 ports), and, as long as no name had to be refused for the services bound,
+    /// import exactly what a snapshot of the peer's whole current set would.
+    #[test]
+    fn deltas_import_what_a_snapshot_would(deltas in proptest::collection::vec(pooled_delta(), 1..30)) {
+        let limits = ImportLimits { services: 3, ports: 2, ..ImportLimits::DEFAULT };
+        let config = LinkConfig { limits, ..LinkConfig::default() };
+        let now = base_instant();
+        let mut l = LinkSync::new("east".parse().unwrap(), "west".parse().unwrap(), 1, vec![], config);
+        l.handle_connected(now);
+        l.handle_message(now, LinkMessage::Snapshot { seq: 1, services: vec![] }).unwrap();
+        let mut exported: BTreeMap<ServiceName, ExportedService> = BTreeMap::new();
+        let mut over_bound_once = false;
+        for (seq, (upserts, removals)) in deltas.into_iter().enumerate() {
+            for n in &removals {
+                exported.remove(n);
+            }
+            for s in &upserts {
+                exported.insert(s.name.clone(), s.clone());
+            }
+            l.handle_message(now, LinkMessage::Delta { seq: seq as u64 + 2, upserts, removals }).unwrap();
+            while l.poll_event().is_some() {}
+            let imports = l.imports();
+            prop_assert!(imports.len() <= 3);
+            prop_assert!(imports.iter().all(|s| s.ports.len() <= 2));
+            over_bound_once |= l.limited().iter().any(|x| x.kind() == "services");
+            if !over_bound_once {
+                let mut fresh = LinkSync::new("east".parse().unwrap(), "west".parse().unwrap(), 1, vec![], config);
+                fresh.handle_connected(now);
+                fresh.handle_message(now, LinkMessage::Snapshot { seq: 1, services: exported.values().cloned().collect() }).unwrap();
+                prop_assert_eq!(imports, fresh.imports());
+            }
         }
     }
 }

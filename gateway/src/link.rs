@@ -349,6 +349,15 @@ async fn run_session(
             _ = report.tick() => report_due |= have_imports && !withdrawn,
         }
     }
+    // A report folded behind the gap still goes out: the control plane must not keep the
+    // older state for the rest of the lease.
+    if report_due && !withdrawn && !removing {
+        emit(
+            &shared,
+            imports_report(&peer, &sync, &peer_gateways, &limited),
+        )
+        .await;
+    }
     sync.handle_disconnected(Instant::now().into_std());
     metrics::gauge!("ferry_gateway_link_sessions", "peer" => peer.to_string()).decrement(1.0);
     tracing::info!(reason = ?conn.close_reason(), "link session down");

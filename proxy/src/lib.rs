@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
 use ferry_gateway::relay::{relay, relay_tcp, RelayEnd};
-use ferry_gateway::tunnel::TunnelClient;
+use ferry_gateway::tunnel::{TunnelClient, TunnelError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -286,9 +286,13 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                         tracing::debug!(%cluster, error = %e, "remote cluster failed; trying the next");
                     }
                     Err(e) => {
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "refused")
+                        let result = match e {
+                            TunnelError::Refused { .. } => "refused",
+                            _ => "interrupted",
+                        };
+                        metrics::counter!("ferry_proxy_connections_total", "result" => result)
                             .increment(1);
-                        tracing::warn!(service = %route.service, error = %e, "call refused");
+                        tracing::warn!(service = %route.service, error = %e, "call failed");
                         return reset(client);
                     }
                 }

@@ -456,7 +456,8 @@ impl ControlPlane {
             match tokio::task::spawn_blocking(move || cp.republish()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "republish failed; retrying at the next change")
+                    tracing::error!(error = %e, "republish failed; retrying");
+                    self.publish_wanted.notify_one();
                 }
                 Err(e) => tracing::error!(error = %e, "republish panicked"),
             }

@@ -34,6 +34,10 @@ pub enum TunnelError {
         addr: SocketAddr,
         cause: Unreachable,
     },
+    /// The caller's connection failed while its first bytes were on their way: the stream
+    /// was reset, so the endpoint does not take a cut-off upload for a whole one.
+    #[error("the caller's connection failed: {0}")]
+    CallerFailed(#[source] std::io::Error),
     #[error("gateway of `{cluster}` refused the stream: {}", .refusal.as_str())]
     Refused {
         cluster: ClusterId,
@@ -80,7 +84,7 @@ impl TunnelError {
     pub fn try_next_cluster(&self) -> bool {
         match self {
             TunnelError::Refused { refusal, .. } => matches!(refusal, Refusal::NoEndpoints),
-            TunnelError::Interrupted { .. } => false,
+            TunnelError::Interrupted { .. } | TunnelError::CallerFailed(_) => false,
             _ => true,
         }
     }
@@ -200,9 +204,11 @@ impl TunnelClient {
         for &addr in gateways {
             match self.open_on(cluster, addr, &encoded, caller, early).await {
                 Ok(streams) => return Ok(streams),
-                Err(e @ (TunnelError::Refused { .. } | TunnelError::Interrupted { .. })) => {
-                    return Err(e)
-                }
+                Err(
+                    e @ (TunnelError::Refused { .. }
+                    | TunnelError::Interrupted { .. }
+                    | TunnelError::CallerFailed(_)),
+                ) => return Err(e),
                 Err(e) => {
                     tracing::debug!(%cluster, %addr, error = %e, "gateway unusable; trying the next");
                     last = Some(e);
@@ -243,15 +249,19 @@ impl TunnelClient {
         let mut first = Vec::with_capacity(header.len() + early.len());
         first.extend_from_slice(header);
         first.extend_from_slice(early);
+        // A first write that fails found the stream or connection already closed: nothing
+        // of it was delivered.
         send.write_all(&first)
             .await
-            .map_err(|e| stream_err(Unreachable::Write(e), !early.is_empty()))?;
-        // While the status is on its way, the caller's bytes follow the header.
+            .map_err(|e| stream_err(Unreachable::Write(e), false))?;
+        // While the status is on its way, the caller's bytes follow the header; the status
+        // deadline covers those writes too.
+        let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
         let mut status = [0u8; 2];
         let mut chunk = vec![0u8; 16 * 1024];
         let mut caller_done = false;
         let waited = {
-            let status_read = tokio::time::timeout(HEADER_TIMEOUT, recv.read_exact(&mut status));
+            let status_read = tokio::time::timeout_at(deadline, recv.read_exact(&mut status));
             tokio::pin!(status_read);
             loop {
                 let room = MAX_EARLY.saturating_sub(early.len()).min(chunk.len());
@@ -260,12 +270,23 @@ impl TunnelClient {
                     got = &mut status_read => break got,
                     read = caller.read(&mut chunk[..room]), if !caller_done && room > 0 => match read {
                         // The caller's end of input is passed on by the relay, after the status.
-                        Ok(0) | Err(_) => caller_done = true,
+                        Ok(0) => caller_done = true,
+                        Err(e) => {
+                            let _ = send.reset(quinn::VarInt::from_u32(0));
+                            return Err(TunnelError::CallerFailed(e));
+                        }
                         Ok(n) => {
                             early.extend_from_slice(&chunk[..n]);
-                            send.write_all(&chunk[..n])
-                                .await
-                                .map_err(|e| stream_err(Unreachable::Write(e), true))?;
+                            match tokio::time::timeout_at(deadline, send.write_all(&chunk[..n])).await {
+                                Ok(Ok(())) => {}
+                                // The gateway refused and stopped reading: its status says why.
+                                Ok(Err(quinn::WriteError::Stopped(_))) => caller_done = true,
+                                Ok(Err(e)) => return Err(stream_err(Unreachable::Write(e), true)),
+                                Err(_) => {
+                                    conn.close(quinn::VarInt::from_u32(0), b"no status");
+                                    return Err(stream_err(Unreachable::NoStatus, true));
+                                }
+                            }
                         }
                     },
                 }

@@ -74,11 +74,12 @@ async fn refuse(
             tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
         }
     }
-    // Bytes the caller sent after its header go nowhere; tell it to stop sending them.
-    let _ = recv.stop(quinn::VarInt::from_u32(u32::from(refusal.code())));
     let _ = send
         .write_all(&TunnelStatus::Refused(refusal).encode())
         .await;
+    // Bytes the caller sent after its header go nowhere; tell it to stop sending them
+    // (after the status, so the status is what the caller learns first).
+    let _ = recv.stop(quinn::VarInt::from_u32(u32::from(refusal.code())));
     let _ = send.finish();
     // Give the status a moment to leave before the stream is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
