@@ -114,6 +114,15 @@ def run(what, args, timeout=60, cwd=None, check=True):
     return r
 
 
+def start_nginx(name, d, conf):
+    """Writes `conf` into directory `d`, checks it with `nginx -t` and starts nginx on it."""
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(conf)
+    args = ["nginx", "-p", d, "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf"]
+    run(f"{name}: config test", args[:1] + ["-t", "-q"] + args[1:])
+    return start(name, args, f"{d}/nginx.out")
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -243,12 +252,7 @@ class Bench:
     }}
 }}
 """
-        with open(f"{d}/nginx.conf", "w") as f:
-            f.write(conf)
-        run("origin nginx: config test", ["nginx", "-t", "-q", "-p", d, "-e", f"{d}/error.log",
-                                          "-c", f"{d}/nginx.conf"])
-        p = start("origin nginx", ["nginx", "-p", d, "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf"],
-                  f"{d}/nginx.out")
+        p = start_nginx("origin nginx", d, conf)
         wait_until("origin nginx listening", lambda: http_get("127.0.0.1", self.web_port), 15, p, f"{d}/error.log")
         ip = start("origin iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(self.iperf_port)],
                    f"{d}/iperf3.log")
@@ -293,12 +297,7 @@ listen iperf
     server {{ listen 127.0.0.1:{pi}; proxy_pass 127.0.0.1:{self.iperf_port}; }}
 }}
 """
-        with open(f"{d}/nginx.conf", "w") as f:
-            f.write(conf)
-        run("nginx stream: config test", ["nginx", "-t", "-q", "-p", d, "-e", f"{d}/error.log",
-                                          "-c", f"{d}/nginx.conf"])
-        p = start("nginx stream", ["nginx", "-p", d, "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf"],
-                  f"{d}/nginx.out")
+        p = start_nginx("nginx stream", d, conf)
         wait_until("nginx stream web listener", lambda: http_get("127.0.0.1", pw), 15, p, f"{d}/error.log")
         self.paths["nginx-stream"] = {"web": ("127.0.0.1", pw), "iperf": ("127.0.0.1", pi), "pids": [p.pid]}
         log(f"nginx stream: web 127.0.0.1:{pw}, iperf 127.0.0.1:{pi}")
