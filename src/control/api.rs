@@ -43,6 +43,12 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// The lease a role asked for on a report, kept between 1 s and 60 s: a role cannot make
+/// its report outlive it by much, nor expire before its next refresh.
+fn reported_lease(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(1000, 60_000))
+}
+
 fn bad(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
@@ -436,7 +442,7 @@ impl Control for ControlApi {
             .addr
             .parse()
             .map_err(|_| bad(format!("invalid gateway address `{}`", req.addr)))?;
-        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        let lease = reported_lease(req.lease_ms);
         self.cp.register_gateway(addr, lease).map_err(internal)?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -448,7 +454,7 @@ impl Control for ControlApi {
         self.check("ReportImports", CallKind::Role, &request)?;
         let req = request.into_inner();
         let peer = parse_peer(&req.peer)?;
-        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        let lease = reported_lease(req.lease_ms);
         let services = if req.withdrawn {
             None
         } else {
@@ -532,7 +538,7 @@ impl Control for ControlApi {
             .take(4096)
             .filter_map(|f| Some((f.addr.parse().ok()?, f.error.chars().take(200).collect())))
             .collect();
-        let lease = Duration::from_millis(req.lease_ms.clamp(1000, 60_000));
+        let lease = reported_lease(req.lease_ms);
         self.cp
             .report_node_status(node.to_string(), failures, lease);
         Ok(Response::new(pb::Empty {}))
