@@ -59,18 +59,19 @@ where
     .await
 }
 
-/// [`relay`] between two TCP connections. On Linux the bytes go socket → pipe → socket
-/// with `splice(2)` and never through user space; elsewhere, or when no pipe can be made,
-/// it is [`relay`].
+/// [`relay`] between two TCP connections. On Linux bulk bytes go socket → pipe → socket
+/// with `splice(2)` and never through user space, while small messages take a plain read
+/// and write (fewer system calls); elsewhere, or when no pipe can be made, it is [`relay`].
 pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> RelayEnd {
     #[cfg(target_os = "linux")]
     match (splice::Pipe::new(), splice::Pipe::new()) {
         (Ok(ab), Ok(ba)) => {
             let activity = Activity::new();
+            let ((a_read, a_write), (b_read, b_write)) = (a.split(), b.split());
             let both = async {
                 tokio::try_join!(
-                    splice::one_way(a, b, &ab, &activity),
-                    splice::one_way(b, a, &ba, &activity),
+                    splice::one_way(a_read, b_write, &ab, &activity),
+                    splice::one_way(b_read, a_write, &ba, &activity),
                 )
             };
             return until_idle(both, &activity, idle).await;
@@ -245,6 +246,40 @@ mod tests {
         assert_eq!(sender.await.unwrap(), b"done");
         match relay.await.unwrap() {
             RelayEnd::Done(ab, ba) => assert_eq!((ab, ba), (9_000_001, 4)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_relay_keeps_order_as_messages_switch_between_small_and_bulk() {
+        let (mut client, mut a) = tcp_pair().await;
+        let (mut b, mut server) = tcp_pair().await;
+        let relay =
+            tokio::spawn(async move { relay_tcp(&mut a, &mut b, Duration::from_secs(30)).await });
+        // Around the switch point, far above it and tiny, each answered before the next is
+        // sent, so every size is read on its own.
+        let sizes = [1, 70_000, 5, 16_384, 16_383, 16_385, 300_000, 2, 65_536, 7];
+        let mut sent = 0u64;
+        for (i, &size) in sizes.iter().enumerate() {
+            let message: Vec<u8> = (0..size).map(|j| ((i * 31 + j) % 253) as u8).collect();
+            client.write_all(&message).await.unwrap();
+            let mut got = vec![0u8; size];
+            server.read_exact(&mut got).await.unwrap();
+            assert!(got == message, "message {i} ({size} B) arrived intact");
+            server.write_all(&message).await.unwrap();
+            let mut back = vec![0u8; size];
+            client.read_exact(&mut back).await.unwrap();
+            assert!(back == message, "answer {i} ({size} B) arrived intact");
+            sent += size as u64;
+        }
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        server.shutdown().await.unwrap();
+        client.read_to_end(&mut rest).await.unwrap();
+        match relay.await.unwrap() {
+            RelayEnd::Done(ab, ba) => assert_eq!((ab, ba), (sent, sent)),
             other => panic!("{other:?}"),
         }
     }
