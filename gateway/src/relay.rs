@@ -17,8 +17,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod quic;
 #[cfg(target_os = "linux")]
 mod splice;
+
+/// The code a relay resets or stops a QUIC stream with when its TCP side failed: no
+/// refusal (those are 1..=9), the transfer was cut.
+pub const STREAM_CUT: quinn::VarInt = quinn::VarInt::from_u32(0);
 
 /// Bytes one direction of a user-space relay moves per read and write: big enough that a
 /// QUIC stream gets a few packets' worth per write (each write wakes its connection), not
@@ -81,6 +86,37 @@ pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> 
         }
     }
     relay(a, b, idle).await
+}
+
+/// [`relay`] between a TCP connection and a QUIC stream (`send`, `recv`), moving quinn's
+/// `Bytes` chunks instead of copying through a buffer. Ends as `Done(tcp → QUIC, QUIC →
+/// TCP)`. A failure on either side is passed on as one (the QUIC stream reset and stopped,
+/// the TCP connection closed with a reset), so neither end takes a cut transfer for a
+/// complete one.
+pub async fn relay_quic(
+    tcp: &mut TcpStream,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    idle: Duration,
+) -> RelayEnd {
+    let activity = Activity::new();
+    let end = {
+        let (tcp_read, tcp_write) = tcp.split();
+        let both = async {
+            tokio::try_join!(
+                quic::tcp_to_quic(tcp_read, send, &activity),
+                quic::quic_to_tcp(recv, tcp_write, &activity),
+            )
+        };
+        until_idle(both, &activity, idle).await
+    };
+    if !matches!(end, RelayEnd::Done(..)) {
+        let _ = send.reset(STREAM_CUT);
+        let _ = recv.stop(STREAM_CUT);
+        // Closing with no linger sends a reset when the caller drops the connection.
+        let _ = tcp.set_zero_linger();
+    }
+    end
 }
 
 /// Runs `copy` (both directions) until it ends, or until `activity` shows no bytes for

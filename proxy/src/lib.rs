@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
-use ferry_gateway::relay::{relay, relay_tcp, RelayEnd};
+use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
 use ferry_gateway::tunnel::{TunnelClient, TunnelError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -275,11 +275,12 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
                     .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)
                     .await
                 {
-                    Ok((send, recv)) => {
+                    Ok((mut send, mut recv)) => {
                         metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
                             .increment(1);
-                        let mut stream = tokio::io::join(recv, send);
-                        relay_ended(relay(&mut client, &mut stream, shared.idle).await);
+                        relay_ended(
+                            relay_quic(&mut client, &mut send, &mut recv, shared.idle).await,
+                        );
                         return;
                     }
                     Err(e) if e.try_next_cluster() => {

@@ -30,6 +30,11 @@ pub struct Cli {
     /// Cluster config file (its control.socket is used when --control is not given).
     #[arg(long, global = true, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Worker threads of a long-running role (default: one per core). One thread, as
+    /// nginx's `worker_processes 1` or HAProxy's `nbthread 1`, saves the wakeups that pass
+    /// work between threads when a node runs several processes on few cores.
+    #[arg(long, global = true, env = "FERRY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -32,6 +32,8 @@ HEALTH_INTERVAL = ENV.get("FERRY_HEALTH_INTERVAL", "10m")
 ALL_PATHS = ["direct", "haproxy", "nginx-stream", "ferry-local", "ferry-cross"]
 PATHS = ENV.get("PATHS", " ".join(ALL_PATHS)).split()
 FERRY_BIN = ENV.get("FERRY_BIN", "")
+# Worker threads per `ferry up` (its --threads), one as nginx and HAProxy are run here.
+FERRY_THREADS = ENV.get("FERRY_THREADS", "1")
 STREAM_MODULE = ENV.get("NGINX_STREAM_MODULE", "/usr/lib/nginx/modules/ngx_stream_module.so")
 STAMP = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 OUT = ENV.get("OUT", f"/tmp/ferry-proxies-bench-{STAMP}.json")
@@ -40,8 +42,8 @@ LABEL = {
     "direct": "direct",
     "haproxy": "HAProxy (mode tcp, nbthread 1)",
     "nginx-stream": "nginx stream (1 worker)",
-    "ferry-local": "Ferry local hop",
-    "ferry-cross": "Ferry cross-cluster",
+    "ferry-local": f"Ferry local hop ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''})",
+    "ferry-cross": f"Ferry cross-cluster ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''} per cluster)",
 }
 
 
@@ -337,7 +339,7 @@ name = "{name}-node-1"
 listen = "127.0.0.1:0"
 """)
         logpath = os.path.join(d, f"{name}.log")
-        p = start(f"ferry up ({name})", [FERRY_BIN, "up", "--config", cfg], logpath, cwd=d)
+        p = start(f"ferry up ({name})", [FERRY_BIN, "--threads", FERRY_THREADS, "up", "--config", cfg], logpath, cwd=d)
         self.ferry_logs.append(logpath)
         self.ferry_clusters[name] = (cfg, p)
 

@@ -12,7 +12,8 @@
 # Env: ROUNDS (3), WRK_SECS (5), IPERF_SECS (5), TTFB_N (200 connections per path and
 #      round), PATHS (default "direct haproxy nginx-stream ferry-local ferry-cross"),
 #      BODY_BYTES (64), FERRY_HEALTH_INTERVAL (10m: probes run when a service is added,
-#      then keep out of the measured windows), OUT (JSON path, default
+#      then keep out of the measured windows), FERRY_THREADS (1: `ferry --threads`, as
+#      nginx runs 1 worker and HAProxy 1 thread), OUT (JSON path, default
 #      /tmp/ferry-proxies-bench-<date>.json), KEEP_TMP=1 (keep configs and logs),
 #      SKIP_BUILD=1 (use the existing target/release/ferry), SKIP_INSTALL=1.
 # Needs root (apt-get, ip netns). Every process runs inside the namespace

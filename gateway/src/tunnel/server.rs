@@ -129,12 +129,12 @@ async fn serve_stream(
         return;
     }
     metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
-    let mut stream = tokio::io::join(recv, send);
+    let mut recv = recv;
     // The stream lives only while what admitted it holds: an unexport or a link removal
     // cuts it at the next snapshot, not when the transfer happens to end.
     let mut snapshots = shared.snapshots.clone();
     let cut = {
-        let relay = crate::relay::relay(&mut stream, &mut tcp, shared.relay_idle);
+        let relay = crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle);
         tokio::pin!(relay);
         loop {
             tokio::select! {
@@ -167,10 +167,8 @@ async fn serve_stream(
         tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
         metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str())
             .increment(1);
-        let (recv, mut send) = stream.into_inner();
         let code = quinn::VarInt::from_u32(u32::from(refusal.code()));
         let _ = send.reset(code);
-        let mut recv = recv;
         let _ = recv.stop(code);
     }
 }
