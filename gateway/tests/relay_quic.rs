@@ -108,6 +108,13 @@ async fn relayed() -> (
     (app, (far_send, far_recv), relay, (client, endpoints))
 }
 
+async fn ended(relay: JoinHandle<RelayEnd>) -> RelayEnd {
+    tokio::time::timeout(DEADLINE, relay)
+        .await
+        .expect("the relay ends in time")
+        .unwrap()
+}
+
 fn message(i: usize, size: usize) -> Vec<u8> {
     (0..size).map(|j| ((i * 31 + j) % 251) as u8).collect()
 }
@@ -143,11 +150,7 @@ async fn every_byte_arrives_in_order_both_ways_and_half_closes_pass_on() {
     let mut tail = Vec::new();
     app.read_to_end(&mut tail).await.unwrap();
     assert_eq!(tail, b"last words");
-    match tokio::time::timeout(DEADLINE, relay)
-        .await
-        .unwrap()
-        .unwrap()
-    {
+    match ended(relay).await {
         RelayEnd::Done(up, down) => assert_eq!((up, down), (sent, sent + 10)),
         other => panic!("{other:?}"),
     }
@@ -171,13 +174,7 @@ async fn an_application_reset_reaches_the_far_end_as_a_stream_reset() {
         }
         other => panic!("a cut upload must not look complete: {other:?}"),
     }
-    assert!(matches!(
-        tokio::time::timeout(DEADLINE, relay)
-            .await
-            .unwrap()
-            .unwrap(),
-        RelayEnd::Failed(_)
-    ));
+    assert!(matches!(ended(relay).await, RelayEnd::Failed(_)));
 }
 
 #[tokio::test]
@@ -187,13 +184,7 @@ async fn a_stream_reset_reaches_the_application_as_a_tcp_reset() {
     let mut got = [0u8; 16];
     app.read_exact(&mut got).await.unwrap();
     far_send.reset(quinn::VarInt::from_u32(7)).unwrap();
-    assert!(matches!(
-        tokio::time::timeout(DEADLINE, relay)
-            .await
-            .unwrap()
-            .unwrap(),
-        RelayEnd::Failed(_)
-    ));
+    assert!(matches!(ended(relay).await, RelayEnd::Failed(_)));
     let mut rest = Vec::new();
     let end = tokio::time::timeout(DEADLINE, app.read_to_end(&mut rest))
         .await
