@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use ferry_federation::{ClusterId, Refusal, TunnelHeader, TunnelStatus, WireError};
@@ -245,7 +247,21 @@ impl TunnelClient {
             .open_bi()
             .await
             .map_err(|e| stream_err(Unreachable::Connection(e), false))?;
-        // Header and the bytes an earlier attempt took leave together.
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut caller_done = false;
+        // What the caller has already sent (a client usually writes its request as soon
+        // as it connects) joins the header in its packet: one packet and one wakeup of the
+        // gateway instead of two.
+        let room = MAX_EARLY.saturating_sub(early.len()).min(chunk.len());
+        if room > 0 {
+            match read_now(caller, &mut chunk[..room]).await {
+                Some(Ok(0)) => caller_done = true,
+                Some(Ok(n)) => early.extend_from_slice(&chunk[..n]),
+                Some(Err(e)) => return Err(TunnelError::CallerFailed(e)),
+                None => {}
+            }
+        }
+        // Header and the bytes taken so far leave together.
         let mut first = Vec::with_capacity(header.len() + early.len());
         first.extend_from_slice(header);
         first.extend_from_slice(early);
@@ -258,8 +274,6 @@ impl TunnelClient {
         // deadline covers those writes too.
         let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
         let mut status = [0u8; 2];
-        let mut chunk = vec![0u8; 16 * 1024];
-        let mut caller_done = false;
         let waited = {
             let status_read = tokio::time::timeout_at(deadline, recv.read_exact(&mut status));
             tokio::pin!(status_read);
@@ -314,5 +328,20 @@ impl TunnelClient {
             }),
             Err(e) => Err(stream_err(Unreachable::BadStatus(e), carried)),
         }
+    }
+}
+
+/// Reads what `caller` holds right now, without waiting: `None` when it has nothing yet.
+async fn read_now<C: AsyncRead + Unpin + ?Sized>(
+    caller: &mut C,
+    buf: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    let read = caller.read(buf);
+    tokio::pin!(read);
+    // A read of a socket that has nothing registers for readiness and is cancel-safe:
+    // dropping it here loses no bytes.
+    match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
     }
 }
