@@ -4,11 +4,12 @@
 //! model ([`model`]), SPIFFE identities ([`spiffe`]), link tokens ([`token`]), wire formats
 //! ([`wire`]), gateway admission ([`policy`]), the bounds on what a peer may send
 //! ([`limits`]), the MCS conflict rule ([`resolve`]), the published mesh snapshot
-//! ([`snapshot`]), the node proxy's routing decision ([`routing`]), the link/sync state
-//! machine ([`link`]) and the control plane's import store ([`imports`]).
+//! ([`snapshot`]), the node proxy's routing decision ([`routing`]) and per-call traffic
+//! policy, balancing, ejection and retries ([`traffic`]), the link/sync state machine
+//! ([`link`]) and the control plane's import store ([`imports`]).
 //!
 //! Layers, bottom up: `model` (domain types) ← `wire`, `limits`, `spiffe`, `token`,
-//! `resolve` ← `link`, `imports` ← `snapshot` ← `routing`, `policy`.
+//! `resolve` ← `link`, `imports` ← `snapshot` ← `routing`, `policy` ← `traffic`.
 //!
 //! It must not do I/O, read the clock or draw randomness: time (`Instant` or unix seconds) and
 //! random bytes are passed in, results come back as values or through `poll_*` methods. The
@@ -26,6 +27,7 @@ pub mod routing;
 pub mod snapshot;
 pub mod spiffe;
 pub mod token;
+pub mod traffic;
 pub mod wire;
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub struct Plan {
     pub port: ServicePort,
     /// Hops in the order to try them; never empty.
     pub hops: Vec<Hop>,
+    /// For a connection to an endpoint VIP, the one endpoint it reaches (its only hop):
+    /// no traffic policy moves it elsewhere.
+    pub endpoint: Option<Label>,
 }
 
 /// Why there is no route.
@@ -156,6 +159,7 @@ pub fn plan(snapshot: &MeshSnapshot, target: &Target, pick: u64) -> Result<Plan,
         service: service.name.clone(),
         port: port.clone(),
         hops: local,
+        endpoint: None,
     })
 }
 
@@ -216,6 +220,7 @@ fn plan_endpoint(
         service: service.name.clone(),
         port: port.clone(),
         hops: vec![hop],
+        endpoint: Some(endpoint.hostname.clone()),
     })
 }
 
