@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use ferry_federation::{
     ClusterId, EndpointAddr, ImportLimits, NodeName, ServiceName, ServicePort, ServiceSpec,
+    TrafficPolicy,
 };
+
+mod policy;
 use serde::Deserialize;
 
 /// Why a config file was refused. Each message names the key and what is expected.
@@ -50,6 +53,8 @@ struct RawConfig {
     federation: RawFederation,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<policy::RawPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +153,8 @@ pub struct Config {
     /// How long a VIP whose name went away is kept from every other name.
     pub vip_quarantine: Duration,
     pub services: Vec<DeclaredService>,
+    /// Traffic policies the file declares (`[[policy]]`), sorted by service.
+    pub policies: Vec<TrafficPolicy>,
     /// The file this config was loaded from (for messages), if any.
     pub file: Option<PathBuf>,
 }
@@ -471,6 +478,7 @@ impl Config {
                 export: s.export,
             });
         }
+        let policies = policy::policies(raw.policies)?;
         Ok(Config {
             cluster,
             trust_dir: resolve(&raw.trust.dir),
@@ -489,6 +497,7 @@ impl Config {
             limits,
             vip_quarantine,
             services,
+            policies,
             file: None,
         })
     }

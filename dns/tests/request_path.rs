@@ -61,6 +61,7 @@ fn snapshot() -> MeshSnapshot {
         ],
         links: vec![],
         gateways: vec![],
+        policies: vec![],
     }
 }
 

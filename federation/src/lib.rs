@@ -37,9 +37,10 @@ pub use imports::ImportStore;
 pub use limits::{check_gateways, ImportLimits, LimitExceeded};
 pub use link::{LinkConfig, LinkError, LinkEvent, LinkSync};
 pub use model::{
-    ClusterId, EndpointAddr, ExportedEndpoint, ExportedService, InvalidEndpoint, InvalidName,
-    InvalidPort, InvalidService, Label, LocalService, NodeName, PortName, Protocol, ServiceName,
-    ServicePort, ServiceSpec, TrustDomain,
+    ClusterId, EndpointAddr, ExportedEndpoint, ExportedService, HeaderRoute, InvalidEndpoint,
+    InvalidName, InvalidPolicy, InvalidPort, InvalidService, Label, LocalService, NodeName,
+    PolicyEdit, PortName, Protocol, RetryOn, ServiceName, ServicePort, ServiceSpec, Split,
+    TrafficPolicy, TrustDomain,
 };
 pub use policy::{admit, revoked, Refusal};
 pub use resolve::{resolve, Conflict, ConflictReason, DefinedBy, Resolved};

@@ -1,4 +1,5 @@
-//! Validated domain types: cluster, node and service names, ports, endpoints and service specs.
+//! Validated domain types: cluster, node and service names, ports, endpoints, service specs
+//! and traffic policies.
 //!
 //! Everything that arrives as text (config, CLI, wire) becomes one of these types at the edge,
 //! so the rest of Ferry never re-checks a name. This module must not do I/O or hold any state;
@@ -8,9 +9,12 @@ mod export;
 mod names;
 mod refusal;
 mod service;
+pub mod traffic;
 
 pub use export::{ExportedEndpoint, ExportedService};
 pub use refusal::Refusal;
+
+pub use traffic::{HeaderRoute, InvalidPolicy, PolicyEdit, RetryOn, Split, TrafficPolicy};
 
 pub use names::{ClusterId, InvalidName, Label, NodeName, PortName, ServiceName, TrustDomain};
 pub use service::{

@@ -15,7 +15,7 @@ use crate::limits::LimitExceeded;
 use crate::model::{
     ClusterId, EndpointAddr, Label, LocalService, PortName, ServiceName, ServicePort, TrustDomain,
 };
-use crate::model::{ExportedEndpoint, ExportedService};
+use crate::model::{ExportedEndpoint, ExportedService, TrafficPolicy};
 use crate::resolve::{resolve, Conflict, Resolved};
 
 /// Names one endpoint of a headless service in the mesh: service, cluster, hostname.
@@ -36,6 +36,10 @@ pub struct MeshSnapshot {
     pub links: Vec<LinkRecord>,
     /// This cluster's live gateways.
     pub gateways: Vec<SocketAddr>,
+    /// The traffic policies set in this cluster, sorted by service; a service without one
+    /// follows the default (failover).
+    #[serde(default)]
+    pub policies: Vec<TrafficPolicy>,
 }
 
 /// One service: its VIP and ports, its local endpoints and which peers export it.
@@ -119,6 +123,14 @@ pub struct LinkRecord {
 }
 
 impl MeshSnapshot {
+    /// The traffic policy set for `name`, if any.
+    pub fn policy(&self, name: &ServiceName) -> Option<&TrafficPolicy> {
+        self.policies
+            .binary_search_by(|p| p.service.cmp(name))
+            .ok()
+            .map(|i| &self.policies[i])
+    }
+
     /// The service called `name`.
     pub fn service(&self, name: &ServiceName) -> Option<&ServiceRecord> {
         self.services
@@ -293,6 +305,7 @@ pub fn build_snapshot_resolved(
         services: records.into_values().collect(),
         links,
         gateways: inputs.gateways.to_vec(),
+        policies: Vec::new(),
     }
 }
 

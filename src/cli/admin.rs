@@ -22,7 +22,7 @@ pub fn control_socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("/run/ferry/control.sock"))
 }
 
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut table = Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
     table.set_header(header.to_vec());
@@ -343,6 +343,7 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Policy(cmd) => super::policy::run(&mut c, out, cmd).await?,
         other => anyhow::bail!("not an admin verb: {other:?}"),
     }
     Ok(())
@@ -366,7 +367,7 @@ fn read_token_stdin() -> anyhow::Result<String> {
     )
 }
 
-fn done(out: Output, msg: &str) {
+pub(super) fn done(out: Output, msg: &str) {
     if out == Output::Json {
         println!("{}", json!({"ok": true, "message": msg}));
     } else {

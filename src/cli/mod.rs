@@ -2,6 +2,7 @@
 //! the control plane's API rendered as a table or JSON (`-o table|json`).
 
 mod admin;
+mod policy;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,9 @@ pub enum Command {
     /// Links with other clusters.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Where a service's calls go and how failures are handled (set in the calling cluster).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// This cluster's status.
     Status,
     /// A tiny HTTP server answering every request with its name: a backend to try the mesh.
@@ -128,6 +132,48 @@ pub enum ServiceCommand {
     },
     /// Remove a local service.
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Change a service's policy; what is not given stays as it was.
+    Set {
+        /// <name>.<namespace>, e.g. web.shop
+        service: String,
+        /// Local endpoints first, then the nearest cluster that has healthy ones (default).
+        #[arg(long, group = "split")]
+        failover: bool,
+        /// Only this cluster's endpoints.
+        #[arg(long, group = "split")]
+        local_only: bool,
+        /// Only the named cluster's endpoints (this cluster's name: local ones).
+        #[arg(long, group = "split", value_name = "CLUSTER")]
+        pinned: Option<String>,
+        /// Split calls by weight, e.g. east=90,west=10 (a side with no healthy endpoint
+        /// fails over to the others; weight 0: failover only).
+        #[arg(long, group = "split", value_name = "CLUSTER=WEIGHT,...")]
+        weights: Option<String>,
+        /// Header route, evaluated before the split: 'x-canary=1 -> west' (repeatable;
+        /// replaces every route).
+        #[arg(long = "route", value_name = "'HEADER=VALUE -> CLUSTER'")]
+        routes: Vec<String>,
+        /// Remove every header route.
+        #[arg(long, conflicts_with = "routes")]
+        no_routes: bool,
+        /// Whole-request timeout, e.g. 2s (`none` removes it).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// How many times a failed request may be sent again (0 to 5).
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Which failures are retried: 5xx, reset, unavailable (comma-separated).
+        #[arg(long, value_name = "LIST")]
+        retry_on: Option<String>,
+    },
+    /// Show the policies set here (or one service's).
+    Show { service: Option<String> },
+    /// Clear a service's policy: it goes back to failover.
+    Clear { service: String },
 }
 
 #[derive(Debug, Subcommand)]

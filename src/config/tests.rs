@@ -173,3 +173,71 @@ fn dns_section_defaults_and_errors() {
         assert!(err.contains(hint), "{bad}: {err}");
     }
 }
+
+#[test]
+fn policies_are_parsed_in_the_shape_of_the_cli_flags() {
+    let text = format!(
+        r#"{MINIMAL}
+[[policy]]
+service = "web.shop"
+weights = {{ east = 90, west = 10 }}
+timeout = "2s"
+retries = 2
+retry_on = ["5xx", "reset"]
+routes = ["X-Canary=1 -> west"]
+
+[[policy]]
+service = "db.shop"
+local_only = true
+"#
+    );
+    let cfg = Config::parse(&text, Path::new(".")).unwrap();
+    let [db, web] = &cfg.policies[..] else {
+        panic!("{:?}", cfg.policies)
+    };
+    assert_eq!(db.service.to_string(), "db.shop");
+    assert_eq!(db.split, ferry_federation::Split::LocalOnly);
+    assert_eq!(db.retries, 0);
+    assert_eq!(web.split.to_string(), "weights=east=90,west=10");
+    assert_eq!(web.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(web.retries, 2);
+    assert_eq!(web.retry_on.len(), 2);
+    assert_eq!(web.routes[0].to_string(), "x-canary=1 -> west");
+}
+
+#[test]
+fn policy_errors_name_the_key_and_the_fix() {
+    let p = |body: &str| format!("{MINIMAL}\n[[policy]]\nservice = \"web.shop\"\n{body}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            p("local_only = true\npinned = \"west\""),
+            "at most one of local_only, pinned and weights",
+        ),
+        (
+            p("weights = { east = 0 }"),
+            "give at least one cluster a weight above 0",
+        ),
+        (p("weights = { East = 1 }"), "`policy[0].weights`"),
+        (p("pinned = \"we st\""), "`policy[0].pinned`"),
+        (p("retries = 9"), "more than 5"),
+        (p("timeout = \"0s\""), "above 0"),
+        (p("timeout = \"soon\""), "`policy[0].timeout`"),
+        (p("retry_on = [\"4xx\"]"), "`policy[0].retry_on`"),
+        (p("routes = [\"x-canary -> west\"]"), "`policy[0].routes`"),
+        (p("split = \"failover\""), "unknown field"),
+        (
+            format!("{}[[policy]]\nservice = \"web.shop\"\n", p("")),
+            "two [[policy]] tables",
+        ),
+        (
+            format!("{MINIMAL}\n[[policy]]\nservice = \"web\"\n"),
+            "`policy[0].service`",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}

@@ -17,6 +17,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::domain::ControlError;
+use super::policies;
 use super::scope::{CallKind, Scope};
 use super::{unix_now, unix_now_ms, ControlPlane};
 use crate::pb::{self, control_server::Control};
@@ -251,6 +252,59 @@ impl Control for ControlApi {
         self.cp
             .set_exported(unix_now_ms(), &name, false)
             .map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyInfo>, Status> {
+        self.check("SetPolicy", CallKind::Admin, &request)?;
+        let req = request.into_inner();
+        let name = parse_service_name(&req.name)?;
+        let edit = policies::edit_from_request(&req).map_err(bad)?;
+        if edit.is_empty() {
+            return Err(bad(format!(
+                "`policy set {name}` changes nothing; give a split (--failover, --local-only, --pinned, --weights), --route, --timeout, --retries or --retry-on"
+            )));
+        }
+        let policy = self.cp.set_policy(&name, edit).map_err(status)?;
+        let known = self.cp.snapshot().service(&name).is_some();
+        Ok(Response::new(policies::policy_info(&policy, false, known)))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::PolicyList>, Status> {
+        self.check("ListPolicies", CallKind::Admin, &request)?;
+        let wanted = request.into_inner().name;
+        let wanted = match wanted.is_empty() {
+            true => None,
+            false => Some(parse_service_name(&wanted)?),
+        };
+        let snapshot = self.cp.snapshot();
+        let policies = self
+            .cp
+            .policies()
+            .map_err(status)?
+            .into_iter()
+            .filter(|d| wanted.as_ref().is_none_or(|w| *w == d.policy.service))
+            .map(|d| {
+                let known = snapshot.service(&d.policy.service).is_some();
+                policies::policy_info(&d.policy, d.declared, known)
+            })
+            .collect();
+        Ok(Response::new(pb::PolicyList { policies }))
+    }
+
+    async fn clear_policy(
+        &self,
+        request: Request<pb::ServiceRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.check("ClearPolicy", CallKind::Admin, &request)?;
+        let name = parse_service_name(&request.into_inner().name)?;
+        self.cp.clear_policy(&name).map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 

@@ -55,15 +55,19 @@ impl ControlPlane {
         if !self.cfg.services.iter().any(|d| &d.spec.name == name) {
             return Ok(());
         }
-        let file = self
-            .cfg
+        Err(ControlError::Precondition(format!(
+            "`{verb} {name}` refused: {name} is declared in {}, which is its source of truth; change it there and restart the cluster (a runtime change would be undone at the next start)",
+            self.config_file()
+        )))
+    }
+
+    /// The config file, for messages.
+    pub(super) fn config_file(&self) -> String {
+        self.cfg
             .file
             .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "the cluster's config file".into());
-        Err(ControlError::Precondition(format!(
-            "`{verb} {name}` refused: {name} is declared in {file}, which is its source of truth; change it there and restart the cluster (a runtime change would be undone at the next start)"
-        )))
+            .unwrap_or_else(|| "the cluster's config file".into())
     }
 
     /// `service add`: stores `spec` (replacing a service of that name) and publishes it. An

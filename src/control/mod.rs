@@ -9,6 +9,7 @@
 pub mod api;
 pub mod domain;
 mod health;
+pub mod policies;
 pub mod scope;
 pub mod store;
 mod vips;
@@ -151,6 +152,7 @@ impl ControlPlane {
         let trust = ClusterTrust::load(&cfg)?;
         let store = Store::open(&cfg.data_dir)?;
         apply_declared(&cfg, &store)?;
+        policies::apply_declared_policies(&cfg, &store)?;
         let empty = MeshSnapshot {
             version: 0,
             cluster: cfg.cluster.clone(),
@@ -158,6 +160,7 @@ impl ControlPlane {
             services: Vec::new(),
             links: Vec::new(),
             gateways: Vec::new(),
+            policies: Vec::new(),
         };
         let (snapshot_tx, _) = watch::channel(Arc::new(empty));
         let cp = Arc::new(ControlPlane {
@@ -200,6 +203,7 @@ impl ControlPlane {
         let _one_at_a_time = self.publishing.lock().expect("publish lock");
         let services = self.store.services()?;
         let links = self.store.links()?;
+        let policies = self.store.policies()?;
         let (imports, health, connected, limited, gateways) = {
             let live = self.live.lock().expect("control state lock");
             (
@@ -269,6 +273,8 @@ impl ControlPlane {
         };
         let current = self.snapshot_tx.borrow().clone();
         let mut next = build_snapshot_resolved(current.version, &inputs, &resolved);
+        // Sorted by service (the store's order), as `MeshSnapshot::policy` expects.
+        next.policies = policies.into_values().map(|d| d.policy).collect();
         if *current == next {
             return Ok(());
         }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ferry_federation::{ClusterId, ServiceName, ServiceSpec};
+use ferry_federation::{ClusterId, InvalidPolicy, ServiceName, ServiceSpec, TrafficPolicy};
 
 use super::vips::{VipEntry, VipPlan};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -21,6 +21,7 @@ const LINKS: TableDefinition<'_, &str, &str> = TableDefinition::new("links");
 const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
 const CERTS: TableDefinition<'_, &str, &str> = TableDefinition::new("certs");
 const VIPS: TableDefinition<'_, &str, &str> = TableDefinition::new("vips");
+const POLICIES: TableDefinition<'_, &str, &str> = TableDefinition::new("policies");
 
 /// Store failures: the file could not be opened, or a transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,12 @@ pub enum StoreError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("stored policy {key} is out of bounds: {source}; set it again with `ferry policy set` or clear it with `ferry policy clear {key}`")]
+    InvalidPolicy {
+        key: String,
+        #[source]
+        source: InvalidPolicy,
     },
 }
 
@@ -51,6 +58,15 @@ pub struct ServiceDoc {
     #[serde(default)]
     pub exported_at_ms: u64,
     /// Declared in the config file (managed by it), as opposed to added with the CLI.
+    #[serde(default)]
+    pub declared: bool,
+}
+
+/// A service's traffic policy as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyDoc {
+    pub policy: TrafficPolicy,
+    /// Declared in the config file (managed by it), as opposed to set with the CLI.
     #[serde(default)]
     pub declared: bool,
 }
@@ -128,7 +144,7 @@ impl Store {
         // Created owner-only by the process umask (077 for long-running roles), never
         // chmod'ed afterwards.
         let tx = db.begin_write().map_err(db_err)?;
-        for t in [SERVICES, LINKS, TOKENS, CERTS, VIPS] {
+        for t in [SERVICES, LINKS, TOKENS, CERTS, VIPS, POLICIES] {
             tx.open_table(t).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
@@ -201,6 +217,28 @@ impl Store {
     /// Removes a service and releases its VIP. Returns false if it did not exist.
     pub fn remove_service(&self, name: &ServiceName) -> Result<bool, StoreError> {
         self.remove(SERVICES, &name.to_string())
+    }
+
+    /// Every stored policy, by service. A stored policy out of bounds (written by an
+    /// older version, or edited by hand) is a corrupt record, not a policy to apply.
+    pub fn policies(&self) -> Result<BTreeMap<ServiceName, PolicyDoc>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (key, doc) in self.all::<PolicyDoc>(POLICIES, "policies")? {
+            doc.policy
+                .validate()
+                .map_err(|source| StoreError::InvalidPolicy { key, source })?;
+            out.insert(doc.policy.service.clone(), doc);
+        }
+        Ok(out)
+    }
+
+    pub fn put_policy(&self, doc: &PolicyDoc) -> Result<(), StoreError> {
+        self.put(POLICIES, &doc.policy.service.to_string(), doc)
+    }
+
+    /// Removes a service's policy. Returns false if it had none.
+    pub fn remove_policy(&self, name: &ServiceName) -> Result<bool, StoreError> {
+        self.remove(POLICIES, &name.to_string())
     }
 
     pub fn links(&self) -> Result<Vec<LinkDoc>, StoreError> {

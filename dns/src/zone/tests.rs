@@ -137,6 +137,7 @@ pub(crate) fn snapshot() -> MeshSnapshot {
         services,
         links: vec![],
         gateways: vec![],
+        policies: vec![],
     }
 }
 

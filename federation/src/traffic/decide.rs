@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::model::{ClusterId, ServiceName};
 use crate::routing::{Hop, Plan};
 
-use super::policy::{Split, TrafficPolicy};
+use crate::model::{Split, TrafficPolicy};
 
 /// What a call brings to the decision besides the plan and the policy.
 #[derive(Clone, Copy, Debug)]

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::policy::{RetryOn, TrafficPolicy};
+use crate::model::{RetryOn, TrafficPolicy};
 
 /// What a request had done when its attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::policy::{parse_retry_on, parse_weights, MAX_ROUTES};
 use super::retry::{BUDGET_MIN_PER_SECOND, BUDGET_WINDOW, GRPC_UNAVAILABLE};
 use super::*;
+use crate::model::traffic::{parse_retry_on, parse_weights, MAX_ROUTES};
 use crate::routing::{Hop, Plan};
 use crate::testutil::{addr, cid, sname, t0};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{shorten, ClusterId, InvalidName, ServiceName};
+use super::{shorten, ClusterId, InvalidName, ServiceName};
 
 /// Most clusters one weighted split may name.
 pub const MAX_WEIGHTED_CLUSTERS: usize = 16;
@@ -386,4 +386,48 @@ pub fn checked_limits(timeout: Option<Duration>, retries: u32) -> Result<u8, Inv
         .ok()
         .filter(|r| *r <= MAX_RETRIES)
         .ok_or(InvalidPolicy::TooManyRetries(retries))
+}
+
+/// A change to a service's policy: what a `ferry policy set` or a config `[[policy]]`
+/// says; what it leaves out stays as it was.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEdit {
+    /// A new split.
+    pub split: Option<Split>,
+    /// New header routes (replacing all of them; empty clears them).
+    pub routes: Option<Vec<HeaderRoute>>,
+    /// A new timeout (`Some(None)` removes it).
+    pub timeout: Option<Option<Duration>>,
+    /// A new retry count.
+    pub retries: Option<u8>,
+    /// New retry conditions.
+    pub retry_on: Option<Vec<RetryOn>>,
+}
+
+impl PolicyEdit {
+    /// `base` with this change applied, checked as a whole.
+    pub fn apply(self, mut base: TrafficPolicy) -> Result<TrafficPolicy, InvalidPolicy> {
+        if let Some(split) = self.split {
+            base.split = split;
+        }
+        if let Some(routes) = self.routes {
+            base.routes = routes;
+        }
+        if let Some(timeout) = self.timeout {
+            base.timeout = timeout;
+        }
+        if let Some(retries) = self.retries {
+            base.retries = retries;
+        }
+        if let Some(retry_on) = self.retry_on {
+            base.retry_on = retry_on;
+        }
+        base.validate()?;
+        Ok(base)
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyEdit::default()
+    }
 }
