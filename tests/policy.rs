@@ -165,3 +165,93 @@ async fn a_policy_declared_in_the_config_file_is_the_files() {
     }
     assert_eq!(show(&def, None), shown);
 }
+
+/// Which of `east` and `west` served one call to `vip`.
+async fn served_by(vip: std::net::SocketAddr, east: &Echo, west: &Echo) -> &'static str {
+    let (e, w) = (east.accepted(), west.accepted());
+    assert_eq!(echo_roundtrip(vip, b"who").await.unwrap(), b"who");
+    match (east.accepted() - e, west.accepted() - w) {
+        (1, 0) => "east",
+        (0, 1) => "west",
+        other => panic!("one call reached {other:?} backends"),
+    }
+}
+
+/// Calls until `want` serves one (a policy takes a snapshot to reach the node proxy).
+async fn until_served_by(vip: std::net::SocketAddr, east: &Echo, west: &Echo, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served_by(vip, east, west).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call reached {want} in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_proxy_follows_the_policy_for_tcp_connections() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.83.0.0/16");
+    let west_def = mesh.cluster("west", "127.84.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let (east_echo, west_echo) = (Echo::start().await, Echo::start().await);
+    east_def.add_echo(&east_echo, false);
+    west_def.add_exported_echo(&west_echo);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    east_def.wait_local_healthy("echo.shop").await;
+    let vip = east_def.vip("echo.shop", 7000);
+
+    // No policy: local first.
+    for _ in 0..20 {
+        assert_eq!(served_by(vip, &east_echo, &west_echo).await, "east");
+    }
+    // Pinned to west: every connection goes there, though east is healthy.
+    east_def.cli_ok(&["policy", "set", "echo.shop", "--pinned", "west"]);
+    until_served_by(vip, &east_echo, &west_echo, "west").await;
+    for _ in 0..20 {
+        assert_eq!(served_by(vip, &east_echo, &west_echo).await, "west");
+    }
+    // A weighted split: 2000 connections, 20 at a time, within 5 % of 80/20.
+    east_def.cli_ok(&["policy", "set", "echo.shop", "--weights", "east=80,west=20"]);
+    until_served_by(vip, &east_echo, &west_echo, "east").await;
+    let (e0, w0) = (east_echo.accepted(), west_echo.accepted());
+    for _ in 0..100 {
+        let calls: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(async move { echo_roundtrip(vip, b"split").await.unwrap() }))
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), b"split");
+        }
+    }
+    let (east_n, west_n) = (east_echo.accepted() - e0, west_echo.accepted() - w0);
+    assert_eq!(east_n + west_n, 2000);
+    assert!(
+        (1500..=1700).contains(&east_n),
+        "east served {east_n} of 2000, west {west_n}"
+    );
+    // Local only, then cleared: back to the default.
+    east_def.cli_ok(&["policy", "set", "echo.shop", "--local-only"]);
+    until_served_by(vip, &east_echo, &west_echo, "east").await;
+    for _ in 0..20 {
+        assert_eq!(served_by(vip, &east_echo, &west_echo).await, "east");
+    }
+    east_def.cli_ok(&["policy", "set", "echo.shop", "--pinned", "north"]);
+    // Pinned to a cluster that does not export it: refused (a reset), never elsewhere.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (e, w) = (east_echo.accepted(), west_echo.accepted());
+        if echo_roundtrip(vip, b"x").await.is_err() {
+            assert_eq!((east_echo.accepted(), west_echo.accepted()), (e, w));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pinned policy never applied"
+        );
+    }
+    east_def.cli_ok(&["policy", "clear", "echo.shop"]);
+    until_served_by(vip, &east_echo, &west_echo, "east").await;
+}

@@ -1,13 +1,12 @@
 //! `ferry node`: the node proxy.
 //!
 //! Listens on `VIP:port` for every local and imported service in the snapshot, and on
-//! every endpoint VIP of a headless service for each of the service's ports; decides
-//! each connection with the pure `ferry_federation::plan` (healthy local endpoints
-//! first, then remote clusters whose exported service is healthy; exactly the named
-//! endpoint for an endpoint VIP) and forwards it:
-//! directly over TCP to a local endpoint, or as one stream on a pooled QUIC connection
-//! to the remote cluster's gateway. Refusals and dead ends reach the application as a
-//! reset connection. Reads only the snapshot; never calls the control plane per request.
+//! every endpoint VIP of a headless service for each of the service's ports, and hands
+//! each connection to its port's handler ([`tcp`]). Modules, one job each: this one the
+//! listeners (reconciled against the snapshot) and draining; `tcp` one connection to one
+//! hop, as the pure `ferry_federation::plan` and the service's policy
+//! (`ferry_federation::traffic::decide`) allow; `balance` the per-hop statistics the
+//! balancer reads. Reads only the snapshot; never calls the control plane per call.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -16,15 +15,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_federation::{plan, Hop, MeshSnapshot, Protocol, Target, TunnelHeader};
-use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
-use ferry_gateway::tunnel::{TunnelClient, TunnelError};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use ferry_federation::traffic::OutlierConfig;
+use ferry_federation::{MeshSnapshot, Protocol};
+use ferry_gateway::tunnel::TunnelClient;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+mod balance;
+mod tcp;
+
+use balance::Balancer;
 
 /// How often listeners that could not be bound are tried again.
 const RETRY_LISTEN_EVERY: Duration = Duration::from_secs(2);
@@ -41,7 +42,10 @@ pub struct NodeProxy {
 struct Shared {
     snapshots: watch::Receiver<Arc<MeshSnapshot>>,
     tunnel: Arc<TunnelClient>,
+    /// Rotates each remote cluster's gateway list from call to call.
     pick: AtomicU64,
+    /// Per-hop latency, load and failure records.
+    balancer: Arc<Balancer>,
     /// A proxied connection with no bytes either way for this long is closed.
     idle: Duration,
     /// Proxied connections open right now (drained on shutdown).
@@ -74,6 +78,7 @@ impl NodeProxy {
                 snapshots,
                 tunnel,
                 pick: AtomicU64::new(0),
+                balancer: Balancer::new(OutlierConfig::default()),
                 active: AtomicUsize::new(0),
                 idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
             }),
@@ -194,7 +199,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
         match listener.accept().await {
             Ok((client, _)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move { handle(shared, client, addr).await });
+                tokio::spawn(async move { tcp::handle(shared, client, addr).await });
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "accept failed");
@@ -202,105 +207,4 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
             }
         }
     }
-}
-
-/// Counts connections closed for being idle.
-fn relay_ended(end: RelayEnd) {
-    if let RelayEnd::Idle = end {
-        metrics::counter!("ferry_proxy_idle_closed_total").increment(1);
-    }
-}
-
-/// Drops the client connection with a TCP reset, so the application sees a refusal.
-fn reset(client: TcpStream) {
-    let _ = client.set_zero_linger();
-    drop(client);
-}
-
-async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
-    let _active = Active::new(&shared);
-    let _ = client.set_nodelay(true);
-    let snapshot = shared.snapshots.borrow().clone();
-    let target = Target {
-        vip: addr.ip(),
-        port: addr.port(),
-    };
-    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
-    let route = match plan(&snapshot, &target, pick) {
-        Ok(p) => p,
-        Err(e) => {
-            metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
-            tracing::warn!(%addr, reason = %e, "no route");
-            return reset(client);
-        }
-    };
-    // The caller's bytes a remote attempt took before its status: replayed if another
-    // cluster gets the call after a refusal that allows it.
-    let mut early = Vec::new();
-    for hop in route.hops {
-        match hop {
-            Hop::Local(endpoint) => {
-                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-                    .await
-                {
-                    Ok(Ok(mut upstream)) => {
-                        let _ = upstream.set_nodelay(true);
-                        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-                            return reset(client);
-                        }
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "local")
-                            .increment(1);
-                        relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
-                        return;
-                    }
-                    _ => tracing::debug!(%endpoint, "local endpoint failed; trying the next"),
-                }
-            }
-            Hop::Remote {
-                cluster,
-                port,
-                gateways,
-                endpoint,
-            } => {
-                let header = TunnelHeader {
-                    service: route.service.clone(),
-                    port,
-                    cluster: Some(cluster.clone()),
-                    hops: 0,
-                    traceparent: None,
-                    endpoint,
-                };
-                match shared
-                    .tunnel
-                    .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)
-                    .await
-                {
-                    Ok((mut send, mut recv)) => {
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
-                            .increment(1);
-                        relay_ended(
-                            relay_quic(&mut client, &mut send, &mut recv, shared.idle).await,
-                        );
-                        return;
-                    }
-                    Err(e) if e.try_next_cluster() => {
-                        tracing::debug!(%cluster, error = %e, "remote cluster failed; trying the next");
-                    }
-                    Err(e) => {
-                        let result = match e {
-                            TunnelError::Refused { .. } => "refused",
-                            _ => "interrupted",
-                        };
-                        metrics::counter!("ferry_proxy_connections_total", "result" => result)
-                            .increment(1);
-                        tracing::warn!(service = %route.service, error = %e, "call failed");
-                        return reset(client);
-                    }
-                }
-            }
-        }
-    }
-    metrics::counter!("ferry_proxy_connections_total", "result" => "unreachable").increment(1);
-    tracing::warn!(service = %route.service, "no endpoint answered");
-    reset(client)
 }

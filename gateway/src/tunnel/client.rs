@@ -2,7 +2,7 @@
 //! long-lived QUIC connections to remote gateways, so a call costs one stream, never a
 //! handshake. It knows nothing of the gateway's server side.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -123,6 +123,31 @@ impl TunnelClient {
             pool: std::sync::Mutex::new(HashMap::new()),
             alpn: ALPN_TUNNEL,
         })
+    }
+
+    /// The measured round trip to each cluster with an open pooled connection: the smallest
+    /// of quinn's smoothed estimates over that cluster's gateways. A cluster never dialled
+    /// is not in it.
+    pub fn rtts(&self) -> BTreeMap<ClusterId, Duration> {
+        let slots: Vec<(ClusterId, Slot)> = {
+            let pool = self.pool.lock().expect("pool lock");
+            pool.iter()
+                .map(|((cluster, _), slot)| (cluster.clone(), slot.clone()))
+                .collect()
+        };
+        let mut rtts: BTreeMap<ClusterId, Duration> = BTreeMap::new();
+        for (cluster, slot) in slots {
+            // A slot being dialled is skipped: this must never wait.
+            let Ok(guard) = slot.try_lock() else { continue };
+            let Some(conn) = guard.as_ref().filter(|c| c.close_reason().is_none()) else {
+                continue;
+            };
+            let rtt = conn.rtt();
+            rtts.entry(cluster)
+                .and_modify(|best| *best = (*best).min(rtt))
+                .or_insert(rtt);
+        }
+        rtts
     }
 
     /// A pooled connection to one gateway of `cluster`, dialling it if needed.

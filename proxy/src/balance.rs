@@ -1,0 +1,269 @@
+//! The live side of balancing: per hop (a local endpoint or a remote cluster) a peak-EWMA
+//! latency estimate, the calls in flight and a failure record, and the order in which one
+//! call tries the hops of a [`Decision`]. The choices themselves are
+//! `ferry_federation::traffic`'s (P2C, ejection); this module only keeps the numbers and
+//! draws the random ones.
+//!
+//! It must not decide policy, and it never blocks: one short lock per call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_federation::traffic::{pick, Decision, Load, Outlier, OutlierConfig, PeakEwma};
+use ferry_federation::{ClusterId, Hop};
+
+/// Stats of hops unused this long are dropped (the set of hops follows the snapshot).
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// The stats table is swept when it grows past this many hops.
+const SWEEP_ABOVE: usize = 4096;
+
+/// What a hop's stats are kept under.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum HopKey {
+    Local(std::net::SocketAddr),
+    Remote(ClusterId),
+}
+
+impl HopKey {
+    pub(crate) fn of(hop: &Hop) -> HopKey {
+        match hop {
+            Hop::Local(addr) => HopKey::Local(*addr),
+            Hop::Remote { cluster, .. } => HopKey::Remote(cluster.clone()),
+        }
+    }
+}
+
+struct Stats {
+    ewma: PeakEwma,
+    in_flight: u32,
+    outlier: Outlier,
+    last_used: Instant,
+}
+
+impl Stats {
+    fn new(now: Instant) -> Stats {
+        Stats {
+            ewma: PeakEwma::new(now),
+            in_flight: 0,
+            outlier: Outlier::default(),
+            last_used: now,
+        }
+    }
+}
+
+/// Per-hop statistics shared by every call of this node proxy.
+pub(crate) struct Balancer {
+    stats: Mutex<HashMap<HopKey, Stats>>,
+    outlier: OutlierConfig,
+}
+
+impl Balancer {
+    pub(crate) fn new(outlier: OutlierConfig) -> Arc<Balancer> {
+        Arc::new(Balancer {
+            stats: Mutex::new(HashMap::new()),
+            outlier,
+        })
+    }
+
+    /// The hops of `decision` in the order one call tries them: group by group, each
+    /// group drawn by P2C without replacement (so the next try within a group is the next
+    /// best of what is left).
+    pub(crate) fn order(&self, decision: &Decision, now: Instant) -> Vec<Hop> {
+        let mut stats = self.stats.lock().expect("balancer lock");
+        let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
+        for group in &decision.groups {
+            let mut left: Vec<&Hop> = group.iter().collect();
+            while !left.is_empty() {
+                let loads: Vec<Load> = left
+                    .iter()
+                    .map(|hop| match stats.get(&HopKey::of(hop)) {
+                        Some(s) => Load {
+                            cost: s.ewma.cost(now, s.in_flight),
+                            ejected: s.outlier.is_ejected(now),
+                            full: false,
+                        },
+                        None => Load {
+                            cost: PeakEwma::new(now).cost(now, 0),
+                            ejected: false,
+                            full: false,
+                        },
+                    })
+                    .collect();
+                let i = pick(&loads, fastrand::u32(..), fastrand::u32(..)).unwrap_or(0);
+                order.push(left.swap_remove(i).clone());
+            }
+        }
+        if stats.len() > SWEEP_ABOVE {
+            stats.retain(|_, s| s.in_flight > 0 || now.duration_since(s.last_used) < FORGET_AFTER);
+        }
+        order
+    }
+
+    /// Counts a call to `hop` as in flight until the returned guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>, hop: &Hop, now: Instant) -> Attempt {
+        let key = HopKey::of(hop);
+        let mut stats = self.stats.lock().expect("balancer lock");
+        let s = stats.entry(key.clone()).or_insert_with(|| Stats::new(now));
+        s.in_flight += 1;
+        s.last_used = now;
+        Attempt {
+            balancer: self.clone(),
+            key,
+            started: now,
+        }
+    }
+
+    /// Runs `f` on the stats of `key`, if it still has them.
+    fn with(&self, key: &HopKey, f: impl FnOnce(&mut Stats)) {
+        let mut stats = self.stats.lock().expect("balancer lock");
+        if let Some(s) = stats.get_mut(key) {
+            f(s);
+        }
+    }
+}
+
+/// One call's use of one hop: in flight from [`Balancer::start`] until dropped.
+pub(crate) struct Attempt {
+    balancer: Arc<Balancer>,
+    key: HopKey,
+    started: Instant,
+}
+
+impl Attempt {
+    /// The hop answered (connected, or admitted the stream): its latency counts toward the
+    /// estimate and its failure run ends. The call stays in flight until dropped.
+    pub(crate) fn answered(&self, now: Instant) {
+        let latency = now.saturating_duration_since(self.started);
+        let config = self.balancer.outlier;
+        self.balancer.with(&self.key, |s| {
+            s.ewma.observe(now, latency);
+            s.outlier.record(now, true, &config);
+        });
+    }
+
+    /// The hop failed the call (no connection, refused, cut before answering).
+    pub(crate) fn failed(self, now: Instant) {
+        let config = self.balancer.outlier;
+        let key = self.key.clone();
+        self.balancer.with(&self.key, |s| {
+            if let Some(until) = s.outlier.record(now, false, &config) {
+                metrics::counter!("ferry_proxy_ejections_total").increment(1);
+                tracing::info!(hop = ?key, ejected_for = ?until.saturating_duration_since(now), "hop ejected after consecutive failures");
+            }
+        });
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.balancer
+            .with(&self.key, |s| s.in_flight = s.in_flight.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_federation::traffic::Reason;
+
+    fn local(port: u16) -> Hop {
+        Hop::Local(std::net::SocketAddr::from(([10, 0, 0, 1], port)))
+    }
+
+    fn remote(cluster: &str) -> Hop {
+        Hop::Remote {
+            cluster: cluster.parse().unwrap(),
+            port: "tcp".parse().unwrap(),
+            gateways: vec![std::net::SocketAddr::from(([192, 0, 2, 1], 4433))],
+            endpoint: None,
+        }
+    }
+
+    fn decision(groups: Vec<Vec<Hop>>) -> Decision {
+        Decision {
+            groups,
+            reason: Reason::Failover,
+        }
+    }
+
+    /// Gives `hop` one answered call of `latency` at `now`.
+    fn answered(b: &Arc<Balancer>, hop: &Hop, now: Instant, latency: Duration) {
+        let attempt = b.start(hop, now);
+        attempt.answered(now + latency);
+    }
+
+    #[test]
+    fn groups_keep_their_order_and_every_hop_is_tried_once() {
+        let b = Balancer::new(OutlierConfig::default());
+        let d = decision(vec![
+            vec![local(1), local(2), local(3)],
+            vec![remote("west")],
+        ]);
+        let now = Instant::now();
+        for _ in 0..50 {
+            let order = b.order(&d, now);
+            assert_eq!(order.len(), 4);
+            assert_eq!(order[3], remote("west"));
+            let mut first: Vec<_> = order[..3].to_vec();
+            first.sort_by_key(|h| format!("{h}"));
+            assert_eq!(first, vec![local(1), local(2), local(3)]);
+        }
+    }
+
+    #[test]
+    fn the_slower_hop_and_the_busier_hop_go_second() {
+        let b = Balancer::new(OutlierConfig::default());
+        let d = decision(vec![vec![local(1), local(2)]]);
+        let now = Instant::now();
+        answered(&b, &local(1), now, Duration::from_millis(200));
+        answered(&b, &local(2), now, Duration::from_millis(2));
+        for _ in 0..20 {
+            assert_eq!(b.order(&d, now)[0], local(2), "lower latency first");
+        }
+        // In-flight calls weigh the estimate: 2 ms × 201 calls costs more than 200 ms × 1.
+        let busy: Vec<Attempt> = (0..200).map(|_| b.start(&local(2), now)).collect();
+        assert_eq!(b.order(&d, now)[0], local(1), "the fast hop is saturated");
+        drop(busy);
+        assert_eq!(
+            b.order(&d, now)[0],
+            local(2),
+            "calls that ended no longer count"
+        );
+    }
+
+    #[test]
+    fn consecutive_failures_eject_a_hop_behind_the_others_but_not_out() {
+        let config = OutlierConfig {
+            consecutive: 3,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(30),
+        };
+        let b = Balancer::new(config);
+        let d = decision(vec![vec![local(1), local(2)]]);
+        let now = Instant::now();
+        // Local 1 is the faster one, until it fails three times in a row.
+        answered(&b, &local(1), now, Duration::from_millis(1));
+        answered(&b, &local(2), now, Duration::from_millis(50));
+        assert_eq!(b.order(&d, now)[0], local(1));
+        for _ in 0..3 {
+            b.start(&local(1), now).failed(now);
+        }
+        for _ in 0..20 {
+            assert_eq!(
+                b.order(&d, now),
+                vec![local(2), local(1)],
+                "ejected: last, still there"
+            );
+        }
+        // The only hop of a group is used even while ejected.
+        assert_eq!(
+            b.order(&decision(vec![vec![local(1)]]), now),
+            vec![local(1)]
+        );
+        // The ejection ends.
+        let later = now + Duration::from_secs(6);
+        answered(&b, &local(1), later, Duration::from_millis(1));
+        assert_eq!(b.order(&d, later)[0], local(1));
+    }
+}

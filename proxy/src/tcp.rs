@@ -1,0 +1,159 @@
+//! TCP ports: one client connection to one hop. The service's policy groups the plan's
+//! hops ([`ferry_federation::traffic::decide`]); the balancer orders them (P2C over
+//! peak-EWMA of connect and admission latency, weighted by open connections, ejected hops
+//! last); each is tried until one answers: a local endpoint directly, a remote cluster as
+//! one stream on a pooled QUIC connection. Refusals and dead ends reach the application as
+//! a reset connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_federation::traffic::{decide, CallFacts};
+use ferry_federation::{plan, Hop, Target, TunnelHeader};
+use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
+use ferry_gateway::tunnel::TunnelError;
+use std::net::SocketAddr;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{Active, Shared};
+
+const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Counts connections closed for being idle.
+fn relay_ended(end: RelayEnd) {
+    if let RelayEnd::Idle = end {
+        metrics::counter!("ferry_proxy_idle_closed_total").increment(1);
+    }
+}
+
+/// Drops the client connection with a TCP reset, so the application sees a refusal.
+fn reset(client: TcpStream) {
+    let _ = client.set_zero_linger();
+    drop(client);
+}
+
+pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
+    let _active = Active::new(&shared);
+    let _ = client.set_nodelay(true);
+    let snapshot = shared.snapshots.borrow().clone();
+    let target = Target {
+        vip: addr.ip(),
+        port: addr.port(),
+    };
+    // The pick rotates each remote cluster's gateways; the balancer orders the hops.
+    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
+    let route = match plan(&snapshot, &target, pick) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
+            tracing::warn!(%addr, reason = %e, "no route");
+            return reset(client);
+        }
+    };
+    let remote = route.hops.iter().any(|h| matches!(h, Hop::Remote { .. }));
+    let rtt = if remote {
+        shared.tunnel.rtts()
+    } else {
+        Default::default()
+    };
+    let facts = CallFacts {
+        local: &snapshot.cluster,
+        rtt: &rtt,
+        headers: &[],
+        roll: fastrand::u32(..),
+    };
+    let decision = match decide(&route, snapshot.policy(&route.service), &facts) {
+        Ok(d) => d,
+        Err(e) => {
+            metrics::counter!("ferry_proxy_connections_total", "result" => "policy").increment(1);
+            tracing::warn!(%addr, reason = %e, "no route under the service's policy");
+            return reset(client);
+        }
+    };
+    // The caller's bytes a remote attempt took before its status: replayed if another
+    // cluster gets the call after a refusal that allows it.
+    let mut early = Vec::new();
+    for hop in shared.balancer.order(&decision, Instant::now()) {
+        let attempt = shared.balancer.start(&hop, Instant::now());
+        match hop {
+            Hop::Local(endpoint) => {
+                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+                    .await
+                {
+                    Ok(Ok(mut upstream)) => {
+                        attempt.answered(Instant::now());
+                        let _ = upstream.set_nodelay(true);
+                        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+                            return reset(client);
+                        }
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "local")
+                            .increment(1);
+                        relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        attempt.failed(Instant::now());
+                        tracing::debug!(%endpoint, error = %e, "local endpoint refused; trying the next");
+                    }
+                    Err(_) => {
+                        attempt.failed(Instant::now());
+                        tracing::debug!(%endpoint, "local endpoint did not answer; trying the next");
+                    }
+                }
+            }
+            Hop::Remote {
+                cluster,
+                port,
+                gateways,
+                endpoint,
+            } => {
+                let header = TunnelHeader {
+                    service: route.service.clone(),
+                    port,
+                    cluster: Some(cluster.clone()),
+                    hops: 0,
+                    traceparent: None,
+                    endpoint,
+                };
+                match shared
+                    .tunnel
+                    .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)
+                    .await
+                {
+                    Ok((mut send, mut recv)) => {
+                        attempt.answered(Instant::now());
+                        metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
+                            .increment(1);
+                        relay_ended(
+                            relay_quic(&mut client, &mut send, &mut recv, shared.idle).await,
+                        );
+                        return;
+                    }
+                    Err(e) if e.try_next_cluster() => {
+                        attempt.failed(Instant::now());
+                        tracing::debug!(%cluster, error = %e, "remote cluster failed; trying the next");
+                    }
+                    Err(e) => {
+                        let result = match e {
+                            TunnelError::Refused { .. } => "refused",
+                            TunnelError::CallerFailed(_) => "caller_failed",
+                            _ => {
+                                attempt.failed(Instant::now());
+                                "interrupted"
+                            }
+                        };
+                        metrics::counter!("ferry_proxy_connections_total", "result" => result)
+                            .increment(1);
+                        tracing::warn!(service = %route.service, error = %e, "call failed");
+                        return reset(client);
+                    }
+                }
+            }
+        }
+    }
+    metrics::counter!("ferry_proxy_connections_total", "result" => "unreachable").increment(1);
+    tracing::warn!(service = %route.service, "no endpoint answered");
+    reset(client)
+}
