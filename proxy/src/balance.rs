@@ -143,7 +143,7 @@ impl Attempt {
     }
 
     /// The hop failed the call (no connection, refused, cut before answering).
-    pub(crate) fn failed(self, now: Instant) {
+    pub(crate) fn failed(&self, now: Instant) {
         let config = self.balancer.outlier;
         let key = self.key.clone();
         self.balancer.with(&self.key, |s| {

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod balance;
+mod http;
+mod route;
 mod tcp;
 
 use balance::Balancer;
@@ -46,6 +48,8 @@ struct Shared {
     pick: AtomicU64,
     /// Per-hop latency, load and failure records.
     balancer: Arc<Balancer>,
+    /// Upstream HTTP connections and retry budgets.
+    http: http::HttpState,
     /// A proxied connection with no bytes either way for this long is closed.
     idle: Duration,
     /// Proxied connections open right now (drained on shutdown).
@@ -79,6 +83,7 @@ impl NodeProxy {
                 tunnel,
                 pick: AtomicU64::new(0),
                 balancer: Balancer::new(OutlierConfig::default()),
+                http: http::HttpState::default(),
                 active: AtomicUsize::new(0),
                 idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
             }),
@@ -194,12 +199,33 @@ fn listen_addrs(snapshot: &MeshSnapshot) -> HashSet<SocketAddr> {
         .collect()
 }
 
+/// The protocol of the port behind `addr` (a service VIP or an endpoint VIP).
+fn port_protocol(snapshot: &MeshSnapshot, addr: SocketAddr) -> Option<Protocol> {
+    let service = snapshot
+        .by_vip(addr.ip())
+        .or_else(|| snapshot.by_endpoint_vip(addr.ip()).map(|(s, _)| s))?;
+    service
+        .ports
+        .iter()
+        .find(|p| p.port == addr.port())
+        .map(|p| p.protocol)
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
                 let shared = shared.clone();
-                tokio::spawn(async move { tcp::handle(shared, client, addr).await });
+                let protocol = port_protocol(&shared.snapshots.borrow(), addr);
+                tokio::spawn(async move {
+                    match protocol {
+                        Some(Protocol::Http) => {
+                            http::serve(shared, client, addr, peer, false).await
+                        }
+                        Some(Protocol::Grpc) => http::serve(shared, client, addr, peer, true).await,
+                        _ => tcp::handle(shared, client, addr).await,
+                    }
+                });
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "accept failed");

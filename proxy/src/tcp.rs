@@ -5,12 +5,10 @@
 //! one stream on a pooled QUIC connection. Refusals and dead ends reach the application as
 //! a reset connection.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_federation::traffic::{decide, CallFacts};
-use ferry_federation::{plan, Hop, Target, TunnelHeader};
+use ferry_federation::Hop;
 use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
 use ferry_gateway::tunnel::TunnelError;
 use std::net::SocketAddr;
@@ -18,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Active, Shared};
+use crate::route::{tunnel_header, Routed, Unrouted};
 
 const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -37,38 +36,20 @@ fn reset(client: TcpStream) {
 pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
     let _active = Active::new(&shared);
     let _ = client.set_nodelay(true);
-    let snapshot = shared.snapshots.borrow().clone();
-    let target = Target {
-        vip: addr.ip(),
-        port: addr.port(),
-    };
-    // The pick rotates each remote cluster's gateways; the balancer orders the hops.
-    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
-    let route = match plan(&snapshot, &target, pick) {
-        Ok(p) => p,
-        Err(e) => {
+    let Routed {
+        plan: route,
+        decision,
+        ..
+    } = match super::route::route(&shared, addr, &[]) {
+        Ok(routed) => routed,
+        Err(Unrouted::Plan(e)) => {
             metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
             tracing::warn!(%addr, reason = %e, "no route");
             return reset(client);
         }
-    };
-    let remote = route.hops.iter().any(|h| matches!(h, Hop::Remote { .. }));
-    let rtt = if remote {
-        shared.tunnel.rtts()
-    } else {
-        Default::default()
-    };
-    let facts = CallFacts {
-        local: &snapshot.cluster,
-        rtt: &rtt,
-        headers: &[],
-        roll: fastrand::u32(..),
-    };
-    let decision = match decide(&route, snapshot.policy(&route.service), &facts) {
-        Ok(d) => d,
-        Err(e) => {
+        Err(Unrouted::Policy(service, e)) => {
             metrics::counter!("ferry_proxy_connections_total", "result" => "policy").increment(1);
-            tracing::warn!(%addr, reason = %e, "no route under the service's policy");
+            tracing::warn!(%service, reason = %e, "no route under the service's policy");
             return reset(client);
         }
     };
@@ -109,14 +90,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                 gateways,
                 endpoint,
             } => {
-                let header = TunnelHeader {
-                    service: route.service.clone(),
-                    port,
-                    cluster: Some(cluster.clone()),
-                    hops: 0,
-                    traceparent: None,
-                    endpoint,
-                };
+                let header = tunnel_header(&route.service, &cluster, &port, &endpoint);
                 match shared
                     .tunnel
                     .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub mod dns;
+pub mod http;
 pub mod rogue;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");

@@ -1,0 +1,490 @@
+//! HTTP and gRPC ports: the application's connection is served with hyper (HTTP/1.1 and
+//! HTTP/2 with prior knowledge on `http` ports, HTTP/2 on `grpc` ports) and every request
+//! is routed on its own: the service's policy groups the hops (header routes, split,
+//! locality), the balancer orders them, and the request goes to the first that answers,
+//! over a pooled upstream connection ([`upstream`]). Retries follow the policy within the
+//! retry budget; the policy's timeout covers the whole request. What the proxy answers
+//! itself is an [`errors::ProxyError`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ferry_federation::traffic::{
+    backoff, may_retry, Attempt as AttemptFacts, Failure, RetryBudget,
+};
+use ferry_federation::{Hop, NoRoute, Plan, ServiceName, TrafficPolicy};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use super::{Active, Shared};
+use crate::route::{route, Routed, Unrouted};
+
+mod errors;
+mod upstream;
+
+use errors::ProxyError;
+use upstream::{Pool, PooledBody, Proto};
+
+/// Bodies both ways: streamed, never buffered whole.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Retry budgets, one per service called.
+#[derive(Default)]
+pub(crate) struct Budgets(Mutex<HashMap<ServiceName, RetryBudget>>);
+
+/// What the HTTP layer keeps across connections.
+#[derive(Default)]
+pub(crate) struct HttpState {
+    pool: Arc<Pool>,
+    budgets: Budgets,
+}
+
+/// Serves one application connection on an HTTP (`grpc == false`) or gRPC port.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    grpc: bool,
+) {
+    let _active = Active::new(&shared);
+    let _ = client.set_nodelay(true);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, addr, peer, grpc, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if grpc {
+        builder = builder.http2_only();
+    }
+    let served = builder
+        .serve_connection_with_upgrades(TokioIo::new(client), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%addr, error = %e, "application HTTP connection ended");
+    }
+}
+
+/// One request, start to end.
+async fn handle(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    grpc: bool,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let routed = {
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        route(&shared, addr, &headers)
+    };
+    let Routed {
+        snapshot,
+        plan: route,
+        decision,
+    } = match routed {
+        Ok(routed) => routed,
+        Err(Unrouted::Plan(NoRoute::NoHealthyEndpoints(service))) => {
+            let outcome = Err(ProxyError::NoHealthyEndpoint);
+            return finish(None, &service, grpc, started, outcome);
+        }
+        Err(Unrouted::Plan(e)) => {
+            tracing::warn!(%addr, reason = %e, "no route");
+            return ProxyError::NoRoute.response(grpc);
+        }
+        Err(Unrouted::Policy(service, e)) => {
+            tracing::warn!(%service, reason = %e, "no route under the service's policy");
+            return finish(
+                None,
+                &service,
+                grpc,
+                started,
+                Err(ProxyError::NoAllowedEndpoint),
+            );
+        }
+    };
+    let policy = snapshot.policy(&route.service);
+    // An upgrade (WebSocket) keeps its Connection and Upgrade headers and becomes a byte
+    // stream both ways once the endpoint agrees (101).
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    prepare_headers(&mut parts.headers, peer, upgrade.is_some());
+    let request = Head {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        upgrade,
+    };
+    let hops = shared.balancer.order(&decision, Instant::now());
+    let call = forward(&shared, &route, policy, hops, request, body, grpc);
+    let outcome = match policy.and_then(|p| p.timeout) {
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => (None, Err(ProxyError::Timeout)),
+        },
+        None => call.await,
+    };
+    finish(outcome.0.as_ref(), &route.service, grpc, started, outcome.1)
+}
+
+/// The parts of a request kept to send it again.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// The application's side of an upgrade it asked for.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl Head {
+    fn build(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Sends the request to the hops in order until one answers. Connections that cannot be
+/// made move on to the next hop with the request intact; an answer that failed is sent
+/// again only as the policy, the request's safety and the budget allow. Returns the hop
+/// that answered, with the answer.
+async fn forward(
+    shared: &Arc<Shared>,
+    route: &Plan,
+    policy: Option<&TrafficPolicy>,
+    hops: Vec<Hop>,
+    mut head: Head,
+    body: Incoming,
+    grpc: bool,
+) -> (Option<Hop>, Result<Response<Body>, ProxyError>) {
+    let proto = match head.version {
+        Version::HTTP_2 => Proto::H2,
+        _ => Proto::H1,
+    };
+    let empty = body.is_end_stream();
+    let facts = AttemptFacts {
+        idempotent: grpc
+            || matches!(
+                head.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            ),
+        body_sent: !empty,
+        replayable: empty,
+    };
+    let mut body = Some(body.boxed());
+    let retries = policy.map_or(0, |p| p.retries);
+    let mut retried = 0u32;
+    let mut failed_to_connect = 0usize;
+    shared.http.budgets.deposit(&route.service);
+    let mut next = 0usize;
+    let mut last = ProxyError::Unreachable;
+    while !hops.is_empty() {
+        let hop = &hops[next % hops.len()];
+        next += 1;
+        let attempt = shared.balancer.start(hop, Instant::now());
+        // An upgraded connection is never given back: it gets one of its own.
+        let pooled = match head.upgrade {
+            Some(_) => None,
+            None => shared.http.pool.take(hop, proto),
+        };
+        let sender = match pooled {
+            Some(sender) => Ok(sender),
+            None => upstream::connect(&shared.tunnel, hop, &route.service, proto).await,
+        };
+        let sender = match sender {
+            Ok(mut s) => s
+                .ready()
+                .await
+                .map(|()| s)
+                .map_err(upstream::ConnectError::from),
+            Err(e) => Err(e),
+        };
+        let mut sender = match sender {
+            Ok(s) => s,
+            Err(e) => {
+                attempt.failed(Instant::now());
+                tracing::debug!(%hop, error = %e, "upstream unreachable; trying the next");
+                failed_to_connect += 1;
+                if failed_to_connect >= hops.len() + retried as usize {
+                    return (None, Err(ProxyError::Unreachable));
+                }
+                continue;
+            }
+        };
+        let Some(this_body) = body.take().or_else(|| empty.then(empty_body)) else {
+            // The body went with an earlier attempt and cannot be sent again.
+            return (None, Err(last));
+        };
+        let failure = match sender.send(head.build(this_body)).await {
+            Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                attempt.answered(Instant::now());
+                let Some(client_side) = head.upgrade.take() else {
+                    // An upgrade nobody asked for.
+                    return (Some(hop.clone()), Err(ProxyError::Upstream));
+                };
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice_upgraded(client_side, upstream_side, attempt));
+                let response = response.map(|_| empty_body());
+                return (Some(hop.clone()), Ok(response));
+            }
+            Ok(response) => {
+                let failure = answer_failure(&response, grpc);
+                if failure.is_none() {
+                    attempt.answered(Instant::now());
+                    let pool = shared.http.pool.clone();
+                    let response = response
+                        .map(|b| PooledBody::new(b, pool, hop, proto, sender, attempt).boxed());
+                    return (Some(hop.clone()), Ok(response));
+                }
+                let failure = failure.expect("checked");
+                attempt.failed(Instant::now());
+                if !(retried < u32::from(retries)
+                    && may_retry(policy, facts, failure)
+                    && shared.http.budgets.withdraw(&route.service))
+                {
+                    // Passed on as it is: the server's own answer.
+                    let pool = shared.http.pool.clone();
+                    let response = response
+                        .map(|b| PooledBody::new(b, pool, hop, proto, sender, attempt).boxed());
+                    return (Some(hop.clone()), Ok(response));
+                }
+                failure
+            }
+            Err(e) => {
+                attempt.failed(Instant::now());
+                tracing::debug!(%hop, error = %e, "upstream failed during the request");
+                last = ProxyError::Upstream;
+                if !(retried < u32::from(retries)
+                    && may_retry(policy, facts, Failure::Reset)
+                    && shared.http.budgets.withdraw(&route.service))
+                {
+                    return (Some(hop.clone()), Err(ProxyError::Upstream));
+                }
+                Failure::Reset
+            }
+        };
+        retried += 1;
+        tracing::debug!(service = %route.service, %hop, ?failure, retry = retried, "retrying");
+        tokio::time::sleep(backoff(retried, fastrand::u32(..))).await;
+    }
+    (None, Err(ProxyError::Unreachable))
+}
+
+/// Whether the application asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Once both sides have switched, moves bytes both ways until either ends.
+async fn splice_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    attempt: crate::balance::Attempt,
+) {
+    let _in_flight = attempt;
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+fn empty_body() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// What makes an answer a failure to retry on: a 5xx, or gRPC `UNAVAILABLE` in the
+/// headers of a trailers-only response.
+fn answer_failure(response: &Response<Incoming>, grpc: bool) -> Option<Failure> {
+    if response.status().is_server_error() {
+        return Some(Failure::Status(response.status().as_u16()));
+    }
+    if grpc {
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())?;
+        if code == ferry_federation::traffic::retry::GRPC_UNAVAILABLE {
+            return Some(Failure::Grpc(code));
+        }
+    }
+    None
+}
+
+/// Removes hop-by-hop headers (and those `Connection` names), continues or starts the
+/// W3C trace, and records the caller's address.
+fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == http::header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    // `Expect: 100-continue` was answered here (hyper sends the 100 when the body is
+    // read); the upstream gets the body without waiting.
+    for hop in ["keep-alive", "proxy-connection", "expect"] {
+        headers.remove(hop);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(http::header::UPGRADE);
+    }
+    let span = format!("{:016x}", fastrand::u64(1..));
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+        .map(|(trace, flags)| format!("00-{trace}-{span}-{flags}"))
+        .unwrap_or_else(|| format!("00-{:032x}-{span}-01", fastrand::u128(1..)));
+    headers.insert(
+        "traceparent",
+        HeaderValue::from_str(&trace).expect("hex is a valid header value"),
+    );
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+}
+
+/// The trace id and flags of a version-00 `traceparent`, if it is well formed.
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    ok.then_some((trace, flags))
+}
+
+/// Records the request's metrics and turns the outcome into the application's answer.
+fn finish(
+    hop: Option<&Hop>,
+    service: &ServiceName,
+    grpc: bool,
+    started: Instant,
+    outcome: Result<Response<Body>, ProxyError>,
+) -> Response<Body> {
+    let destination = match hop {
+        Some(Hop::Local(_)) => "local".to_string(),
+        Some(Hop::Remote { cluster, .. }) => cluster.to_string(),
+        None => String::new(),
+    };
+    let (response, result) = match outcome {
+        Ok(r) => (r, "ok"),
+        Err(e) => {
+            tracing::warn!(%service, reason = e.reason(), "request failed in the proxy");
+            (e.response(grpc), e.reason())
+        }
+    };
+    let grpc_status = match grpc {
+        true => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .filter(|c| *c <= 16)
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        false => String::new(),
+    };
+    let labels = [
+        ("direction", "outbound".to_string()),
+        ("service", service.to_string()),
+        ("destination_cluster", destination),
+        ("status_code", response.status().as_u16().to_string()),
+        ("grpc_status", grpc_status),
+        ("result", result.to_string()),
+    ];
+    metrics::counter!("ferry_requests_total", &labels).increment(1);
+    metrics::histogram!(
+        "ferry_request_duration_seconds",
+        "direction" => "outbound",
+        "service" => service.to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+impl Budgets {
+    fn deposit(&self, service: &ServiceName) {
+        let now = Instant::now();
+        let mut budgets = self.0.lock().expect("budget lock");
+        budgets
+            .entry(service.clone())
+            .or_insert_with(|| RetryBudget::new(now))
+            .deposit(now);
+    }
+
+    fn withdraw(&self, service: &ServiceName) -> bool {
+        let now = Instant::now();
+        let mut budgets = self.0.lock().expect("budget lock");
+        budgets
+            .entry(service.clone())
+            .or_insert_with(|| RetryBudget::new(now))
+            .withdraw(now)
+    }
+}

@@ -1,0 +1,237 @@
+//! Upstream HTTP connections: to a local endpoint over TCP, or to a remote cluster as a
+//! tunnel stream through its gateway (admitted by the same `admit` as any stream). Pooled
+//! per hop and HTTP version and used for one request at a time, so concurrent requests
+//! ride separate QUIC streams and never wait behind each other.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_federation::{Hop, ServiceName};
+use ferry_gateway::tunnel::{TunnelClient, TunnelError};
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::Body;
+use crate::balance::{Attempt, HopKey};
+use crate::route::tunnel_header;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle connections kept per hop and version.
+const MAX_IDLE_PER_HOP: usize = 64;
+
+/// The HTTP version spoken upstream: the one the application used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Proto {
+    H1,
+    H2,
+}
+
+/// One upstream connection's request side.
+pub(crate) enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Waits until the connection can take a request.
+    pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+type PoolKey = (HopKey, Proto);
+
+/// Idle upstream connections.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
+}
+
+impl Pool {
+    /// An idle, open connection to `hop`, if there is one.
+    pub(crate) fn take(&self, hop: &Hop, proto: Proto) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.get_mut(&(HopKey::of(hop), proto))?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: PoolKey, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(key).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < MAX_IDLE_PER_HOP {
+            list.push(sender);
+        }
+    }
+}
+
+/// Why no connection could be made; nothing of the request has left.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect: {0}")]
+    Tcp(#[from] std::io::Error),
+    #[error("connect: timed out")]
+    Timeout,
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// Opens a new connection to `hop` for `service`.
+pub(crate) async fn connect(
+    tunnel: &TunnelClient,
+    hop: &Hop,
+    service: &ServiceName,
+    proto: Proto,
+) -> Result<Sender, ConnectError> {
+    match hop {
+        Hop::Local(addr) => {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| ConnectError::Timeout)??;
+            let _ = tcp.set_nodelay(true);
+            handshake(tcp, proto).await
+        }
+        Hop::Remote {
+            cluster,
+            port,
+            gateways,
+            endpoint,
+        } => {
+            let header = tunnel_header(service, cluster, port, endpoint);
+            let (send, recv) = tunnel.open(cluster, gateways, &header).await?;
+            handshake(tokio::io::join(recv, send), proto).await
+        }
+    }
+}
+
+async fn handshake<IO>(io: IO, proto: Proto) -> Result<Sender, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let io = TokioIo::new(io);
+    Ok(match proto {
+        Proto::H1 => {
+            let (sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                }
+            });
+            Sender::H1(sender)
+        }
+        Proto::H2 => {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            Sender::H2(sender)
+        }
+    })
+}
+
+/// A response body on its way to the application: once read to the end, its connection
+/// goes back to the pool and the call stops counting as in flight.
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    back: Option<(Arc<Pool>, PoolKey, Sender)>,
+    attempt: Option<Attempt>,
+}
+
+impl PooledBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        pool: Arc<Pool>,
+        hop: &Hop,
+        proto: Proto,
+        sender: Sender,
+        attempt: Attempt,
+    ) -> PooledBody {
+        let body = PooledBody {
+            inner,
+            back: Some((pool, (HopKey::of(hop), proto), sender)),
+            attempt: Some(attempt),
+        };
+        if body.inner.is_end_stream() {
+            let mut body = body;
+            body.release();
+            return body;
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, key, sender)) = self.back.take() {
+            pool.put(key, sender);
+        }
+        self.attempt.take();
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            // A failed body leaves its connection in an unknown state: not reused.
+            Poll::Ready(Some(Err(_))) => {
+                this.back.take();
+                this.attempt.take();
+            }
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,82 @@
+//! One call's route: the pure plan for the address it was made to, then the service's
+//! policy over that plan, with the measured round trips to the peers that could take it.
+//! Shared by the TCP and HTTP handlers; no I/O beyond reading the snapshot and the pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ferry_federation::traffic::{decide, CallFacts, Decision, Unroutable};
+use ferry_federation::{
+    plan, ClusterId, Hop, Label, MeshSnapshot, NoRoute, Plan, PortName, ServiceName, Target,
+    TunnelHeader,
+};
+
+use super::Shared;
+
+/// A call with somewhere to go.
+pub(crate) struct Routed {
+    pub(crate) snapshot: Arc<MeshSnapshot>,
+    pub(crate) plan: Plan,
+    pub(crate) decision: Decision,
+}
+
+/// A call with nowhere to go.
+pub(crate) enum Unrouted {
+    /// Nothing at the address, or nothing healthy behind it.
+    Plan(NoRoute),
+    /// The service's policy allows nothing that is healthy.
+    Policy(ServiceName, Unroutable),
+}
+
+/// Routes a call made to `addr` carrying `headers` (empty for TCP).
+pub(crate) fn route(
+    shared: &Shared,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<Routed, Unrouted> {
+    let snapshot = shared.snapshots.borrow().clone();
+    let target = Target {
+        vip: addr.ip(),
+        port: addr.port(),
+    };
+    // The pick rotates each remote cluster's gateways; the balancer orders the hops.
+    let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
+    let plan = plan(&snapshot, &target, pick).map_err(Unrouted::Plan)?;
+    let remote = plan.hops.iter().any(|h| matches!(h, Hop::Remote { .. }));
+    let rtt = if remote {
+        shared.tunnel.rtts()
+    } else {
+        Default::default()
+    };
+    let facts = CallFacts {
+        local: &snapshot.cluster,
+        rtt: &rtt,
+        headers,
+        roll: fastrand::u32(..),
+    };
+    let decision = decide(&plan, snapshot.policy(&plan.service), &facts)
+        .map_err(|e| Unrouted::Policy(plan.service.clone(), e))?;
+    Ok(Routed {
+        snapshot,
+        plan,
+        decision,
+    })
+}
+
+/// The tunnel header of a call to `service` through a remote hop's fields.
+pub(crate) fn tunnel_header(
+    service: &ServiceName,
+    cluster: &ClusterId,
+    port: &PortName,
+    endpoint: &Option<Label>,
+) -> TunnelHeader {
+    TunnelHeader {
+        service: service.clone(),
+        port: port.clone(),
+        cluster: Some(cluster.clone()),
+        hops: 0,
+        traceparent: None,
+        endpoint: endpoint.clone(),
+    }
+}

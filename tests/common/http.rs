@@ -1,0 +1,99 @@
+//! A real HTTP/1.1 + h2c backend (hyper) for L7 tests: answers every request with JSON
+//! naming itself and what it received (version, method, path, headers). `/slow` answers
+//! after 2 s; `/fail` answers 503; `/count` is the requests served so far.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+}
+
+impl HttpBackend {
+    /// Starts a backend called `name` on loopback; `fail` makes every request a 503.
+    pub async fn start(name: &str, fail: bool) -> HttpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (name, count) = (name.clone(), count.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (name, count) = (name.clone(), count.clone());
+                        async move { Ok::<_, Infallible>(answer(&name, fail, &count, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(conn), service)
+                        .await;
+                });
+            }
+        });
+        HttpBackend { addr, served }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    name: &str,
+    fail: bool,
+    count: &AtomicUsize,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if parts.uri.path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let json = serde_json::json!({
+        "name": name,
+        "version": format!("{:?}", parts.version),
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "headers": headers,
+        "body_len": body.len(),
+        "count": n,
+    });
+    let status = if fail || parts.uri.path() == "/fail" {
+        503
+    } else {
+        200
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-served-by", name)
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
+}

@@ -1,0 +1,399 @@
+//! HTTP ports through the node proxy, with real curl: HTTP/1.1 and h2c across clusters,
+//! the trace continued and forwarding headers added, streamed bodies, header routes, the
+//! proxy's own errors (503 with `ferry-error`, 504 on the policy's timeout) and retries
+//! of a failing endpoint.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::http::HttpBackend;
+use common::*;
+use serde_json::Value;
+
+/// A curl answer: status, headers (lowercase names), body.
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+fn curl(args: &[&str]) -> Answer {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Interim answers (100 Continue) come first.
+    while text.starts_with("HTTP/1.1 1") {
+        text = text
+            .split_once("\r\n\r\n")
+            .expect("a final response")
+            .1
+            .to_string();
+    }
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Answer {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+fn url(vip: SocketAddr, path: &str) -> String {
+    format!("http://{vip}{path}")
+}
+
+fn add_web(def: &ClusterDef, backends: &[&HttpBackend], export: bool) {
+    let mut args = vec![
+        "service".to_string(),
+        "add".into(),
+        "web.shop".into(),
+        "--port".into(),
+        "http=8080/http".into(),
+    ];
+    for b in backends {
+        args.push("--endpoint".into());
+        args.push(b.addr.to_string());
+    }
+    if export {
+        args.push("--export".into());
+    }
+    def.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// Sends `args` until the answer's JSON names `want` (a policy takes a snapshot to apply).
+fn until_named(vip: SocketAddr, args: &[&str], want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all = args.to_vec();
+        let u = url(vip, "/");
+        all.push(&u);
+        let a = curl(&all);
+        if a.status == 200 && a.json()["name"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached {want}: {} {}",
+            a.status,
+            a.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_cross_clusters_with_the_trace_and_streamed_bodies() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.85.0.0/16");
+    let west_def = mesh.cluster("west", "127.86.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let west = HttpBackend::start("west", false).await;
+    add_web(&west_def, &[&west], true);
+    link(&east_def, &west_def);
+    east_def.wait_imported("web.shop", "west").await;
+    let vip = east_def.vip("web.shop", 8080);
+
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let a = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-H",
+            &format!("traceparent: {trace}"),
+            &url(vip, "/hello?x=1"),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    let j = a.json();
+    assert_eq!(
+        (j["name"].as_str(), j["version"].as_str()),
+        (Some("west"), Some("HTTP/1.1"))
+    );
+    assert_eq!(j["path"], "/hello");
+    let sent = j["headers"]["traceparent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert_ne!(
+        sent, trace,
+        "the proxy is a hop of the trace: a new parent id"
+    );
+    assert_eq!(j["headers"]["x-forwarded-for"], "127.0.0.1");
+    // Without a traceparent, one is started.
+    let j = tokio::task::spawn_blocking(move || curl(&[&url(vip, "/")]))
+        .await
+        .unwrap()
+        .json();
+    let started = j["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(started.len(), 55, "{started}");
+
+    // HTTP/2 with prior knowledge reaches the backend as HTTP/2.
+    let j =
+        tokio::task::spawn_blocking(move || curl(&["--http2-prior-knowledge", &url(vip, "/h2")]))
+            .await
+            .unwrap()
+            .json();
+    assert_eq!(
+        (j["version"].as_str(), j["path"].as_str()),
+        (Some("HTTP/2.0"), Some("/h2"))
+    );
+
+    // Keep-alive: several requests on one connection; a 4 MiB chunked upload streams through.
+    let body: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let path = mesh.path().join("upload.bin");
+    std::fs::write(&path, &body).unwrap();
+    let upload = format!("@{}", path.display());
+    let a = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &upload,
+            &url(vip, "/up"),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (a.status, a.json()["body_len"].as_u64()),
+        (200, Some(4 << 20))
+    );
+    let before = west.served();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "-w", "%{num_connects}\n"])
+            .args([url(vip, "/1"), url(vip, "/2"), url(vip, "/3")])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(west.served() - before, 3, "{text}");
+    assert!(text.matches("\"name\":\"west\"").count() == 3, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_errors_timeouts_and_retries_follow_the_policy() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.87.0.0/16");
+    let west_def = mesh.cluster("west", "127.88.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let (east, west) = (
+        HttpBackend::start("east", false).await,
+        HttpBackend::start("west", false).await,
+    );
+    add_web(&east_def, &[&east], false);
+    add_web(&west_def, &[&west], true);
+    link(&east_def, &west_def);
+    east_def.wait_imported("web.shop", "west").await;
+    east_def.wait_local_healthy("web.shop").await;
+    let vip = east_def.vip("web.shop", 8080);
+
+    let def = east_def.clone();
+    tokio::task::spawn_blocking(move || {
+        // Local first; a header route sends canaries to west, and only them.
+        until_named(vip, &[], "east");
+        def.cli_ok(&["policy", "set", "web.shop", "--route", "x-canary=1 -> west"]);
+        until_named(vip, &["-H", "x-canary: 1"], "west");
+        for _ in 0..10 {
+            assert_eq!(
+                curl(&["-H", "x-canary: 1", &url(vip, "/")]).json()["name"],
+                "west"
+            );
+            assert_eq!(
+                curl(&["-H", "x-canary: 2", &url(vip, "/")]).json()["name"],
+                "east"
+            );
+        }
+
+        // Nowhere to go under the policy: a 503 that says why.
+        def.cli_ok(&[
+            "policy",
+            "set",
+            "web.shop",
+            "--no-routes",
+            "--pinned",
+            "north",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let a = loop {
+            let a = curl(&[&url(vip, "/")]);
+            if a.status == 503 || Instant::now() > deadline {
+                break a;
+            }
+        };
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(
+            a.headers.contains("ferry-error: no_allowed_endpoint"),
+            "{}",
+            a.headers
+        );
+
+        // The policy's timeout: a 504, well before the backend answers.
+        def.cli_ok(&[
+            "policy",
+            "set",
+            "web.shop",
+            "--failover",
+            "--timeout",
+            "300ms",
+        ]);
+        until_named(vip, &[], "east");
+        let t = Instant::now();
+        let a = curl(&[&url(vip, "/slow")]);
+        assert_eq!(a.status, 504, "{}", a.body);
+        assert!(a.headers.contains("ferry-error: timeout"), "{}", a.headers);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        def.cli_ok(&["policy", "clear", "web.shop"]);
+    })
+    .await
+    .unwrap();
+
+    // Retries: one of two endpoints always answers 503.
+    let (bad, good) = (
+        HttpBackend::start("bad", true).await,
+        HttpBackend::start("good", false).await,
+    );
+    let mut args = vec!["service", "add", "flaky.shop", "--port", "http=8081/http"];
+    let (b, g) = (bad.addr.to_string(), good.addr.to_string());
+    args.extend(["--endpoint", &b, "--endpoint", &g]);
+    east_def.cli_ok(&args);
+    east_def.wait_local_healthy("flaky.shop").await;
+    let vip = east_def.vip("flaky.shop", 8081);
+    east_def.cli_ok(&[
+        "policy",
+        "set",
+        "flaky.shop",
+        "--retries",
+        "2",
+        "--retry-on",
+        "5xx",
+    ]);
+    let good_before = good.served();
+    tokio::task::spawn_blocking(move || {
+        // Wait for the policy, then every GET succeeds: a 503 is retried on the other one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ok_in_a_row = 0;
+        while ok_in_a_row < 50 {
+            assert!(
+                Instant::now() < deadline,
+                "GETs kept failing with retries on"
+            );
+            let a = curl(&[&url(vip, "/")]);
+            ok_in_a_row = if a.status == 200 { ok_in_a_row + 1 } else { 0 };
+        }
+    })
+    .await
+    .unwrap();
+    assert!(good.served() - good_before >= 50);
+}
+
+/// A backend that switches every request to a byte echo (101), as a WebSocket server
+/// switches protocols.
+async fn upgrade_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: echo") {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_becomes_a_byte_stream_across_clusters() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.89.0.0/16");
+    let west_def = mesh.cluster("west", "127.90.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let backend = upgrade_echo().await.to_string();
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "ws.shop",
+        "--port",
+        "http=8080/http",
+        "--endpoint",
+        &backend,
+        "--export",
+    ]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("ws.shop", "west").await;
+    let vip = east_def.vip("ws.shop", 8080);
+
+    let mut conn = tokio::net::TcpStream::connect(vip).await.unwrap();
+    conn.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: ws.shop\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for message in [&b"ping"[..], &[7u8; 100_000][..]] {
+        conn.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        conn.read_exact(&mut back).await.unwrap();
+        assert!(back == message);
+    }
+}
