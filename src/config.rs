@@ -100,6 +100,7 @@ struct RawNode {
     name: Option<String>,
     drain_timeout: Option<String>,
     idle_timeout: Option<String>,
+    max_in_flight_per_endpoint: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +146,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// A connection the node proxy relays is closed after this long without a byte.
     pub node_idle_timeout: Duration,
+    /// Calls (TCP connections, HTTP requests) one node proxy keeps open to one endpoint
+    /// or remote cluster at most; past that, callers get a 503 or a reset.
+    pub node_max_in_flight: u32,
     /// A tunnel stream the gateway relays is closed after this long without a byte.
     pub gateway_idle_timeout: Duration,
     pub dns: DnsConfig,
@@ -275,6 +279,10 @@ impl std::fmt::Display for VipRange {
         write!(f, "{}/{}", self.base, self.prefix)
     }
 }
+
+/// Calls one node proxy keeps open to one hop unless `[node] max_in_flight_per_endpoint`
+/// says otherwise.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10_000;
 
 /// Parses a duration such as `24h`, `15m` or `500ms`.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -443,6 +451,16 @@ impl Config {
             Ok(d)
         };
         let node_idle_timeout = idle("node.idle_timeout", raw.node.idle_timeout.as_deref())?;
+        let node_max_in_flight = match raw.node.max_in_flight_per_endpoint {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(n @ 1..=1_000_000) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "node.max_in_flight_per_endpoint",
+                    format!("{n} is not 1 to 1000000"),
+                ))
+            }
+        };
         let gateway_idle_timeout =
             idle("gateway.idle_timeout", raw.gateway.idle_timeout.as_deref())?;
         let mut seen = BTreeSet::new();
@@ -492,6 +510,7 @@ impl Config {
             node_name,
             drain_timeout,
             node_idle_timeout,
+            node_max_in_flight,
             gateway_idle_timeout,
             dns,
             limits,

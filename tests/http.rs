@@ -397,3 +397,41 @@ async fn an_upgrade_becomes_a_byte_stream_across_clusters() {
         assert!(back == message);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_limit_callers_get_a_503_that_says_so() {
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("east", "127.91.0.0/16");
+    def.append_config_to("[node]", "max_in_flight_per_endpoint = 1");
+    let _east = def.up().await;
+    let backend = HttpBackend::start("only", false).await;
+    add_web(&def, &[&backend], false);
+    def.wait_local_healthy("web.shop").await;
+    let vip = def.vip("web.shop", 8080);
+    tokio::task::spawn_blocking(move || {
+        until_named(vip, &[], "only");
+        let slow = std::thread::spawn(move || curl(&[&url(vip, "/slow")]));
+        // While the slow request holds the only endpoint's one slot, others are refused.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused = loop {
+            let a = curl(&[&url(vip, "/")]);
+            if a.status == 503 {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "never refused: {}", a.body);
+        };
+        assert!(
+            refused.headers.contains("ferry-error: circuit_open"),
+            "{}",
+            refused.headers
+        );
+        assert_eq!(slow.join().unwrap().status, 200);
+        assert_eq!(
+            curl(&[&url(vip, "/")]).status,
+            200,
+            "the slot is free again"
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -56,19 +56,23 @@ impl Stats {
 pub(crate) struct Balancer {
     stats: Mutex<HashMap<HopKey, Stats>>,
     outlier: OutlierConfig,
+    /// Calls one hop may have in flight (circuit breaking).
+    max_in_flight: u32,
 }
 
 impl Balancer {
-    pub(crate) fn new(outlier: OutlierConfig) -> Arc<Balancer> {
+    pub(crate) fn new(outlier: OutlierConfig, max_in_flight: u32) -> Arc<Balancer> {
         Arc::new(Balancer {
             stats: Mutex::new(HashMap::new()),
             outlier,
+            max_in_flight,
         })
     }
 
     /// The hops of `decision` in the order one call tries them: group by group, each
     /// group drawn by P2C without replacement (so the next try within a group is the next
-    /// best of what is left).
+    /// best of what is left). Hops at their in-flight limit are left out; empty when every
+    /// hop is.
     pub(crate) fn order(&self, decision: &Decision, now: Instant) -> Vec<Hop> {
         let mut stats = self.stats.lock().expect("balancer lock");
         let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
@@ -81,7 +85,7 @@ impl Balancer {
                         Some(s) => Load {
                             cost: s.ewma.cost(now, s.in_flight),
                             ejected: s.outlier.is_ejected(now),
-                            full: false,
+                            full: s.in_flight >= self.max_in_flight,
                         },
                         None => Load {
                             cost: PeakEwma::new(now).cost(now, 0),
@@ -90,7 +94,10 @@ impl Balancer {
                         },
                     })
                     .collect();
-                let i = pick(&loads, fastrand::u32(..), fastrand::u32(..)).unwrap_or(0);
+                // None: what is left of the group is full.
+                let Some(i) = pick(&loads, fastrand::u32(..), fastrand::u32(..)) else {
+                    break;
+                };
                 order.push(left.swap_remove(i).clone());
             }
         }
@@ -195,7 +202,7 @@ mod tests {
 
     #[test]
     fn groups_keep_their_order_and_every_hop_is_tried_once() {
-        let b = Balancer::new(OutlierConfig::default());
+        let b = Balancer::new(OutlierConfig::default(), u32::MAX);
         let d = decision(vec![
             vec![local(1), local(2), local(3)],
             vec![remote("west")],
@@ -213,7 +220,7 @@ mod tests {
 
     #[test]
     fn the_slower_hop_and_the_busier_hop_go_second() {
-        let b = Balancer::new(OutlierConfig::default());
+        let b = Balancer::new(OutlierConfig::default(), u32::MAX);
         let d = decision(vec![vec![local(1), local(2)]]);
         let now = Instant::now();
         answered(&b, &local(1), now, Duration::from_millis(200));
@@ -239,7 +246,7 @@ mod tests {
             base: Duration::from_secs(5),
             max: Duration::from_secs(30),
         };
-        let b = Balancer::new(config);
+        let b = Balancer::new(config, u32::MAX);
         let d = decision(vec![vec![local(1), local(2)]]);
         let now = Instant::now();
         // Local 1 is the faster one, until it fails three times in a row.
@@ -265,5 +272,29 @@ mod tests {
         let later = now + Duration::from_secs(6);
         answered(&b, &local(1), later, Duration::from_millis(1));
         assert_eq!(b.order(&d, later)[0], local(1));
+    }
+
+    #[test]
+    fn a_hop_at_its_in_flight_limit_is_left_out_until_a_call_ends() {
+        let b = Balancer::new(OutlierConfig::default(), 2);
+        let d = decision(vec![vec![local(1), local(2)], vec![remote("west")]]);
+        let now = Instant::now();
+        let one: Vec<Attempt> = (0..2).map(|_| b.start(&local(1), now)).collect();
+        assert!(!b.order(&d, now).contains(&local(1)));
+        let two: Vec<Attempt> = (0..2).map(|_| b.start(&local(2), now)).collect();
+        assert_eq!(
+            b.order(&d, now),
+            vec![remote("west")],
+            "full hops: on to the next group"
+        );
+        let west: Vec<Attempt> = (0..2).map(|_| b.start(&remote("west"), now)).collect();
+        assert!(
+            b.order(&d, now).is_empty(),
+            "everything full: the caller answers 503"
+        );
+        drop((one, west));
+        let order = b.order(&d, now);
+        assert_eq!(order, vec![local(1), remote("west")]);
+        drop(two);
     }
 }

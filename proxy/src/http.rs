@@ -133,6 +133,10 @@ async fn handle(
         upgrade,
     };
     let hops = shared.balancer.order(&decision, Instant::now());
+    if hops.is_empty() {
+        let outcome = Err(ProxyError::CircuitOpen);
+        return finish(None, &route.service, grpc, started, outcome);
+    }
     let call = forward(&shared, &route, policy, hops, request, body, grpc);
     let outcome = match policy.and_then(|p| p.timeout) {
         Some(limit) => match tokio::time::timeout(limit, call).await {

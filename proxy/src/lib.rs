@@ -82,7 +82,7 @@ impl NodeProxy {
                 snapshots,
                 tunnel,
                 pick: AtomicU64::new(0),
-                balancer: Balancer::new(OutlierConfig::default()),
+                balancer: Balancer::new(OutlierConfig::default(), u32::MAX),
                 http: http::HttpState::default(),
                 active: AtomicUsize::new(0),
                 idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
@@ -95,6 +95,16 @@ impl NodeProxy {
     pub fn with_idle_timeout(mut self, idle: Duration) -> NodeProxy {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.idle = idle;
+        }
+        self
+    }
+
+    /// Sets how many calls may be open to one hop (endpoint or remote cluster) at once;
+    /// past that a hop is skipped, and when every hop is full the caller gets a 503
+    /// (`ferry-error: circuit_open`) or a reset.
+    pub fn with_max_in_flight(mut self, max: u32) -> NodeProxy {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.balancer = Balancer::new(OutlierConfig::default(), max);
         }
         self
     }

@@ -37,6 +37,7 @@ fn errors_name_the_key() {
         ("cluster = \"east\"\n[trust]\ndir = \"ca\"\ncert_ttl = \"soon\"", "`trust.cert_ttl`"),
         ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[control]\nvip_range = \"10.0.0.1/16\"", "`control.vip_range`"),
         ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[gateway]\nlisten = \"nowhere\"", "`gateway.listen`"),
+        ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[node]\nmax_in_flight_per_endpoint = 0", "`node.max_in_flight_per_endpoint`"),
         ("cluster = \"east\"\n[trust]\ndir = \"ca\"\n[gateway]\nadvertise = \"0.0.0.0:0\"", "`gateway.advertise`"),
         (
             "cluster = \"east\"\n[trust]\ndir = \"ca\"\n[[service]]\nname = \"web\"\nports = [\"http=80/http\"]",

@@ -28,7 +28,9 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> anyhow::Result<
     let snapshots = snapshots::follow(cfg.role_socket()).await?;
     let tunnel = Arc::new(TunnelClient::new(tls.identity.clone(), tls.trust.clone())?);
     tracing::info!(node = %cfg.node_name, "node proxy running");
-    let proxy = NodeProxy::new(snapshots, tunnel).with_idle_timeout(cfg.node_idle_timeout);
+    let proxy = NodeProxy::new(snapshots, tunnel)
+        .with_idle_timeout(cfg.node_idle_timeout)
+        .with_max_in_flight(cfg.node_max_in_flight);
     let failures = proxy.listen_failures();
     let reporter = tokio::spawn(report_failures(
         cfg.role_socket(),

@@ -22,6 +22,8 @@ pub(crate) enum ProxyError {
     NoHealthyEndpoint,
     /// Every candidate failed to connect or answer.
     Unreachable,
+    /// Every candidate is at its in-flight limit.
+    CircuitOpen,
     /// The request took longer than the service's timeout.
     Timeout,
     /// The upstream connection failed after the request was sent, and it could not be
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::NoAllowedEndpoint => "no_allowed_endpoint",
             ProxyError::NoHealthyEndpoint => "no_healthy_endpoint",
             ProxyError::Unreachable => "unreachable",
+            ProxyError::CircuitOpen => "circuit_open",
             ProxyError::Timeout => "timeout",
             ProxyError::Upstream => "upstream_reset",
         }
@@ -68,6 +71,7 @@ impl ProxyError {
             }
             ProxyError::NoHealthyEndpoint => "no healthy endpoint of the service in any cluster",
             ProxyError::Unreachable => "no endpoint of the service answered",
+            ProxyError::CircuitOpen => "every endpoint of the service is at its in-flight limit",
             ProxyError::Timeout => "the request took longer than the service's timeout",
             ProxyError::Upstream => "the connection to the service failed during the request",
         };
