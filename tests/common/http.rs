@@ -20,34 +20,55 @@ use tokio::net::TcpListener;
 pub struct HttpBackend {
     pub addr: SocketAddr,
     pub served: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl HttpBackend {
     /// Starts a backend called `name` on loopback; `fail` makes every request a 503.
     pub async fn start(name: &str, fail: bool) -> HttpBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        HttpBackend::start_at(name, fail, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a backend on `addr` (a stopped backend's address starts it again).
+    pub async fn start_at(name: &str, fail: bool, addr: SocketAddr) -> HttpBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::new(AtomicUsize::new(0));
         let count = served.clone();
         let name = name.to_string();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
+            let mut stopping = stopped.clone();
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    return;
+                let conn = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((conn, _)) => conn,
+                        Err(_) => return,
+                    },
+                    _ = stopping.changed() => return,
                 };
                 let (name, count) = (name.clone(), count.clone());
+                let mut stopping = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, count) = (name.clone(), count.clone());
                         async move { Ok::<_, Infallible>(answer(&name, fail, &count, req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(conn), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let serve = builder.serve_connection(TokioIo::new(conn), service);
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = stopping.changed() => {}
+                    }
                 });
             }
         });
-        HttpBackend { addr, served }
+        HttpBackend { addr, served, stop }
+    }
+
+    /// Stops listening and drops every open connection, as a killed process would.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     pub fn served(&self) -> usize {

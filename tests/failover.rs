@@ -1,0 +1,185 @@
+//! Failover figures, measured and printed: every local endpoint of a service killed, new
+//! HTTP requests and new TCP connections succeed through the remote cluster within 1 s
+//! (none fails after the first second); the endpoints back, traffic returns to them within
+//! 2 s. With the default health interval (1 s). Run with `--nocapture` to see the figures.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::http::HttpBackend;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One new connection carrying one GET: who answered, or `None` on any failure.
+async fn get_once(vip: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(vip).await.ok()?;
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: web.shop\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        json["name"].as_str().map(str::to_string)
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Calls `vip` back to back until `end`: (when, who answered).
+async fn probe(vip: SocketAddr, end: Instant) -> Vec<(Instant, Option<String>)> {
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        let at = Instant::now();
+        seen.push((at, get_once(vip).await));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seen
+}
+
+/// The figures of one probe: (last failure after `kill`, first remote answer after
+/// `kill`, first local answer after `back`), in ms.
+fn figures(
+    what: &str,
+    seen: &[(Instant, Option<String>)],
+    kill: Instant,
+    back: Instant,
+) -> (u128, u128, u128) {
+    let ms = |t: Instant, from: Instant| t.saturating_duration_since(from).as_millis();
+    let failures: Vec<u128> = seen
+        .iter()
+        .filter(|(t, who)| *t >= kill && who.is_none())
+        .map(|(t, _)| ms(*t, kill))
+        .collect();
+    let last_failure = failures.iter().copied().max().unwrap_or(0);
+    let first_remote = seen
+        .iter()
+        .find(|(t, who)| *t >= kill && who.as_deref() == Some("west"))
+        .map(|(t, _)| ms(*t, kill))
+        .expect("the remote cluster answered after the kill");
+    let first_local = seen
+        .iter()
+        .find(|(t, who)| *t >= back && who.as_deref() == Some("east"))
+        .map(|(t, _)| ms(*t, back))
+        .expect("the local endpoint answered after it came back");
+    println!(
+        "{what}: {} failed calls after the kill (the last {last_failure} ms after it), first \
+         answer from west {first_remote} ms after it; local again {first_local} ms after the \
+         endpoint came back ({} calls)",
+        failures.len(),
+        seen.len()
+    );
+    // After the first second no call fails, and they go to west until the local one is back.
+    for (t, who) in seen {
+        if *t >= kill + Duration::from_secs(1) && *t < back {
+            assert_eq!(
+                who.as_deref(),
+                Some("west"),
+                "{what}: {} ms after the kill",
+                ms(*t, kill)
+            );
+        }
+        if *t >= back + Duration::from_secs(2) {
+            assert_eq!(
+                who.as_deref(),
+                Some("east"),
+                "{what}: {} ms after the return",
+                ms(*t, back)
+            );
+        }
+    }
+    (last_failure, first_remote, first_local)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_endpoints_killed_and_back_http_and_tcp() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.94.0.0/16");
+    let west_def = mesh.cluster("west", "127.95.0.0/16");
+    // The default health interval, not the harness's faster one.
+    let config = std::fs::read_to_string(&east_def.config).unwrap();
+    assert!(config.contains("health_interval = \"300ms\""));
+    std::fs::write(
+        &east_def.config,
+        config.replace("health_interval = \"300ms\"", "health_interval = \"1s\""),
+    )
+    .unwrap();
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let (local_a, local_b) = (
+        HttpBackend::start("east", false).await,
+        HttpBackend::start("east", false).await,
+    );
+    let remote = HttpBackend::start("west", false).await;
+    let (a, b, w) = (
+        local_a.addr.to_string(),
+        local_b.addr.to_string(),
+        remote.addr.to_string(),
+    );
+    for (name, port) in [("web.shop", "http=8080/http"), ("raw.shop", "tcp=9090/tcp")] {
+        east_def.cli_ok(&[
+            "service",
+            "add",
+            name,
+            "--port",
+            port,
+            "--endpoint",
+            &a,
+            "--endpoint",
+            &b,
+        ]);
+        west_def.cli_ok(&[
+            "service",
+            "add",
+            name,
+            "--port",
+            port,
+            "--endpoint",
+            &w,
+            "--export",
+        ]);
+    }
+    link(&east_def, &west_def);
+    for name in ["web.shop", "raw.shop"] {
+        east_def.wait_imported(name, "west").await;
+        east_def.wait_local_healthy(name).await;
+    }
+    let (http_vip, tcp_vip) = (
+        east_def.vip("web.shop", 8080),
+        east_def.vip("raw.shop", 9090),
+    );
+    assert_eq!(get_once(http_vip).await.as_deref(), Some("east"));
+
+    let start = Instant::now();
+    let (kill, back, end) = (
+        start + Duration::from_secs(1),
+        start + Duration::from_secs(4),
+        start + Duration::from_millis(7000),
+    );
+    let probes =
+        tokio::spawn(async move { tokio::join!(probe(http_vip, end), probe(tcp_vip, end)) });
+    tokio::time::sleep_until(kill.into()).await;
+    local_a.stop();
+    local_b.stop();
+    tokio::time::sleep_until(back.into()).await;
+    let _again = HttpBackend::start_at("east", false, local_a.addr).await;
+    let (http, tcp) = probes.await.unwrap();
+    let h = figures("HTTP requests", &http, kill, back);
+    let t = figures("TCP connections", &tcp, kill, back);
+    for (what, (failure, _, local)) in [("HTTP", h), ("TCP", t)] {
+        assert!(
+            failure < 1000,
+            "{what}: a call failed {failure} ms after the kill"
+        );
+        assert!(local < 2000, "{what}: back to local after {local} ms");
+    }
+}
