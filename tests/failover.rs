@@ -183,3 +183,87 @@ async fn local_endpoints_killed_and_back_http_and_tcp() {
         assert!(local < 2000, "{what}: back to local after {local} ms");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_clusters_only_gateway_killed_http_moves_to_the_other_cluster() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.96.0.0/16");
+    let west_def = mesh.cluster("west", "127.97.0.0/16");
+    let north_def = mesh.cluster("north", "127.98.0.0/16");
+    let _east = east_def.up().await;
+    let mut remotes = [
+        (west_def.up().await, "west"),
+        (north_def.up().await, "north"),
+    ];
+    let backends = [
+        HttpBackend::start("west", false).await,
+        HttpBackend::start("north", false).await,
+    ];
+    for (def, backend) in [(&west_def, &backends[0]), (&north_def, &backends[1])] {
+        let addr = backend.addr.to_string();
+        def.cli_ok(&[
+            "service",
+            "add",
+            "web.shop",
+            "--port",
+            "http=8080/http",
+            "--endpoint",
+            &addr,
+            "--export",
+        ]);
+        link(&east_def, def);
+    }
+    east_def.wait_imported("web.shop", "west").await;
+    east_def.wait_imported("web.shop", "north").await;
+    let vip = east_def.vip("web.shop", 8080);
+    // Whichever is nearer serves; kill that cluster (its only gateway goes with it).
+    let serving = get_once(vip).await.expect("a first answer");
+    let other = if serving == "west" { "north" } else { "west" };
+    let i = remotes
+        .iter()
+        .position(|(_, name)| *name == serving)
+        .unwrap();
+
+    let start = Instant::now();
+    let (kill, end) = (
+        start + Duration::from_millis(500),
+        start + Duration::from_millis(4500),
+    );
+    let probing = tokio::spawn(async move { probe(vip, end).await });
+    tokio::time::sleep_until(kill.into()).await;
+    remotes[i].0.kill();
+    let seen = probing.await.unwrap();
+    let ms = |t: Instant| t.saturating_duration_since(kill).as_millis();
+    let failures: Vec<u128> = seen
+        .iter()
+        .filter(|(t, w)| *t >= kill && w.is_none())
+        .map(|(t, _)| ms(*t))
+        .collect();
+    let first_other = seen
+        .iter()
+        .find(|(t, w)| *t >= kill && w.as_deref() == Some(other))
+        .map(|(t, _)| ms(*t))
+        .expect("the other cluster answered");
+    let slowest = seen
+        .iter()
+        .zip(seen.iter().skip(1))
+        .filter(|((t, _), _)| *t >= kill)
+        .map(|((a, _), (b, _))| b.duration_since(*a).as_millis())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "gateway of {serving} killed: {} failed calls after it, first answer from {other} {first_other} ms after, \
+         slowest call {slowest} ms ({} calls)",
+        failures.len(),
+        seen.len()
+    );
+    for (t, who) in &seen {
+        if *t >= kill + Duration::from_secs(1) {
+            assert_eq!(who.as_deref(), Some(other), "{} ms after the kill", ms(*t));
+        }
+    }
+    assert!(
+        first_other < 1000,
+        "first answer from {other} after {first_other} ms"
+    );
+}

@@ -13,6 +13,9 @@ pub const CLOSE_DONE: quinn::VarInt = quinn::VarInt::from_u32(0);
 pub const CLOSE_LINK_REMOVED: quinn::VarInt = quinn::VarInt::from_u32(2);
 /// QUIC application close code: the gateway refused the connection.
 pub const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(3);
+/// QUIC application close code: the peer went silent (nothing received for longer than
+/// its keep-alives allow).
+pub const CLOSE_SILENT: quinn::VarInt = quinn::VarInt::from_u32(4);
 
 /// Why a gateway could not be dialled.
 #[derive(Debug, thiserror::Error)]

@@ -404,11 +404,16 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 /// uses none), and receive windows of [`STREAM_RECEIVE_WINDOW`] per stream and
 /// [`CONNECTION_RECEIVE_WINDOW`] per connection.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    // A dead peer must be noticed before the 5 s import lease runs out, so a link session
+    // can move to a surviving gateway without its imports being withdrawn.
+    transport_config_with_keep_alive(Duration::from_millis(750))
+}
+
+/// [`transport_config`] with another keep-alive interval.
+pub fn transport_config_with_keep_alive(keep_alive: Duration) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
-        // A dead peer must be noticed before the 5 s import lease runs out, so a link
-        // session can move to a surviving gateway without its imports being withdrawn.
-        .keep_alive_interval(Some(Duration::from_millis(750)))
+        .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(Some(quinn::VarInt::from_u32(3_000).into()))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_federation::traffic::{pick, Decision, Load, Outlier, OutlierConfig, PeakEwma};
-use ferry_federation::{ClusterId, Hop};
+use ferry_federation::{ClusterId, Hop, MeshSnapshot, RemoteState};
 
 /// Stats of hops unused this long are dropped (the set of hops follows the snapshot).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
@@ -69,14 +69,27 @@ impl Balancer {
         })
     }
 
-    /// The hops of `decision` in the order one call tries them: group by group, each
-    /// group drawn by P2C without replacement (so the next try within a group is the next
-    /// best of what is left). Hops at their in-flight limit are left out; empty when every
+    /// The hops of `decision` in the order one call tries them: group by group (groups
+    /// with every hop ejected last), each group drawn by P2C without replacement (so the
+    /// next try within a group is the next best of what is left). Hops at their in-flight limit are left out; empty when every
     /// hop is.
     pub(crate) fn order(&self, decision: &Decision, now: Instant) -> Vec<Hop> {
         let mut stats = self.stats.lock().expect("balancer lock");
         let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
-        for group in &decision.groups {
+        // A group whose every hop is ejected goes after the others (a dead nearest cluster
+        // is not tried first on every call), but stays: ejection never removes the last
+        // candidates.
+        let ejected = |group: &Vec<Hop>| {
+            group.iter().all(|hop| {
+                stats
+                    .get(&HopKey::of(hop))
+                    .is_some_and(|s| s.outlier.is_ejected(now))
+            })
+        };
+        let (mut groups, demoted): (Vec<&Vec<Hop>>, Vec<&Vec<Hop>>) =
+            decision.groups.iter().partition(|g| !ejected(g));
+        groups.extend(demoted);
+        for group in groups {
             let mut left: Vec<&Hop> = group.iter().collect();
             while !left.is_empty() {
                 let loads: Vec<Load> = left
@@ -118,6 +131,49 @@ impl Balancer {
             balancer: self.clone(),
             key,
             started: now,
+        }
+    }
+
+    /// Clears the failure records of hops that `next` shows healthy again after `previous`
+    /// did not: fresh health evidence outweighs past failures, so traffic returns to a
+    /// recovered endpoint (or cluster) as soon as its probe passes, not when an ejection
+    /// would have ended.
+    pub(crate) fn forgive_recovered(&self, previous: &MeshSnapshot, next: &MeshSnapshot) {
+        let mut recovered = Vec::new();
+        for service in &next.services {
+            let before = previous.service(&service.name);
+            for endpoint in service.local.iter().filter(|e| e.healthy) {
+                let was_healthy = before
+                    .is_some_and(|b| b.local.iter().any(|e| e.addr == endpoint.addr && e.healthy));
+                if !was_healthy {
+                    recovered.extend(
+                        service
+                            .ports
+                            .iter()
+                            .map(|p| HopKey::Local(endpoint.addr.target(p))),
+                    );
+                }
+            }
+            for remote in &service.remote {
+                let healthy = |r: &RemoteState| r.healthy.values().any(|n| *n > 0);
+                let was_healthy = before.is_some_and(|b| {
+                    b.remote
+                        .iter()
+                        .any(|r| r.cluster == remote.cluster && healthy(r))
+                });
+                if healthy(remote) && !was_healthy {
+                    recovered.push(HopKey::Remote(remote.cluster.clone()));
+                }
+            }
+        }
+        if recovered.is_empty() {
+            return;
+        }
+        let mut stats = self.stats.lock().expect("balancer lock");
+        for key in recovered {
+            if let Some(s) = stats.get_mut(&key) {
+                s.outlier = Outlier::default();
+            }
         }
     }
 
@@ -296,5 +352,26 @@ mod tests {
         let order = b.order(&d, now);
         assert_eq!(order, vec![local(1), remote("west")]);
         drop(two);
+    }
+
+    #[test]
+    fn a_group_whose_every_hop_is_ejected_goes_last() {
+        let config = OutlierConfig {
+            consecutive: 2,
+            ..OutlierConfig::default()
+        };
+        let b = Balancer::new(config, u32::MAX);
+        let d = decision(vec![vec![remote("west")], vec![remote("north")]]);
+        let now = Instant::now();
+        assert_eq!(b.order(&d, now), vec![remote("west"), remote("north")]);
+        for _ in 0..2 {
+            b.start(&remote("west"), now).failed(now);
+        }
+        assert_eq!(b.order(&d, now), vec![remote("north"), remote("west")]);
+        // Both ejected: the decision's own order again, nothing removed.
+        for _ in 0..2 {
+            b.start(&remote("north"), now).failed(now);
+        }
+        assert_eq!(b.order(&d, now), vec![remote("west"), remote("north")]);
     }
 }

@@ -219,7 +219,10 @@ async fn forward(
         };
         let sender = match pooled {
             Some(sender) => Ok(sender),
-            None => upstream::connect(&shared.tunnel, hop, &route.service, proto).await,
+            None => {
+                let fallback = hops.len() > 1;
+                upstream::connect(&shared.tunnel, hop, &route.service, proto, fallback).await
+            }
         };
         let sender = match sender {
             Ok(mut s) => s

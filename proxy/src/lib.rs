@@ -124,8 +124,13 @@ impl NodeProxy {
         let mut rx = self.shared.snapshots.clone();
         let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
         let mut retry = tokio::time::interval(RETRY_LISTEN_EVERY);
+        let mut previous: Option<Arc<MeshSnapshot>> = None;
         loop {
             let snapshot = rx.borrow_and_update().clone();
+            if let Some(previous) = &previous {
+                self.shared.balancer.forgive_recovered(previous, &snapshot);
+            }
+            previous = Some(snapshot.clone());
             self.reconcile(&snapshot, &mut listeners).await;
             tokio::select! {
                 changed = rx.changed() => {

@@ -38,17 +38,16 @@ impl HttpBackend {
         let name = name.to_string();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut stopping = stopped.clone();
             loop {
                 let conn = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((conn, _)) => conn,
                         Err(_) => return,
                     },
-                    _ = stopping.changed() => return,
+                    _ = stop_asked(stopped.clone()) => return,
                 };
                 let (name, count) = (name.clone(), count.clone());
-                let mut stopping = stopped.clone();
+                let stopping = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, count) = (name.clone(), count.clone());
@@ -58,7 +57,7 @@ impl HttpBackend {
                     let serve = builder.serve_connection(TokioIo::new(conn), service);
                     tokio::select! {
                         _ = serve => {}
-                        _ = stopping.changed() => {}
+                        _ = stop_asked(stopping) => {}
                     }
                 });
             }
@@ -73,6 +72,13 @@ impl HttpBackend {
 
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+}
+
+/// Resolves when [`HttpBackend::stop`] is called; never when the handle is only dropped.
+async fn stop_asked(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    if stopped.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -125,9 +125,10 @@ impl TunnelClient {
         })
     }
 
-    /// The measured round trip to each cluster with an open pooled connection: the smallest
-    /// of quinn's smoothed estimates over that cluster's gateways. A cluster never dialled
-    /// is not in it.
+    /// The last measured round trip to each cluster dialled: the smallest of quinn's
+    /// smoothed estimates over that cluster's gateways (a closed connection keeps its last
+    /// estimate, so a cluster that just went away is still known to be near or far). A
+    /// cluster never dialled is not in it.
     pub fn rtts(&self) -> BTreeMap<ClusterId, Duration> {
         let slots: Vec<(ClusterId, Slot)> = {
             let pool = self.pool.lock().expect("pool lock");
@@ -139,7 +140,7 @@ impl TunnelClient {
         for (cluster, slot) in slots {
             // A slot being dialled is skipped: this must never wait.
             let Ok(guard) = slot.try_lock() else { continue };
-            let Some(conn) = guard.as_ref().filter(|c| c.close_reason().is_none()) else {
+            let Some(conn) = guard.as_ref() else {
                 continue;
             };
             let rtt = conn.rtt();
@@ -166,12 +167,13 @@ impl TunnelClient {
                 return Ok(conn.clone());
             }
         }
-        let config = tls::client_config(
+        let mut config = tls::client_config(
             self.identity.clone(),
             self.trust.clone(),
             PeerExpectation::Gateway(cluster.clone()),
             self.alpn,
         )?;
+        config.transport_config(tunnel_transport());
         let unreachable = |cause| TunnelError::Unreachable {
             cluster: cluster.clone(),
             addr,
@@ -182,6 +184,7 @@ impl TunnelClient {
             .map_err(|e| unreachable(Unreachable::Dial(e)))?;
         metrics::counter!("ferry_tunnel_connections_total").increment(1);
         tracing::debug!(%cluster, %addr, "tunnel connection established");
+        tokio::spawn(watch_liveness(conn.clone(), cluster.clone(), addr));
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -368,5 +371,46 @@ async fn read_now<C: AsyncRead + Unpin + ?Sized>(
     match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
         Poll::Ready(result) => Some(result),
         Poll::Pending => None,
+    }
+}
+
+/// Keep-alive interval of tunnel connections: short, so a dead gateway is noticed by
+/// silence well within a second ([`watch_liveness`]).
+const TUNNEL_KEEP_ALIVE: Duration = Duration::from_millis(200);
+/// A tunnel connection that receives nothing for this long (or four round trips, if
+/// longer) is closed: its gateway is gone.
+const SILENT_FOR: Duration = Duration::from_millis(600);
+
+/// Tunnel connections' transport: the shared limits, with a shorter keep-alive.
+fn tunnel_transport() -> Arc<quinn::TransportConfig> {
+    tls::transport_config_with_keep_alive(TUNNEL_KEEP_ALIVE)
+}
+
+/// Closes `conn` when its peer has been silent too long. QUIC alone would wait for its
+/// idle timeout (3 s) while calls on the connection hang; with keep-alives every 200 ms
+/// a live peer always has something to say, so silence means a dead gateway, and its
+/// calls fail over at once.
+async fn watch_liveness(conn: quinn::Connection, cluster: ClusterId, addr: SocketAddr) {
+    let mut received = conn.stats().udp_rx.datagrams;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(TUNNEL_KEEP_ALIVE / 2) => {}
+        }
+        let now = tokio::time::Instant::now();
+        let count = conn.stats().udp_rx.datagrams;
+        if count != received {
+            received = count;
+            since = now;
+            continue;
+        }
+        let limit = SILENT_FOR.max(conn.rtt() * 4);
+        if now.duration_since(since) > limit {
+            metrics::counter!("ferry_tunnel_silent_closed_total").increment(1);
+            tracing::warn!(%cluster, %addr, silent_for = ?now.duration_since(since), "gateway silent; closing the tunnel connection so its calls fail over");
+            conn.close(crate::dial::CLOSE_SILENT, b"silent");
+            return;
+        }
     }
 }

@@ -24,6 +24,11 @@ use crate::balance::{Attempt, HopKey};
 use crate::route::tunnel_header;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bounds of the wait for a gateway's status on a new tunnel stream.
+const STATUS_WAIT_MIN: Duration = Duration::from_millis(250);
+const STATUS_WAIT_MAX: Duration = Duration::from_secs(2);
+/// The wait when no round trip to the cluster has been measured yet (a first dial).
+const STATUS_WAIT_UNMEASURED: Duration = Duration::from_secs(2);
 /// Idle connections kept per hop and version.
 const MAX_IDLE_PER_HOP: usize = 64;
 
@@ -111,12 +116,14 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// Opens a new connection to `hop` for `service`.
+/// Opens a new connection to `hop` for `service`; `fallback` says another hop could take
+/// the call instead (then a gateway slow to admit is given up early).
 pub(crate) async fn connect(
     tunnel: &TunnelClient,
     hop: &Hop,
     service: &ServiceName,
     proto: Proto,
+    fallback: bool,
 ) -> Result<Sender, ConnectError> {
     match hop {
         Hop::Local(addr) => {
@@ -133,7 +140,25 @@ pub(crate) async fn connect(
             endpoint,
         } => {
             let header = tunnel_header(service, cluster, port, endpoint);
-            let (send, recv) = tunnel.open(cluster, gateways, &header).await?;
+            // Nothing of the request leaves before the gateway's status, so a gateway that
+            // does not answer in a few round trips is given up for the next hop: a dead
+            // one would otherwise hold the call until its connection times out.
+            let open = tunnel.open(cluster, gateways, &header);
+            let (send, recv) = match fallback {
+                false => open.await?,
+                true => {
+                    let wait = tunnel
+                        .rtts()
+                        .get(cluster)
+                        .map_or(STATUS_WAIT_UNMEASURED, |rtt| {
+                            (*rtt * 3 + Duration::from_millis(200))
+                                .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
+                        });
+                    tokio::time::timeout(wait, open)
+                        .await
+                        .map_err(|_| ConnectError::Timeout)??
+                }
+            };
             handshake(tokio::io::join(recv, send), proto).await
         }
     }
