@@ -167,6 +167,12 @@ impl TunnelClient {
                 return Ok(conn.clone());
             }
         }
+        // A gateway dialled before answered within its round trip then; one that does not
+        // answer a new handshake in a few of them is gone (a silent gateway is closed by
+        // `watch_liveness`), and the caller moves on instead of waiting the full 3 s.
+        let dial_timeout = guard.as_ref().map_or(DIAL_TIMEOUT, |old| {
+            (old.rtt() * 4 + Duration::from_millis(250)).clamp(REDIAL_TIMEOUT_MIN, DIAL_TIMEOUT)
+        });
         let mut config = tls::client_config(
             self.identity.clone(),
             self.trust.clone(),
@@ -179,7 +185,7 @@ impl TunnelClient {
             addr,
             cause,
         };
-        let conn = dial(&self.endpoint, config, addr, Duration::from_secs(3))
+        let conn = dial(&self.endpoint, config, addr, dial_timeout)
             .await
             .map_err(|e| unreachable(Unreachable::Dial(e)))?;
         metrics::counter!("ferry_tunnel_connections_total").increment(1);
@@ -373,6 +379,11 @@ async fn read_now<C: AsyncRead + Unpin + ?Sized>(
         Poll::Pending => None,
     }
 }
+
+/// The longest a first handshake with a gateway may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The shortest wait for the handshake with a gateway dialled before.
+const REDIAL_TIMEOUT_MIN: Duration = Duration::from_millis(300);
 
 /// Keep-alive interval of tunnel connections: short, so a dead gateway is noticed by
 /// silence well within a second ([`watch_liveness`]).
