@@ -35,6 +35,20 @@ async fn get_once(vip: SocketAddr) -> Option<String> {
         .flatten()
 }
 
+/// Adds `web.shop` (an HTTP port) and `raw.shop` (a TCP port) backed by `endpoints`.
+fn add_web_and_raw(def: &ClusterDef, endpoints: &[&str], export: bool) {
+    for (name, port) in [("web.shop", "http=8080/http"), ("raw.shop", "tcp=9090/tcp")] {
+        let mut args = vec!["service", "add", name, "--port", port];
+        for e in endpoints {
+            args.extend(["--endpoint", e]);
+        }
+        if export {
+            args.push("--export");
+        }
+        def.cli_ok(&args);
+    }
+}
+
 /// Calls `vip` back to back until `end`: (when, who answered).
 async fn probe(vip: SocketAddr, end: Instant) -> Vec<(Instant, Option<String>)> {
     let mut seen = Vec::new();
@@ -125,29 +139,8 @@ async fn local_endpoints_killed_and_back_http_and_tcp() {
         local_b.addr.to_string(),
         remote.addr.to_string(),
     );
-    for (name, port) in [("web.shop", "http=8080/http"), ("raw.shop", "tcp=9090/tcp")] {
-        east_def.cli_ok(&[
-            "service",
-            "add",
-            name,
-            "--port",
-            port,
-            "--endpoint",
-            &a,
-            "--endpoint",
-            &b,
-        ]);
-        west_def.cli_ok(&[
-            "service",
-            "add",
-            name,
-            "--port",
-            port,
-            "--endpoint",
-            &w,
-            "--export",
-        ]);
-    }
+    add_web_and_raw(&east_def, &[&a, &b], false);
+    add_web_and_raw(&west_def, &[&w], true);
     link(&east_def, &west_def);
     for name in ["web.shop", "raw.shop"] {
         east_def.wait_imported(name, "west").await;
@@ -201,18 +194,7 @@ async fn the_serving_clusters_only_gateway_killed_calls_move_to_the_other_cluste
     ];
     for (def, backend) in [(&west_def, &backends[0]), (&north_def, &backends[1])] {
         let addr = backend.addr.to_string();
-        for (name, port) in [("web.shop", "http=8080/http"), ("raw.shop", "tcp=9090/tcp")] {
-            def.cli_ok(&[
-                "service",
-                "add",
-                name,
-                "--port",
-                port,
-                "--endpoint",
-                &addr,
-                "--export",
-            ]);
-        }
+        add_web_and_raw(def, &[&addr], true);
         link(&east_def, def);
     }
     for name in ["web.shop", "raw.shop"] {
