@@ -10,29 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::http::HttpBackend;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One new connection carrying one GET: who answered, or `None` on any failure.
 async fn get_once(vip: SocketAddr) -> Option<String> {
-    let attempt = async {
-        let mut conn = tokio::net::TcpStream::connect(vip).await.ok()?;
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: web.shop\r\nconnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        conn.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return None;
-        }
-        let json: serde_json::Value = serde_json::from_str(body).ok()?;
-        json["name"].as_str().map(str::to_string)
-    };
-    tokio::time::timeout(Duration::from_secs(3), attempt)
-        .await
-        .ok()
-        .flatten()
+    common::http::served_by(vip).await
 }
 
 /// Adds `web.shop` (an HTTP port) and `raw.shop` (a TCP port) backed by `endpoints`.

@@ -435,3 +435,99 @@ async fn past_the_in_flight_limit_callers_get_a_503_that_says_so() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_inside_the_budget_and_splits_follow_their_weights() {
+    use common::http::{get_raw, served_by};
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.99.0.0/16");
+    let west_def = mesh.cluster("west", "127.100.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+
+    // A service whose only endpoint always fails, with generous retries: the budget (20 %
+    // of calls plus 10 per second over 10 s) bounds what reaches it, not the retry count.
+    let broken = HttpBackend::start("broken", true).await;
+    let b = broken.addr.to_string();
+    east_def.cli_ok(&[
+        "service",
+        "add",
+        "broken.shop",
+        "--port",
+        "http=8082/http",
+        "--endpoint",
+        &b,
+    ]);
+    east_def.wait_local_healthy("broken.shop").await;
+    east_def.cli_ok(&[
+        "policy",
+        "set",
+        "broken.shop",
+        "--retries",
+        "5",
+        "--retry-on",
+        "5xx",
+    ]);
+    let vip = east_def.vip("broken.shop", 8082);
+    // The policy reaches the node proxy: some call gets retried.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut warm_up = 0;
+    loop {
+        let before = broken.served();
+        assert_eq!(get_raw(vip, "/").await.map(|a| a.0), Some(503));
+        warm_up += 1;
+        if broken.served() - before > 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retry ever happened");
+    }
+    let before = broken.served();
+    for _ in 0..300 {
+        let (status, _) = get_raw(vip, "/").await.expect("an answer");
+        assert_eq!(status, 503, "the server's own answer passes through");
+    }
+    let reached = broken.served() - before;
+    println!(
+        "300 calls with 5 retries each to an always-failing endpoint reached it {reached} times"
+    );
+    // Every call in the budget's window counts toward its 20 %, warm-up calls included.
+    let bound = 300 + (300 + warm_up) / 5 + 100;
+    assert!(
+        reached <= bound,
+        "{reached} attempts (bound {bound}): the budget did not hold"
+    );
+    assert!(reached > 300, "retries happened");
+
+    // A weighted HTTP split: 2000 requests within 5 % of 80/20.
+    let (east, west) = (
+        HttpBackend::start("east", false).await,
+        HttpBackend::start("west", false).await,
+    );
+    add_web(&east_def, &[&east], false);
+    add_web(&west_def, &[&west], true);
+    link(&east_def, &west_def);
+    east_def.wait_imported("web.shop", "west").await;
+    east_def.wait_local_healthy("web.shop").await;
+    east_def.cli_ok(&["policy", "set", "web.shop", "--weights", "east=80,west=20"]);
+    let vip = east_def.vip("web.shop", 8080);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_by(vip).await.as_deref() != Some("west") {
+        assert!(
+            Instant::now() < deadline,
+            "the split never sent a request west"
+        );
+    }
+    let (e0, w0) = (east.served(), west.served());
+    for _ in 0..100 {
+        let calls: Vec<_> = (0..20).map(|_| tokio::spawn(served_by(vip))).collect();
+        for c in calls {
+            assert!(c.await.unwrap().is_some());
+        }
+    }
+    let (e, w) = (east.served() - e0, west.served() - w0);
+    assert_eq!(e + w, 2000);
+    assert!(
+        (1500..=1700).contains(&e),
+        "east served {e} of 2000, west {w}"
+    );
+}

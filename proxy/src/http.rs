@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ferry_federation::traffic::{
     backoff, may_retry, Attempt as AttemptFacts, Failure, RetryBudget,
 };
-use ferry_federation::{Hop, NoRoute, Plan, ServiceName, TrafficPolicy};
+use ferry_federation::{ClusterId, Hop, NoRoute, Plan, ServiceName, TrafficPolicy};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -86,6 +86,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let local = shared.snapshots.borrow().cluster.clone();
     let routed = {
         let headers: Vec<(&str, &str)> = req
             .headers()
@@ -102,7 +103,7 @@ async fn handle(
         Ok(routed) => routed,
         Err(Unrouted::Plan(NoRoute::NoHealthyEndpoints(service))) => {
             let outcome = Err(ProxyError::NoHealthyEndpoint);
-            return finish(None, &service, grpc, started, outcome);
+            return finish(&local, None, &service, grpc, started, outcome);
         }
         Err(Unrouted::Plan(e)) => {
             tracing::warn!(%addr, reason = %e, "no route");
@@ -111,6 +112,7 @@ async fn handle(
         Err(Unrouted::Policy(service, e)) => {
             tracing::warn!(%service, reason = %e, "no route under the service's policy");
             return finish(
+                &local,
                 None,
                 &service,
                 grpc,
@@ -135,7 +137,7 @@ async fn handle(
     let hops = shared.balancer.order(&decision, Instant::now());
     if hops.is_empty() {
         let outcome = Err(ProxyError::CircuitOpen);
-        return finish(None, &route.service, grpc, started, outcome);
+        return finish(&local, None, &route.service, grpc, started, outcome);
     }
     let call = forward(&shared, &route, policy, hops, request, body, grpc);
     let outcome = match policy.and_then(|p| p.timeout) {
@@ -145,7 +147,14 @@ async fn handle(
         },
         None => call.await,
     };
-    finish(outcome.0.as_ref(), &route.service, grpc, started, outcome.1)
+    finish(
+        &local,
+        outcome.0.as_ref(),
+        &route.service,
+        grpc,
+        started,
+        outcome.1,
+    )
 }
 
 /// The parts of a request kept to send it again.
@@ -429,6 +438,7 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
 
 /// Records the request's metrics and turns the outcome into the application's answer.
 fn finish(
+    local: &ClusterId,
     hop: Option<&Hop>,
     service: &ServiceName,
     grpc: bool,
@@ -436,7 +446,7 @@ fn finish(
     outcome: Result<Response<Body>, ProxyError>,
 ) -> Response<Body> {
     let destination = match hop {
-        Some(Hop::Local(_)) => "local".to_string(),
+        Some(Hop::Local(_)) => local.to_string(),
         Some(Hop::Remote { cluster, .. }) => cluster.to_string(),
         None => String::new(),
     };
@@ -461,6 +471,7 @@ fn finish(
     let labels = [
         ("direction", "outbound".to_string()),
         ("service", service.to_string()),
+        ("source_cluster", local.to_string()),
         ("destination_cluster", destination),
         ("status_code", response.status().as_u16().to_string()),
         ("grpc_status", grpc_status),

@@ -124,3 +124,34 @@ async fn answer(
         .body(Full::new(Bytes::from(json.to_string())))
         .unwrap()
 }
+
+/// One GET of `path` on a new connection to `addr`, as a client that knows nothing of
+/// the mesh: (status, body), or `None` when the connection fails or no answer comes in 3 s.
+pub async fn get_raw(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: mesh\r\nconnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Who answered a GET of `/` (the backend's name), if it answered 200.
+pub async fn served_by(addr: SocketAddr) -> Option<String> {
+    let (status, body) = get_raw(addr, "/").await?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["name"].as_str().map(str::to_string)
+}
