@@ -29,7 +29,13 @@ IPERF_SECS = int(ENV.get("IPERF_SECS", "5"))
 TTFB_N = int(ENV.get("TTFB_N", "200"))
 BODY_BYTES = int(ENV.get("BODY_BYTES", "64"))
 HEALTH_INTERVAL = ENV.get("FERRY_HEALTH_INTERVAL", "10m")
-ALL_PATHS = ["direct", "haproxy", "nginx-stream", "ferry-local", "ferry-cross"]
+# tcp: the L4 relays (Ferry's web port declared tcp); http: HTTP reverse proxies (Ferry's
+# web port declared http: the node proxy parses, routes and pools per request).
+MODE = ENV.get("MODE", "tcp")
+ALL_PATHS = {"tcp": ["direct", "haproxy", "nginx-stream", "ferry-local", "ferry-cross"],
+             "http": ["direct", "nginx-http", "ferry-local", "ferry-cross"]}.get(MODE, [])
+# The proxy every ratio is taken against.
+BASE = "nginx-stream" if MODE == "tcp" else "nginx-http"
 PATHS = ENV.get("PATHS", " ".join(ALL_PATHS)).split()
 FERRY_BIN = ENV.get("FERRY_BIN", "")
 # Worker threads per `ferry up` (its --threads), one as nginx and HAProxy are run here.
@@ -42,6 +48,7 @@ LABEL = {
     "direct": "direct",
     "haproxy": "HAProxy (mode tcp, nbthread 1)",
     "nginx-stream": "nginx stream (1 worker)",
+    "nginx-http": "nginx proxy_pass (upstream keepalive, 1 worker)",
     "ferry-local": f"Ferry local hop ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''})",
     "ferry-cross": f"Ferry cross-cluster ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''} per cluster)",
 }
@@ -304,6 +311,27 @@ listen iperf
         self.paths["nginx-stream"] = {"web": ("127.0.0.1", pw), "iperf": ("127.0.0.1", pi), "pids": [p.pid]}
         log(f"nginx stream: web 127.0.0.1:{pw}, iperf 127.0.0.1:{pi}")
 
+    def start_nginx_http(self):
+        d = os.path.join(self.tmp, "nginx-http")
+        pw = free_port()
+        conf = self.nginx_common(d) + f"""http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    upstream origin {{ server 127.0.0.1:{self.web_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{pw} backlog=4096;
+        location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+}}
+"""
+        p = start_nginx("nginx http", d, conf)
+        wait_until("nginx http listener", lambda: http_get("127.0.0.1", pw), 15, p, f"{d}/error.log")
+        self.paths["nginx-http"] = {"web": ("127.0.0.1", pw), "iperf": None, "pids": [p.pid]}
+        log(f"nginx http: web 127.0.0.1:{pw}")
+
     # ------------------------------------------------------------ ferry
     def ferry(self, what, cfg, *args, timeout=30, check=True):
         return run(what, [FERRY_BIN, "--config", cfg, *args], timeout=timeout, check=check)
@@ -353,8 +381,9 @@ listen = "127.0.0.1:0"
 
     def add_services(self, name, cfg, export):
         extra = ["--export"] if export else []
+        port = "tcp=8080/tcp" if MODE == "tcp" else "http=8080/http"
         self.ferry(f"ferry {name}: service add web.bench", cfg, "service", "add", "web.bench",
-                   "--port", "http=8080/http", "--endpoint", f"127.0.0.1:{self.web_port}", *extra)
+                   "--port", port, "--endpoint", f"127.0.0.1:{self.web_port}", *extra)
         self.ferry(f"ferry {name}: service add iperf.bench", cfg, "service", "add", "iperf.bench",
                    "--port", "tcp=5201/tcp", "--endpoint", f"127.0.0.1:{self.iperf_port}", *extra)
 
@@ -599,7 +628,8 @@ def report(rounds, rss, paths, started, env_info):
         return [r[p][key][sub] - r[base][key][sub] for r in rounds if r.get(p) and r.get(base)]
 
     lines = []
-    lines.append(f"## TCP proxies: direct vs HAProxy vs nginx stream vs Ferry")
+    lines.append("## TCP proxies: direct vs HAProxy vs nginx stream vs Ferry" if MODE == "tcp" else
+                 "## HTTP proxies: direct vs nginx proxy_pass vs Ferry (HTTP ports)")
     lines.append("")
     lines.append(f"Date: {started:%Y-%m-%d %H:%M:%S %Z}".rstrip() + f"; machine: {os.cpu_count()} CPUs "
                  f"(nproc {env_info['nproc']}), {env_info['cpu']}; kernel {env_info['kernel']}")
@@ -611,7 +641,7 @@ def report(rounds, rss, paths, started, env_info):
     lines.append("")
     hdr = ["path", "rps@1", "p50@1 µs", "p99@1 µs", "+p50@1 vs direct µs", "rps@16", "p99@16 µs",
            "CPU µs/req @16", "iperf3 Gbit/s", "CPU s/GB", "peak RSS MiB", "× direct (rps@16 / Gbit/s)",
-           "× nginx stream (rps@16 / Gbit/s)", "CPU/req@16 × nginx stream"]
+           f"× {LABEL[BASE].split(' (')[0]} (rps@16 / Gbit/s)", f"CPU/req@16 × {LABEL[BASE].split(' (')[0]}"]
     lines.append("| " + " | ".join(hdr) + " |")
     lines.append("|---|" + "---:|" * (len(hdr) - 1))
     for p in paths:
@@ -621,12 +651,11 @@ def report(rounds, rss, paths, started, env_info):
             if base not in paths or p == base:
                 return "1" if p == base else "–"
             a = med(per_round_ratio(p, base, "wrk16", "rps"))
-            b = med(per_round_ratio(p, base, "iperf", "gbit_s"))
+            b = med(per_round_ratio(p, base, "iperf", "gbit_s")) if MODE == "tcp" else None
             return f"{fmt(a, 2)} / {fmt(b, 2)}"
         cpu_ratio = "–"
-        if "nginx-stream" in paths and not direct:
-            cpu_ratio = "1" if p == "nginx-stream" else fmt(med(per_round_ratio(p, "nginx-stream", "wrk16",
-                                                                                  "cpu_us_per_req")), 2)
+        if BASE in paths and not direct:
+            cpu_ratio = "1" if p == BASE else fmt(med(per_round_ratio(p, BASE, "wrk16", "cpu_us_per_req")), 2)
         added = "0" if direct else (fmt(med(per_round_diff(p, "direct", "wrk1", "p50_us")), 0)
                                     if "direct" in paths else "–")
         lines.append("| " + " | ".join([
@@ -642,7 +671,7 @@ def report(rounds, rss, paths, started, env_info):
             "0" if direct else fmt(med(series(p, "iperf", "cpu_s_per_gb")), 2),
             "–" if direct else fmt(rss.get(p, {}).get("total_mib"), 1),
             ratio2("direct"),
-            ratio2("nginx-stream"),
+            ratio2(BASE),
             cpu_ratio,
         ]) + " |")
     lines.append("")
@@ -696,6 +725,8 @@ def scan_logs(files):
 def main():
     if not ENV.get("NETNS"):
         raise BenchError("run this through tests/bench/run.sh (it creates the network namespace)")
+    if not ALL_PATHS:
+        raise BenchError(f"MODE={MODE!r}: want tcp or http")
     for p in PATHS:
         if p not in ALL_PATHS:
             raise BenchError(f"unknown path {p!r} in PATHS (want some of {' '.join(ALL_PATHS)})")
@@ -726,6 +757,8 @@ def main():
             b.start_haproxy()
         if "nginx-stream" in PATHS:
             b.start_nginx_stream()
+        if "nginx-http" in PATHS:
+            b.start_nginx_http()
         if want_ferry:
             b.start_ferry("ferry-local" in PATHS, "ferry-cross" in PATHS)
         # Warm every path (pooled QUIC connections, caches) outside the measured runs.
@@ -740,13 +773,16 @@ def main():
                 host, port = info["web"]
                 r = {"wrk1": wrk(p, host, port, 1, 1, info["pids"]),
                      "wrk16": wrk(p, host, port, 16, 2, info["pids"])}
-                ih, ip_ = info["iperf"]
-                r["iperf"] = iperf(p, ih, ip_, info["pids"])
+                if MODE == "tcp":
+                    ih, ip_ = info["iperf"]
+                    r["iperf"] = iperf(p, ih, ip_, info["pids"])
+                else:
+                    r["iperf"] = {"gbit_s": None, "cpu_s_per_gb": None}
                 r["ttfb"] = ttfb(p, host, port)
                 res[p] = r
                 log(f"round {rnd}/{ROUNDS} {p}: rps@1 {r['wrk1']['rps']:.0f} (p50 {r['wrk1']['p50_us']:.0f} µs), "
                     f"rps@16 {r['wrk16']['rps']:.0f} ({r['wrk16']['cpu_us_per_req']:.1f} µs CPU/req), "
-                    f"iperf3 {r['iperf']['gbit_s']:.2f} Gbit/s, TTFB new {r['ttfb']['new_p50_us']:.0f} µs / "
+                    f"iperf3 {fmt(r['iperf']['gbit_s'], 2)} Gbit/s, TTFB new {r['ttfb']['new_p50_us']:.0f} µs / "
                     f"keep-alive {r['ttfb']['ka_p50_us']:.0f} µs")
             rounds.append(res)
         for p in PATHS:
@@ -769,12 +805,13 @@ def main():
         elapsed = time.time() - t_start
         warnings = scan_logs(b.ferry_logs + [os.path.join(tmp, x, y) for x, y in
                                              (("haproxy", "haproxy.log"), ("nginx-stream", "error.log"),
+                                              ("nginx-http", "error.log"),
                                               ("origin", "error.log"))])
         logs_dir = os.path.splitext(OUT)[0] + "-logs"
         os.makedirs(logs_dir, exist_ok=True)
         for f in b.ferry_logs:
             shutil.copy(f, logs_dir)
-        for sub in ("haproxy", "nginx-stream", "origin"):
+        for sub in ("haproxy", "nginx-stream", "nginx-http", "origin"):
             for name in ("haproxy.log", "error.log", "iperf3.log"):
                 src = os.path.join(tmp, sub, name)
                 if os.path.exists(src):

@@ -7,10 +7,14 @@
 # new-connection time to first byte) and writes the raw per-round figures as JSON.
 #
 #   tests/bench/run.sh                                   # 3 rounds, 5 s per run (~5 min)
+#   MODE=http tests/bench/run.sh                         # HTTP: direct, nginx proxy_pass, Ferry http ports
 #   ROUNDS=1 WRK_SECS=1 IPERF_SECS=1 tests/bench/run.sh  # smoke test
 #
-# Env: ROUNDS (3), WRK_SECS (5), IPERF_SECS (5), TTFB_N (200 connections per path and
-#      round), PATHS (default "direct haproxy nginx-stream ferry-local ferry-cross"),
+# Env: MODE (tcp: L4 relays, Ferry's web port declared tcp; http: nginx proxy_pass with
+#      upstream keepalive and Ferry's web port declared http, no iperf3), ROUNDS (3),
+#      WRK_SECS (5), IPERF_SECS (5), TTFB_N (200 connections per path and round), PATHS
+#      (default: every path of the mode; tcp "direct haproxy nginx-stream ferry-local
+#      ferry-cross", http "direct nginx-http ferry-local ferry-cross"),
 #      BODY_BYTES (64), FERRY_HEALTH_INTERVAL (10m: probes run when a service is added,
 #      then keep out of the measured windows), FERRY_THREADS (1: `ferry --threads`, as
 #      nginx runs 1 worker and HAProxy 1 thread), OUT (JSON path, default
