@@ -531,3 +531,44 @@ async fn retries_stay_inside_the_budget_and_splits_follow_their_weights() {
         "east served {e} of 2000, west {w}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_head_get_their_answers_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("east", "127.101.0.0/16");
+    let _east = def.up().await;
+    let backend = HttpBackend::start("east", false).await;
+    add_web(&def, &[&backend], false);
+    def.wait_local_healthy("web.shop").await;
+    let vip = def.vip("web.shop", 8080);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http::served_by(vip).await.is_none() {
+        assert!(Instant::now() < deadline, "web.shop never answered");
+    }
+
+    // Three requests written at once on one connection, the middle one HEAD: three
+    // answers in order, the HEAD one without a body.
+    let mut conn = tokio::net::TcpStream::connect(vip).await.unwrap();
+    conn.write_all(
+        b"GET /one HTTP/1.1\r\nhost: web.shop\r\n\r\n\
+          HEAD /two HTTP/1.1\r\nhost: web.shop\r\n\r\n\
+          GET /three HTTP/1.1\r\nhost: web.shop\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out))
+        .await
+        .expect("answers in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+    let one = text.find("\"path\":\"/one\"").expect("the first answer");
+    let three = text.find("\"path\":\"/three\"").expect("the third answer");
+    assert!(one < three, "{text}");
+    assert!(
+        !text.contains("\"path\":\"/two\""),
+        "HEAD got a body: {text}"
+    );
+}

@@ -634,7 +634,9 @@ def report(rounds, rss, paths, started, env_info):
     lines.append(f"Date: {started:%Y-%m-%d %H:%M:%S %Z}".rstrip() + f"; machine: {os.cpu_count()} CPUs "
                  f"(nproc {env_info['nproc']}), {env_info['cpu']}; kernel {env_info['kernel']}")
     lines.append(f"Rounds: {len(rounds)} (interleaved: each round runs every path once); wrk {WRK_SECS} s per run "
-                 f"(-t1 -c1 and -t2 -c16, --latency), iperf3 one stream {IPERF_SECS} s, TTFB {TTFB_N} "
+                 f"(-t1 -c1 and -t2 -c16, --latency), "
+                 + (f"iperf3 one stream {IPERF_SECS} s, " if MODE == "tcp" else "")
+                 + f"TTFB {TTFB_N} "
                  f"connections per path and round; origin nginx `return 200` of {BODY_BYTES} B.")
     lines.append(f"Versions: {env_info['versions']}; load average at the start: {env_info['loadavg_start']}, "
                  f"at the end: {env_info['loadavg']} (other load on the box skews everything)")
