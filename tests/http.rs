@@ -408,9 +408,18 @@ async fn past_the_in_flight_limit_callers_get_a_503_that_says_so() {
     add_web(&def, &[&backend], false);
     def.wait_local_healthy("web.shop").await;
     let vip = def.vip("web.shop", 8080);
+    let served = backend.served.clone();
     tokio::task::spawn_blocking(move || {
         until_named(vip, &[], "only");
+        // The slow request takes the only slot: wait until it reached the backend, with
+        // nothing else in flight, before the others are sent.
+        let before = served.load(std::sync::atomic::Ordering::SeqCst);
         let slow = std::thread::spawn(move || curl(&[&url(vip, "/slow")]));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while served.load(std::sync::atomic::Ordering::SeqCst) == before {
+            assert!(Instant::now() < deadline, "the slow request never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // While the slow request holds the only endpoint's one slot, others are refused.
         let deadline = Instant::now() + Duration::from_secs(5);
         let refused = loop {

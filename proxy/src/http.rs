@@ -40,6 +40,10 @@ use upstream::{Pool, PooledBody, Proto};
 /// Bodies both ways: streamed, never buffered whole.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Requests that may come back unsent (a pooled connection closed under them) before the
+/// call gives up.
+const MAX_UNSENT: usize = 4;
+
 /// Retry budgets, one per service called.
 #[derive(Default)]
 pub(crate) struct Budgets(Mutex<HashMap<ServiceName, RetryBudget>>);
@@ -292,7 +296,19 @@ async fn forward(
                 }
                 failure
             }
-            Err(e) => {
+            Err((e, Some(unsent))) => {
+                // Nothing was written: the same request goes on another connection (a
+                // pooled one the server had closed is the usual cause, not the hop).
+                tracing::debug!(%hop, error = %e, "request not sent; trying another connection");
+                body = Some(unsent.into_body());
+                failed_to_connect += 1;
+                if failed_to_connect >= hops.len() + retried as usize + MAX_UNSENT {
+                    return (None, Err(ProxyError::Unreachable));
+                }
+                next -= 1;
+                continue;
+            }
+            Err((e, None)) => {
                 attempt.failed(Instant::now());
                 tracing::debug!(%hop, error = %e, "upstream failed during the request");
                 last = ProxyError::Upstream;

@@ -61,11 +61,21 @@ impl Sender {
         }
     }
 
-    pub(crate) async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<Incoming>> {
-        match self {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
-        }
+    /// Sends `req`. On failure, the request comes back when none of it was written (a
+    /// pooled connection the server had just closed): it can go on another connection
+    /// whatever the method, with its body intact.
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Body>>)> {
+        let sent = match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        };
+        sent.map_err(|mut e| {
+            let unsent = e.take_message();
+            (e.into_error(), unsent)
+        })
     }
 }
 
