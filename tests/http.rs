@@ -581,3 +581,44 @@ async fn pipelined_requests_and_head_get_their_answers_in_order() {
         "HEAD got a body: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_streams_serve_only_the_service_they_were_admitted_for() {
+    use common::http::served_by;
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.102.0.0/16");
+    let west_def = mesh.cluster("west", "127.103.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let (a, b) = (
+        HttpBackend::start("a", false).await,
+        HttpBackend::start("b", false).await,
+    );
+    for (name, backend) in [("a.shop", &a), ("b.shop", &b)] {
+        let addr = backend.addr.to_string();
+        west_def.cli_ok(&[
+            "service",
+            "add",
+            name,
+            "--port",
+            "http=8080/http",
+            "--endpoint",
+            &addr,
+            "--export",
+        ]);
+    }
+    link(&east_def, &west_def);
+    east_def.wait_imported("a.shop", "west").await;
+    east_def.wait_imported("b.shop", "west").await;
+    let (vip_a, vip_b) = (east_def.vip("a.shop", 8080), east_def.vip("b.shop", 8080));
+    // Alternating calls: each goes back to the pool between them, and the pool holds
+    // tunnel streams of both services to the same cluster.
+    for i in 0..40 {
+        let (vip, want) = if i % 2 == 0 {
+            (vip_a, "a")
+        } else {
+            (vip_b, "b")
+        };
+        assert_eq!(served_by(vip).await.as_deref(), Some(want), "call {i}");
+    }
+}

@@ -11,25 +11,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_federation::traffic::{pick, Decision, Load, Outlier, OutlierConfig, PeakEwma};
-use ferry_federation::{ClusterId, Hop, MeshSnapshot, RemoteState};
+use ferry_federation::{ClusterId, Hop, MeshSnapshot, RemoteState, ServiceName};
 
 /// Stats of hops unused this long are dropped (the set of hops follows the snapshot).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// The stats table is swept when it grows past this many hops.
 const SWEEP_ABOVE: usize = 4096;
 
-/// What a hop's stats are kept under.
+/// What a hop's stats are kept under: a local endpoint by its address (whatever service
+/// reaches it), a remote cluster per service (one service failing there must not eject the
+/// cluster for the others).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum HopKey {
     Local(std::net::SocketAddr),
-    Remote(ClusterId),
+    Remote(ClusterId, ServiceName),
 }
 
 impl HopKey {
-    pub(crate) fn of(hop: &Hop) -> HopKey {
+    pub(crate) fn of(service: &ServiceName, hop: &Hop) -> HopKey {
         match hop {
             Hop::Local(addr) => HopKey::Local(*addr),
-            Hop::Remote { cluster, .. } => HopKey::Remote(cluster.clone()),
+            Hop::Remote { cluster, .. } => HopKey::Remote(cluster.clone(), service.clone()),
         }
     }
 }
@@ -73,7 +75,12 @@ impl Balancer {
     /// with every hop ejected last), each group drawn by P2C without replacement (so the
     /// next try within a group is the next best of what is left). Hops at their in-flight limit are left out; empty when every
     /// hop is.
-    pub(crate) fn order(&self, decision: &Decision, now: Instant) -> Vec<Hop> {
+    pub(crate) fn order(
+        &self,
+        service: &ServiceName,
+        decision: &Decision,
+        now: Instant,
+    ) -> Vec<Hop> {
         let mut stats = self.stats.lock().expect("balancer lock");
         let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
         // A group whose every hop is ejected goes after the others (a dead nearest cluster
@@ -82,7 +89,7 @@ impl Balancer {
         let ejected = |group: &Vec<Hop>| {
             group.iter().all(|hop| {
                 stats
-                    .get(&HopKey::of(hop))
+                    .get(&HopKey::of(service, hop))
                     .is_some_and(|s| s.outlier.is_ejected(now))
             })
         };
@@ -94,7 +101,7 @@ impl Balancer {
             while !left.is_empty() {
                 let loads: Vec<Load> = left
                     .iter()
-                    .map(|hop| match stats.get(&HopKey::of(hop)) {
+                    .map(|hop| match stats.get(&HopKey::of(service, hop)) {
                         Some(s) => Load {
                             cost: s.ewma.cost(now, s.in_flight),
                             ejected: s.outlier.is_ejected(now),
@@ -121,8 +128,13 @@ impl Balancer {
     }
 
     /// Counts a call to `hop` as in flight until the returned guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>, hop: &Hop, now: Instant) -> Attempt {
-        let key = HopKey::of(hop);
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        service: &ServiceName,
+        hop: &Hop,
+        now: Instant,
+    ) -> Attempt {
+        let key = HopKey::of(service, hop);
         let mut stats = self.stats.lock().expect("balancer lock");
         let s = stats.entry(key.clone()).or_insert_with(|| Stats::new(now));
         s.in_flight += 1;
@@ -162,7 +174,7 @@ impl Balancer {
                         .any(|r| r.cluster == remote.cluster && healthy(r))
                 });
                 if healthy(remote) && !was_healthy {
-                    recovered.push(HopKey::Remote(remote.cluster.clone()));
+                    recovered.push(HopKey::Remote(remote.cluster.clone(), service.name.clone()));
                 }
             }
         }
@@ -230,6 +242,10 @@ mod tests {
     use super::*;
     use ferry_federation::traffic::Reason;
 
+    fn svc() -> ServiceName {
+        "web.shop".parse().unwrap()
+    }
+
     fn local(port: u16) -> Hop {
         Hop::Local(std::net::SocketAddr::from(([10, 0, 0, 1], port)))
     }
@@ -252,7 +268,7 @@ mod tests {
 
     /// Gives `hop` one answered call of `latency` at `now`.
     fn answered(b: &Arc<Balancer>, hop: &Hop, now: Instant, latency: Duration) {
-        let attempt = b.start(hop, now);
+        let attempt = b.start(&svc(), hop, now);
         attempt.answered(now + latency);
     }
 
@@ -265,7 +281,7 @@ mod tests {
         ]);
         let now = Instant::now();
         for _ in 0..50 {
-            let order = b.order(&d, now);
+            let order = b.order(&svc(), &d, now);
             assert_eq!(order.len(), 4);
             assert_eq!(order[3], remote("west"));
             let mut first: Vec<_> = order[..3].to_vec();
@@ -282,14 +298,18 @@ mod tests {
         answered(&b, &local(1), now, Duration::from_millis(200));
         answered(&b, &local(2), now, Duration::from_millis(2));
         for _ in 0..20 {
-            assert_eq!(b.order(&d, now)[0], local(2), "lower latency first");
+            assert_eq!(b.order(&svc(), &d, now)[0], local(2), "lower latency first");
         }
         // In-flight calls weigh the estimate: 2 ms × 201 calls costs more than 200 ms × 1.
-        let busy: Vec<Attempt> = (0..200).map(|_| b.start(&local(2), now)).collect();
-        assert_eq!(b.order(&d, now)[0], local(1), "the fast hop is saturated");
+        let busy: Vec<Attempt> = (0..200).map(|_| b.start(&svc(), &local(2), now)).collect();
+        assert_eq!(
+            b.order(&svc(), &d, now)[0],
+            local(1),
+            "the fast hop is saturated"
+        );
         drop(busy);
         assert_eq!(
-            b.order(&d, now)[0],
+            b.order(&svc(), &d, now)[0],
             local(2),
             "calls that ended no longer count"
         );
@@ -308,26 +328,26 @@ mod tests {
         // Local 1 is the faster one, until it fails three times in a row.
         answered(&b, &local(1), now, Duration::from_millis(1));
         answered(&b, &local(2), now, Duration::from_millis(50));
-        assert_eq!(b.order(&d, now)[0], local(1));
+        assert_eq!(b.order(&svc(), &d, now)[0], local(1));
         for _ in 0..3 {
-            b.start(&local(1), now).failed(now);
+            b.start(&svc(), &local(1), now).failed(now);
         }
         for _ in 0..20 {
             assert_eq!(
-                b.order(&d, now),
+                b.order(&svc(), &d, now),
                 vec![local(2), local(1)],
                 "ejected: last, still there"
             );
         }
         // The only hop of a group is used even while ejected.
         assert_eq!(
-            b.order(&decision(vec![vec![local(1)]]), now),
+            b.order(&svc(), &decision(vec![vec![local(1)]]), now),
             vec![local(1)]
         );
         // The ejection ends.
         let later = now + Duration::from_secs(6);
         answered(&b, &local(1), later, Duration::from_millis(1));
-        assert_eq!(b.order(&d, later)[0], local(1));
+        assert_eq!(b.order(&svc(), &d, later)[0], local(1));
     }
 
     #[test]
@@ -335,21 +355,23 @@ mod tests {
         let b = Balancer::new(OutlierConfig::default(), 2);
         let d = decision(vec![vec![local(1), local(2)], vec![remote("west")]]);
         let now = Instant::now();
-        let one: Vec<Attempt> = (0..2).map(|_| b.start(&local(1), now)).collect();
-        assert!(!b.order(&d, now).contains(&local(1)));
-        let two: Vec<Attempt> = (0..2).map(|_| b.start(&local(2), now)).collect();
+        let one: Vec<Attempt> = (0..2).map(|_| b.start(&svc(), &local(1), now)).collect();
+        assert!(!b.order(&svc(), &d, now).contains(&local(1)));
+        let two: Vec<Attempt> = (0..2).map(|_| b.start(&svc(), &local(2), now)).collect();
         assert_eq!(
-            b.order(&d, now),
+            b.order(&svc(), &d, now),
             vec![remote("west")],
             "full hops: on to the next group"
         );
-        let west: Vec<Attempt> = (0..2).map(|_| b.start(&remote("west"), now)).collect();
+        let west: Vec<Attempt> = (0..2)
+            .map(|_| b.start(&svc(), &remote("west"), now))
+            .collect();
         assert!(
-            b.order(&d, now).is_empty(),
+            b.order(&svc(), &d, now).is_empty(),
             "everything full: the caller answers 503"
         );
         drop((one, west));
-        let order = b.order(&d, now);
+        let order = b.order(&svc(), &d, now);
         assert_eq!(order, vec![local(1), remote("west")]);
         drop(two);
     }
@@ -363,15 +385,24 @@ mod tests {
         let b = Balancer::new(config, u32::MAX);
         let d = decision(vec![vec![remote("west")], vec![remote("north")]]);
         let now = Instant::now();
-        assert_eq!(b.order(&d, now), vec![remote("west"), remote("north")]);
+        assert_eq!(
+            b.order(&svc(), &d, now),
+            vec![remote("west"), remote("north")]
+        );
         for _ in 0..2 {
-            b.start(&remote("west"), now).failed(now);
+            b.start(&svc(), &remote("west"), now).failed(now);
         }
-        assert_eq!(b.order(&d, now), vec![remote("north"), remote("west")]);
+        assert_eq!(
+            b.order(&svc(), &d, now),
+            vec![remote("north"), remote("west")]
+        );
         // Both ejected: the decision's own order again, nothing removed.
         for _ in 0..2 {
-            b.start(&remote("north"), now).failed(now);
+            b.start(&svc(), &remote("north"), now).failed(now);
         }
-        assert_eq!(b.order(&d, now), vec![remote("west"), remote("north")]);
+        assert_eq!(
+            b.order(&svc(), &d, now),
+            vec![remote("west"), remote("north")]
+        );
     }
 }

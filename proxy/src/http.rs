@@ -138,7 +138,9 @@ async fn handle(
         headers: parts.headers,
         upgrade,
     };
-    let hops = shared.balancer.order(&decision, Instant::now());
+    let hops = shared
+        .balancer
+        .order(&route.service, &decision, Instant::now());
     if hops.is_empty() {
         let outcome = Err(ProxyError::CircuitOpen);
         return finish(&local, None, &route.service, grpc, started, outcome);
@@ -224,11 +226,11 @@ async fn forward(
     while !hops.is_empty() {
         let hop = &hops[next % hops.len()];
         next += 1;
-        let attempt = shared.balancer.start(hop, Instant::now());
+        let attempt = shared.balancer.start(&route.service, hop, Instant::now());
         // An upgraded connection is never given back: it gets one of its own.
         let pooled = match head.upgrade {
             Some(_) => None,
-            None => shared.http.pool.take(hop, proto),
+            None => shared.http.pool.take(&route.service, hop, proto),
         };
         let sender = match pooled {
             Some(sender) => Ok(sender),
@@ -278,8 +280,10 @@ async fn forward(
                 if failure.is_none() {
                     attempt.answered(Instant::now());
                     let pool = shared.http.pool.clone();
-                    let response = response
-                        .map(|b| PooledBody::new(b, pool, hop, proto, sender, attempt).boxed());
+                    let response = response.map(|b| {
+                        PooledBody::new(b, pool, (&route.service, hop, proto), sender, attempt)
+                            .boxed()
+                    });
                     return (Some(hop.clone()), Ok(response));
                 }
                 let failure = failure.expect("checked");
@@ -290,8 +294,10 @@ async fn forward(
                 {
                     // Passed on as it is: the server's own answer.
                     let pool = shared.http.pool.clone();
-                    let response = response
-                        .map(|b| PooledBody::new(b, pool, hop, proto, sender, attempt).boxed());
+                    let response = response.map(|b| {
+                        PooledBody::new(b, pool, (&route.service, hop, proto), sender, attempt)
+                            .boxed()
+                    });
                     return (Some(hop.clone()), Ok(response));
                 }
                 failure

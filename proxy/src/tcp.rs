@@ -56,14 +56,16 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
     // The caller's bytes a remote attempt took before its status: replayed if another
     // cluster gets the call after a refusal that allows it.
     let mut early = Vec::new();
-    let hops = shared.balancer.order(&decision, Instant::now());
+    let hops = shared
+        .balancer
+        .order(&route.service, &decision, Instant::now());
     if hops.is_empty() {
         metrics::counter!("ferry_proxy_connections_total", "result" => "circuit_open").increment(1);
         tracing::warn!(service = %route.service, "every endpoint is at its in-flight limit");
         return reset(client);
     }
     for hop in hops {
-        let attempt = shared.balancer.start(&hop, Instant::now());
+        let attempt = shared.balancer.start(&route.service, &hop, Instant::now());
         match hop {
             Hop::Local(endpoint) => {
                 match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint))

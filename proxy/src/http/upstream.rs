@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_federation::{Hop, ServiceName};
+use ferry_federation::{ClusterId, Hop, Label, PortName, ServiceName};
 use ferry_gateway::tunnel::{TunnelClient, TunnelError};
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::Body;
-use crate::balance::{Attempt, HopKey};
+use crate::balance::Attempt;
 use crate::route::tunnel_header;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,7 +79,39 @@ impl Sender {
     }
 }
 
-type PoolKey = (HopKey, Proto);
+/// What an idle connection can serve: a local endpoint's connection any request to that
+/// address, a tunnel stream only the service, port and endpoint it was admitted for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PoolKey {
+    Local(std::net::SocketAddr, Proto),
+    Remote {
+        cluster: ClusterId,
+        service: ServiceName,
+        port: PortName,
+        endpoint: Option<Label>,
+        proto: Proto,
+    },
+}
+
+impl PoolKey {
+    fn of(service: &ServiceName, hop: &Hop, proto: Proto) -> PoolKey {
+        match hop {
+            Hop::Local(addr) => PoolKey::Local(*addr, proto),
+            Hop::Remote {
+                cluster,
+                port,
+                endpoint,
+                ..
+            } => PoolKey::Remote {
+                cluster: cluster.clone(),
+                service: service.clone(),
+                port: port.clone(),
+                endpoint: endpoint.clone(),
+                proto,
+            },
+        }
+    }
+}
 
 /// Idle upstream connections.
 #[derive(Default)]
@@ -88,10 +120,10 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// An idle, open connection to `hop`, if there is one.
-    pub(crate) fn take(&self, hop: &Hop, proto: Proto) -> Option<Sender> {
+    /// An idle, open connection to `hop` for `service`, if there is one.
+    pub(crate) fn take(&self, service: &ServiceName, hop: &Hop, proto: Proto) -> Option<Sender> {
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.get_mut(&(HopKey::of(hop), proto))?;
+        let list = idle.get_mut(&PoolKey::of(service, hop, proto))?;
         while let Some(sender) = list.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -213,14 +245,13 @@ impl PooledBody {
     pub(crate) fn new(
         inner: Incoming,
         pool: Arc<Pool>,
-        hop: &Hop,
-        proto: Proto,
+        (service, hop, proto): (&ServiceName, &Hop, Proto),
         sender: Sender,
         attempt: Attempt,
     ) -> PooledBody {
         let body = PooledBody {
             inner,
-            back: Some((pool, (HopKey::of(hop), proto), sender)),
+            back: Some((pool, PoolKey::of(service, hop, proto), sender)),
             attempt: Some(attempt),
         };
         if body.inner.is_end_stream() {
