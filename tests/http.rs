@@ -77,6 +77,24 @@ fn add_web(def: &ClusterDef, backends: &[&HttpBackend], export: bool) {
     def.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
+/// `web.shop` with a local backend "east" in `east_def` and an exported one "west" in
+/// `west_def`, the clusters linked, east seeing both healthy.
+async fn web_in_east_and_west(
+    east_def: &ClusterDef,
+    west_def: &ClusterDef,
+) -> (HttpBackend, HttpBackend) {
+    let (east, west) = (
+        HttpBackend::start("east", false).await,
+        HttpBackend::start("west", false).await,
+    );
+    add_web(east_def, &[&east], false);
+    add_web(west_def, &[&west], true);
+    link(east_def, west_def);
+    east_def.wait_imported("web.shop", "west").await;
+    east_def.wait_local_healthy("web.shop").await;
+    (east, west)
+}
+
 /// Sends `args` until the answer's JSON names `want` (a policy takes a snapshot to apply).
 fn until_named(vip: SocketAddr, args: &[&str], want: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -199,15 +217,7 @@ async fn routes_errors_timeouts_and_retries_follow_the_policy() {
     let west_def = mesh.cluster("west", "127.88.0.0/16");
     let _east = east_def.up().await;
     let _west = west_def.up().await;
-    let (east, west) = (
-        HttpBackend::start("east", false).await,
-        HttpBackend::start("west", false).await,
-    );
-    add_web(&east_def, &[&east], false);
-    add_web(&west_def, &[&west], true);
-    link(&east_def, &west_def);
-    east_def.wait_imported("web.shop", "west").await;
-    east_def.wait_local_healthy("web.shop").await;
+    let (_east_backend, _west_backend) = web_in_east_and_west(&east_def, &west_def).await;
     let vip = east_def.vip("web.shop", 8080);
 
     let def = east_def.clone();
@@ -508,15 +518,7 @@ async fn retries_stay_inside_the_budget_and_splits_follow_their_weights() {
     assert!(reached > 300, "retries happened");
 
     // A weighted HTTP split: 2000 requests within 5 % of 80/20.
-    let (east, west) = (
-        HttpBackend::start("east", false).await,
-        HttpBackend::start("west", false).await,
-    );
-    add_web(&east_def, &[&east], false);
-    add_web(&west_def, &[&west], true);
-    link(&east_def, &west_def);
-    east_def.wait_imported("web.shop", "west").await;
-    east_def.wait_local_healthy("web.shop").await;
+    let (east, west) = web_in_east_and_west(&east_def, &west_def).await;
     east_def.cli_ok(&["policy", "set", "web.shop", "--weights", "east=80,west=20"]);
     let vip = east_def.vip("web.shop", 8080);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -277,29 +277,24 @@ async fn forward(
             }
             Ok(response) => {
                 let failure = answer_failure(&response, grpc);
-                if failure.is_none() {
-                    attempt.answered(Instant::now());
+                match failure {
+                    None => attempt.answered(Instant::now()),
+                    Some(_) => attempt.failed(Instant::now()),
+                }
+                let retry = failure.filter(|f| {
+                    retried < u32::from(retries)
+                        && may_retry(policy, facts, *f)
+                        && shared.http.budgets.withdraw(&route.service)
+                });
+                let Some(failure) = retry else {
+                    // The server's answer, good or failed, goes to the caller as it is.
                     let pool = shared.http.pool.clone();
                     let response = response.map(|b| {
                         PooledBody::new(b, pool, (&route.service, hop, proto), sender, attempt)
                             .boxed()
                     });
                     return (Some(hop.clone()), Ok(response));
-                }
-                let failure = failure.expect("checked");
-                attempt.failed(Instant::now());
-                if !(retried < u32::from(retries)
-                    && may_retry(policy, facts, failure)
-                    && shared.http.budgets.withdraw(&route.service))
-                {
-                    // Passed on as it is: the server's own answer.
-                    let pool = shared.http.pool.clone();
-                    let response = response.map(|b| {
-                        PooledBody::new(b, pool, (&route.service, hop, proto), sender, attempt)
-                            .boxed()
-                    });
-                    return (Some(hop.clone()), Ok(response));
-                }
+                };
                 failure
             }
             Err((e, Some(unsent))) => {
