@@ -516,6 +516,11 @@ async fn retries_stay_inside_the_budget_and_splits_follow_their_weights() {
         "{reached} attempts (bound {bound}): the budget did not hold"
     );
     assert!(reached > 300, "retries happened");
+    // Each call is counted once, retries or not, with the server's status.
+    let counted = east_def.metric("ferry_requests_total", "service=\"broken.shop\"");
+    assert_eq!(counted, 300 + warm_up as u64);
+    let as_503 = east_def.metric("ferry_requests_total", "status_code=\"503\"");
+    assert_eq!(as_503, counted, "every one of them answered 503");
 
     // A weighted HTTP split: 2000 requests within 5 % of 80/20.
     let (east, west) = web_in_east_and_west(&east_def, &west_def).await;
@@ -540,6 +545,13 @@ async fn retries_stay_inside_the_budget_and_splits_follow_their_weights() {
     assert!(
         (1500..=1700).contains(&e),
         "east served {e} of 2000, west {w}"
+    );
+    // The request metrics name where each call went (and the warm-up calls that went west).
+    let to_west = east_def.metric("ferry_requests_total", "destination_cluster=\"west\"");
+    let w = w as u64;
+    assert!(
+        (w..w + 200).contains(&to_west),
+        "{to_west} counted, {w} served in the split"
     );
 }
 
