@@ -80,3 +80,16 @@ pub(crate) fn tunnel_header(
         endpoint: endpoint.clone(),
     }
 }
+
+/// How long a local endpoint may take to accept a connection before the next hop is tried.
+const LOCAL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connects to a local endpoint, with no delay on small writes; a timeout is
+/// `ErrorKind::TimedOut`. Shared by the TCP and HTTP handlers.
+pub(crate) async fn connect_local(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}

@@ -6,7 +6,7 @@
 //! a reset connection.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry_federation::Hop;
 use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
@@ -16,9 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Active, Shared};
-use crate::route::{tunnel_header, Routed, Unrouted};
-
-const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::route::{connect_local, tunnel_header, Routed, Unrouted};
 
 /// Counts connections closed for being idle.
 fn relay_ended(end: RelayEnd) {
@@ -67,31 +65,22 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
     for hop in hops {
         let attempt = shared.balancer.start(&route.service, &hop, Instant::now());
         match hop {
-            Hop::Local(endpoint) => {
-                match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-                    .await
-                {
-                    Ok(Ok(mut upstream)) => {
-                        attempt.answered(Instant::now());
-                        let _ = upstream.set_nodelay(true);
-                        if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-                            return reset(client);
-                        }
-                        metrics::counter!("ferry_proxy_connections_total", "result" => "local")
-                            .increment(1);
-                        relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
-                        return;
+            Hop::Local(endpoint) => match connect_local(endpoint).await {
+                Ok(mut upstream) => {
+                    attempt.answered(Instant::now());
+                    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+                        return reset(client);
                     }
-                    Ok(Err(e)) => {
-                        attempt.failed(Instant::now());
-                        tracing::debug!(%endpoint, error = %e, "local endpoint refused; trying the next");
-                    }
-                    Err(_) => {
-                        attempt.failed(Instant::now());
-                        tracing::debug!(%endpoint, "local endpoint did not answer; trying the next");
-                    }
+                    metrics::counter!("ferry_proxy_connections_total", "result" => "local")
+                        .increment(1);
+                    relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
+                    return;
                 }
-            }
+                Err(e) => {
+                    attempt.failed(Instant::now());
+                    tracing::debug!(%endpoint, error = %e, "local endpoint failed; trying the next");
+                }
+            },
             Hop::Remote {
                 cluster,
                 port,

@@ -17,13 +17,11 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use super::Body;
 use crate::balance::Attempt;
-use crate::route::tunnel_header;
+use crate::route::{connect_local, tunnel_header};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bounds of the wait for a gateway's status on a new tunnel stream.
 const STATUS_WAIT_MIN: Duration = Duration::from_millis(250);
 const STATUS_WAIT_MAX: Duration = Duration::from_secs(2);
@@ -168,13 +166,7 @@ pub(crate) async fn connect(
     fallback: bool,
 ) -> Result<Sender, ConnectError> {
     match hop {
-        Hop::Local(addr) => {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| ConnectError::Timeout)??;
-            let _ = tcp.set_nodelay(true);
-            handshake(tcp, proto).await
-        }
+        Hop::Local(addr) => handshake(connect_local(*addr).await?, proto).await,
         Hop::Remote {
             cluster,
             port,
