@@ -79,10 +79,17 @@ fn main() -> ExitCode {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         raise_open_file_limit();
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.threads {
-        builder.worker_threads(usize::from(threads));
-    }
+    // One thread is a current-thread runtime: no work-stealing queues or cross-thread
+    // wakeups, which cost a proxy on one core more than they give.
+    let mut builder = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -446,9 +446,14 @@ async fn fake_upstream() -> SocketAddr {
         r.add_query(question);
         r.to_vec().ok()
     }
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // The same port on UDP and TCP: a port free on UDP may be taken on TCP, so try again.
+    let (udp, tcp, addr) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            break (udp, tcp, addr);
+        }
+    };
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         while let Ok((n, src)) = udp.recv_from(&mut buf).await {

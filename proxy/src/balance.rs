@@ -220,11 +220,10 @@ impl Attempt {
     /// The hop failed the call (no connection, refused, cut before answering).
     pub(crate) fn failed(&self, now: Instant) {
         let config = self.balancer.outlier;
-        let key = self.key.clone();
         self.balancer.with(&self.key, |s| {
             if let Some(until) = s.outlier.record(now, false, &config) {
                 metrics::counter!("ferry_proxy_ejections_total").increment(1);
-                tracing::info!(hop = ?key, ejected_for = ?until.saturating_duration_since(now), "hop ejected after consecutive failures");
+                tracing::info!(hop = ?self.key, ejected_for = ?until.saturating_duration_since(now), "hop ejected after consecutive failures");
             }
         });
     }

@@ -29,6 +29,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use super::{Active, Shared};
+use crate::metrics::Outcome;
 use crate::route::{route, Routed, Unrouted};
 
 mod errors;
@@ -90,24 +91,27 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let local = shared.snapshots.borrow().cluster.clone();
-    let routed = {
+    let snapshot = shared.snapshots.borrow().clone();
+    let local = &snapshot.cluster;
+    let routed = if snapshot.policies.iter().any(|p| !p.routes.is_empty()) {
+        // Header routes read the request's headers; without any, nothing is collected.
         let headers: Vec<(&str, &str)> = req
             .headers()
             .iter()
             .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
             .collect();
-        route(&shared, addr, &headers)
+        route(&shared, &snapshot, addr, &headers)
+    } else {
+        route(&shared, &snapshot, addr, &[])
     };
     let Routed {
-        snapshot,
         plan: route,
         decision,
     } = match routed {
         Ok(routed) => routed,
         Err(Unrouted::Plan(NoRoute::NoHealthyEndpoints(service))) => {
             let outcome = Err(ProxyError::NoHealthyEndpoint);
-            return finish(&local, None, &service, grpc, started, outcome);
+            return finish(&shared, local, None, &service, grpc, started, outcome);
         }
         Err(Unrouted::Plan(e)) => {
             tracing::warn!(%addr, reason = %e, "no route");
@@ -115,14 +119,8 @@ async fn handle(
         }
         Err(Unrouted::Policy(service, e)) => {
             tracing::warn!(%service, reason = %e, "no route under the service's policy");
-            return finish(
-                &local,
-                None,
-                &service,
-                grpc,
-                started,
-                Err(ProxyError::NoAllowedEndpoint),
-            );
+            let outcome = Err(ProxyError::NoAllowedEndpoint);
+            return finish(&shared, local, None, &service, grpc, started, outcome);
         }
     };
     let policy = snapshot.policy(&route.service);
@@ -143,23 +141,25 @@ async fn handle(
         .order(&route.service, &decision, Instant::now());
     if hops.is_empty() {
         let outcome = Err(ProxyError::CircuitOpen);
-        return finish(&local, None, &route.service, grpc, started, outcome);
+        return finish(&shared, local, None, &route.service, grpc, started, outcome);
     }
     let call = forward(&shared, &route, policy, hops, request, body, grpc);
-    let outcome = match policy.and_then(|p| p.timeout) {
+    let (hop, outcome) = match policy.and_then(|p| p.timeout) {
         Some(limit) => match tokio::time::timeout(limit, call).await {
             Ok(outcome) => outcome,
             Err(_) => (None, Err(ProxyError::Timeout)),
         },
         None => call.await,
     };
+    let service = &route.service;
     finish(
-        &local,
-        outcome.0.as_ref(),
-        &route.service,
+        &shared,
+        local,
+        hop.as_ref(),
+        service,
         grpc,
         started,
-        outcome.1,
+        outcome,
     )
 }
 
@@ -174,13 +174,25 @@ struct Head {
 }
 
 impl Head {
-    fn build(&self, body: Body) -> Request<Body> {
+    /// The request to send with `body`; `again` keeps a copy of the headers for a later
+    /// attempt, otherwise they move into the request (see [`Head::restore`]).
+    fn build(&mut self, body: Body, again: bool) -> Request<Body> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = match again {
+            true => self.headers.clone(),
+            false => std::mem::take(&mut self.headers),
+        };
         req
+    }
+
+    /// Takes back the headers of a request that came back unsent, and returns its body.
+    fn restore(&mut self, unsent: Request<Body>) -> Body {
+        let (parts, body) = unsent.into_parts();
+        self.headers = parts.headers;
+        body
     }
 }
 
@@ -263,7 +275,8 @@ async fn forward(
             // The body went with an earlier attempt and cannot be sent again.
             return (None, Err(last));
         };
-        let failure = match sender.send(head.build(this_body)).await {
+        let again = retried < u32::from(retries);
+        let failure = match sender.send(head.build(this_body, again)).await {
             Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 attempt.answered(Instant::now());
                 let Some(client_side) = head.upgrade.take() else {
@@ -301,7 +314,7 @@ async fn forward(
                 // Nothing was written: the same request goes on another connection (a
                 // pooled one the server had closed is the usual cause, not the hop).
                 tracing::debug!(%hop, error = %e, "request not sent; trying another connection");
-                body = Some(unsent.into_body());
+                body = Some(head.restore(unsent));
                 failed_to_connect += 1;
                 if failed_to_connect >= hops.len() + retried as usize + MAX_UNSENT {
                     return (None, Err(ProxyError::Unreachable));
@@ -411,17 +424,11 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
         headers.remove(CONNECTION);
         headers.remove(http::header::UPGRADE);
     }
-    let span = format!("{:016x}", fastrand::u64(1..));
-    let trace = headers
+    let parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .map(|(trace, flags)| format!("00-{trace}-{span}-{flags}"))
-        .unwrap_or_else(|| format!("00-{:032x}-{span}-01", fastrand::u128(1..)));
-    headers.insert(
-        "traceparent",
-        HeaderValue::from_str(&trace).expect("hex is a valid header value"),
-    );
+        .and_then(parse_traceparent);
+    headers.insert("traceparent", traceparent(parent));
     let xff = HeaderName::from_static("x-forwarded-for");
     let ip = peer.ip().to_string();
     let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
@@ -431,6 +438,31 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(xff, v);
     }
+}
+
+/// A version-00 `traceparent` with a new span id under the caller's trace (`parent`: its
+/// trace id and flags), or starting a sampled trace when there is none.
+fn traceparent(parent: Option<(&str, &str)>) -> HeaderValue {
+    fn hex(out: &mut [u8], mut v: u128) {
+        for b in out.iter_mut().rev() {
+            *b = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    }
+    // 00-<trace id: 32>-<span id: 16>-<flags: 2>
+    let mut out = *b"00-________________________________-________________-__";
+    match parent {
+        Some((trace, flags)) => {
+            out[3..35].copy_from_slice(trace.as_bytes());
+            out[53..55].copy_from_slice(flags.as_bytes());
+        }
+        None => {
+            hex(&mut out[3..35], fastrand::u128(1..));
+            out[53..55].copy_from_slice(b"01");
+        }
+    }
+    hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
 /// The trace id and flags of a version-00 `traceparent`, if it is well formed.
@@ -455,6 +487,7 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
 
 /// Records the request's metrics and turns the outcome into the application's answer.
 fn finish(
+    shared: &Shared,
     local: &ClusterId,
     hop: Option<&Hop>,
     service: &ServiceName,
@@ -463,9 +496,9 @@ fn finish(
     outcome: Result<Response<Body>, ProxyError>,
 ) -> Response<Body> {
     let destination = match hop {
-        Some(Hop::Local(_)) => local.to_string(),
-        Some(Hop::Remote { cluster, .. }) => cluster.to_string(),
-        None => String::new(),
+        Some(Hop::Local(_)) => Some(local),
+        Some(Hop::Remote { cluster, .. }) => Some(cluster),
+        None => None,
     };
     let (response, result) = match outcome {
         Ok(r) => (r, "ok"),
@@ -480,27 +513,18 @@ fn finish(
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u8>().ok())
-            .filter(|c| *c <= 16)
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        false => String::new(),
+            .filter(|c| *c <= 16),
+        false => None,
     };
-    let labels = [
-        ("direction", "outbound".to_string()),
-        ("service", service.to_string()),
-        ("source_cluster", local.to_string()),
-        ("destination_cluster", destination),
-        ("status_code", response.status().as_u16().to_string()),
-        ("grpc_status", grpc_status),
-        ("result", result.to_string()),
-    ];
-    metrics::counter!("ferry_requests_total", &labels).increment(1);
-    metrics::histogram!(
-        "ferry_request_duration_seconds",
-        "direction" => "outbound",
-        "service" => service.to_string()
-    )
-    .record(started.elapsed().as_secs_f64());
+    let outcome = Outcome {
+        service,
+        source: local,
+        destination,
+        status: response.status().as_u16(),
+        grpc_status,
+        result,
+    };
+    shared.requests.record(&outcome, started.elapsed());
     response
 }
 
@@ -521,5 +545,69 @@ impl Budgets {
             .entry(service.clone())
             .or_insert_with(|| RetryBudget::new(now))
             .withdraw(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn a_trace_is_continued_with_a_new_span() {
+        let header = format!("00-{TRACE}-00f067aa0ba902b7-00");
+        let parent = parse_traceparent(&header);
+        assert_eq!(parent, Some((TRACE, "00")));
+        let next = traceparent(parent);
+        let next = next.to_str().unwrap();
+        assert_eq!(parse_traceparent(next), Some((TRACE, "00")), "{next}");
+        assert_ne!(&next[36..52], "00f067aa0ba902b7", "a new span id");
+    }
+
+    #[test]
+    fn a_trace_is_started_when_there_is_none() {
+        let started = traceparent(None);
+        let started = started.to_str().unwrap();
+        let (trace, flags) = parse_traceparent(started).expect(started);
+        assert_eq!(flags, "01");
+        assert_ne!(trace, &traceparent(None).to_str().unwrap()[3..35]);
+    }
+
+    #[test]
+    fn malformed_traceparents_are_not_continued() {
+        for bad in [
+            "",
+            "00",
+            &format!("01-{TRACE}-00f067aa0ba902b7-01"),
+            &format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            &format!("00-{TRACE}-0000000000000000-01"),
+            &format!("00-{TRACE}-00F067AA0BA902B7-01"),
+            &format!("00-{TRACE}-00f067aa0ba902b7-01-extra"),
+            &format!("00-{TRACE}x-00f067aa0ba902b7-01"),
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_the_caller_recorded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("expect", HeaderValue::from_static("100-continue"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        prepare_headers(&mut headers, "10.0.0.7:5000".parse().unwrap(), false);
+        for gone in ["connection", "x-private", "keep-alive", "expect"] {
+            assert!(!headers.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(headers["x-app"], "kept");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 10.0.0.7");
+        assert!(headers.contains_key("traceparent"));
     }
 }

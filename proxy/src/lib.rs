@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 mod balance;
 mod http;
+mod metrics;
 mod route;
 mod tcp;
 
@@ -50,6 +51,8 @@ struct Shared {
     balancer: Arc<Balancer>,
     /// Upstream HTTP connections and retry budgets.
     http: http::HttpState,
+    /// Per-request metric handles.
+    requests: metrics::RequestMetrics,
     /// A proxied connection with no bytes either way for this long is closed.
     idle: Duration,
     /// Proxied connections open right now (drained on shutdown).
@@ -84,6 +87,7 @@ impl NodeProxy {
                 pick: AtomicU64::new(0),
                 balancer: Balancer::new(OutlierConfig::default(), u32::MAX),
                 http: http::HttpState::default(),
+                requests: metrics::RequestMetrics::default(),
                 active: AtomicUsize::new(0),
                 idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
             }),

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use ferry_federation::traffic::{decide, CallFacts, Decision, Unroutable};
 use ferry_federation::{
@@ -16,7 +15,6 @@ use super::Shared;
 
 /// A call with somewhere to go.
 pub(crate) struct Routed {
-    pub(crate) snapshot: Arc<MeshSnapshot>,
     pub(crate) plan: Plan,
     pub(crate) decision: Decision,
 }
@@ -29,20 +27,20 @@ pub(crate) enum Unrouted {
     Policy(ServiceName, Unroutable),
 }
 
-/// Routes a call made to `addr` carrying `headers` (empty for TCP).
+/// Routes a call made to `addr` carrying `headers` (empty for TCP) in `snapshot`.
 pub(crate) fn route(
     shared: &Shared,
+    snapshot: &MeshSnapshot,
     addr: SocketAddr,
     headers: &[(&str, &str)],
 ) -> Result<Routed, Unrouted> {
-    let snapshot = shared.snapshots.borrow().clone();
     let target = Target {
         vip: addr.ip(),
         port: addr.port(),
     };
     // The pick rotates each remote cluster's gateways; the balancer orders the hops.
     let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
-    let plan = plan(&snapshot, &target, pick).map_err(Unrouted::Plan)?;
+    let plan = plan(snapshot, &target, pick).map_err(Unrouted::Plan)?;
     let remote = plan.hops.iter().any(|h| matches!(h, Hop::Remote { .. }));
     let rtt = if remote {
         shared.tunnel.rtts()
@@ -57,11 +55,7 @@ pub(crate) fn route(
     };
     let decision = decide(&plan, snapshot.policy(&plan.service), &facts)
         .map_err(|e| Unrouted::Policy(plan.service.clone(), e))?;
-    Ok(Routed {
-        snapshot,
-        plan,
-        decision,
-    })
+    Ok(Routed { plan, decision })
 }
 
 /// The tunnel header of a call to `service` through a remote hop's fields.

@@ -34,11 +34,11 @@ fn reset(client: TcpStream) {
 pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
     let _active = Active::new(&shared);
     let _ = client.set_nodelay(true);
+    let snapshot = shared.snapshots.borrow().clone();
     let Routed {
         plan: route,
         decision,
-        ..
-    } = match super::route::route(&shared, addr, &[]) {
+    } = match super::route::route(&shared, &snapshot, addr, &[]) {
         Ok(routed) => routed,
         Err(Unrouted::Plan(e)) => {
             metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
