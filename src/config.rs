@@ -50,6 +50,8 @@ struct RawConfig {
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     federation: RawFederation,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
@@ -79,6 +81,12 @@ struct RawGateway {
     listen: Option<String>,
     advertise: Option<String>,
     idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
 }
 
 /// Bounds on what each linked peer may make this cluster hold, and VIP reuse.
@@ -152,6 +160,9 @@ pub struct Config {
     /// A tunnel stream the gateway relays is closed after this long without a byte.
     pub gateway_idle_timeout: Duration,
     pub dns: DnsConfig,
+    /// The admin listener (`/metrics`, `/ready`, `/live`) of `ferry up` and the control
+    /// plane; the gateway, node and DNS roles run alone add 1, 2 and 3 to a non-zero port.
+    pub admin_listen: SocketAddr,
     /// What each linked peer may make this cluster hold.
     pub limits: ImportLimits,
     /// How long a VIP whose name went away is kept from every other name.
@@ -414,6 +425,7 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let admin_listen = parse_addr("admin.listen", raw.admin.listen.as_deref(), "127.0.0.1:0")?;
         let dns = DnsConfig {
             enabled: raw.dns.enabled.unwrap_or(true),
             listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
@@ -513,6 +525,7 @@ impl Config {
             node_max_in_flight,
             gateway_idle_timeout,
             dns,
+            admin_listen,
             limits,
             vip_quarantine,
             services,

@@ -3,6 +3,7 @@
 //! The decisions live in `ferry-federation`; the data plane in `ferry-gateway`,
 //! `ferry-proxy` and `ferry-dns`.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;

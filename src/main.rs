@@ -72,7 +72,12 @@ fn main() -> ExitCode {
             | Command::Dns
             | Command::SampleHttp { .. }
     );
-    ferry::telemetry::init(if quiet { "warn" } else { "info" });
+    let default_filter = if quiet { "warn" } else { "info" };
+    if let Err(e) = ferry::telemetry::init(cli.log_level.as_deref(), default_filter, cli.log_format)
+    {
+        eprintln!("ferry: error: {e}");
+        return ExitCode::from(2);
+    }
     if !quiet {
         // Everything a running cluster creates (sockets, the store, data and token
         // directories, address files) is owner-only from the moment it exists.

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 
+use crate::admin::{self, Role};
 use crate::config::Config;
 use crate::control::{self, ControlPlane};
 use crate::roles;
@@ -34,27 +35,42 @@ async fn until_stopped(role: impl Future<Output = anyhow::Result<()>>) -> anyhow
 
 /// `ferry control`: the control plane alone.
 pub async fn control(cfg: Config) -> anyhow::Result<()> {
+    admin::expect(Role::Control);
+    admin::start(&cfg, Role::Control).await?;
     let cp = ControlPlane::open(cfg)?;
     control::serve(cp, shutdown_signal()).await
 }
 
 /// `ferry gateway`.
 pub async fn gateway(cfg: Config) -> anyhow::Result<()> {
+    admin::expect(Role::Gateway);
+    admin::start(&cfg, Role::Gateway).await?;
     until_stopped(roles::gateway::run(cfg)).await
 }
 
 /// `ferry node`: on SIGTERM it stops listening and drains open connections.
 pub async fn node(cfg: Config) -> anyhow::Result<()> {
+    admin::expect(Role::Node);
+    admin::start(&cfg, Role::Node).await?;
     roles::node::run(cfg, shutdown_signal()).await
 }
 
 /// `ferry dns`.
 pub async fn dns(cfg: Config) -> anyhow::Result<()> {
+    admin::expect(Role::Dns);
+    admin::start(&cfg, Role::Dns).await?;
     until_stopped(roles::dns::run(cfg)).await
 }
 
 /// `ferry up`: every role of the cluster in this process.
 pub async fn up(cfg: Config) -> anyhow::Result<()> {
+    for role in [Role::Control, Role::Gateway, Role::Node] {
+        admin::expect(role);
+    }
+    if cfg.dns.enabled {
+        admin::expect(Role::Dns);
+    }
+    let admin_addr = admin::start(&cfg, Role::Up).await?;
     let cp = ControlPlane::open(cfg.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(control::serve(cp, async {
@@ -89,7 +105,7 @@ pub async fn up(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(std::future::pending())
     };
     eprintln!(
-        "ferry: cluster {} up (control socket {})",
+        "ferry: cluster {} up (control socket {}, admin http://{admin_addr}/metrics)",
         cfg.cluster,
         cfg.socket.display()
     );

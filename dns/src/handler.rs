@@ -143,12 +143,12 @@ impl MeshHandler {
         refused.response_code = ResponseCode::Refused;
         let Some(forwarder) = &self.forwarder else {
             metrics::counter!("ferry_dns_refused_total", "reason" => "no_upstream").increment(1);
-            return send(&mut response, builder.build_no_records(refused)).await;
+            return send(request, &mut response, builder.build_no_records(refused)).await;
         };
         if !self.may_forward(request.src().ip()) {
             metrics::counter!("ferry_dns_refused_total", "reason" => "recursion_not_allowed")
                 .increment(1);
-            return send(&mut response, builder.build_no_records(refused)).await;
+            return send(request, &mut response, builder.build_no_records(refused)).await;
         }
         let tcp = request.protocol() != Protocol::Udp;
         match forwarder.forward(request.as_slice(), tcp).await {
@@ -162,7 +162,7 @@ impl MeshHandler {
                 let mut metadata = Metadata::response_from_request(&request.metadata);
                 metadata.response_code = ResponseCode::ServFail;
                 metadata.recursion_available = true;
-                send(&mut response, builder.build_no_records(metadata)).await
+                send(request, &mut response, builder.build_no_records(metadata)).await
             }
         }
     }
@@ -191,21 +191,21 @@ impl RequestHandler for MeshHandler {
         };
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             let metadata = fail(ResponseCode::BADVERS);
-            return send(&mut response, builder.build_no_records(metadata)).await;
+            return send(request, &mut response, builder.build_no_records(metadata)).await;
         }
         if request.metadata.op_code != OpCode::Query {
             let metadata = fail(ResponseCode::NotImp);
-            return send(&mut response, builder.build_no_records(metadata)).await;
+            return send(request, &mut response, builder.build_no_records(metadata)).await;
         }
         let Ok(info) = request.request_info() else {
             let metadata = fail(ResponseCode::FormErr);
-            return send(&mut response, builder.build_no_records(metadata)).await;
+            return send(request, &mut response, builder.build_no_records(metadata)).await;
         };
         let query = info.query;
         let qtype = query.query_type();
         if matches!(qtype, RecordType::OPT) {
             let metadata = fail(ResponseCode::FormErr);
-            return send(&mut response, builder.build_no_records(metadata)).await;
+            return send(request, &mut response, builder.build_no_records(metadata)).await;
         }
         let zone = self.zone();
         if !zone.is_ours(query.name()) {
@@ -215,7 +215,7 @@ impl RequestHandler for MeshHandler {
             || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
         {
             let metadata = fail(ResponseCode::Refused);
-            return send(&mut response, builder.build_no_records(metadata)).await;
+            return send(request, &mut response, builder.build_no_records(metadata)).await;
         }
         metadata.authoritative = true;
         let empty: &[Record] = &[];
@@ -246,7 +246,7 @@ impl RequestHandler for MeshHandler {
                 builder.build(metadata, empty, empty, std::slice::from_ref(soa), empty)
             }
         };
-        send(&mut response, message).await
+        send(request, &mut response, message).await
     }
 }
 
@@ -270,10 +270,11 @@ async fn send_forwarded<R: ResponseHandler>(
         iter::empty(),
         reply.additionals.iter(),
     );
-    send(&mut response, message).await
+    send(request, &mut response, message).await
 }
 
 async fn send<'a, R: ResponseHandler>(
+    request: &Request,
     response: &mut R,
     message: MessageResponse<
         '_,
@@ -286,7 +287,8 @@ async fn send<'a, R: ResponseHandler>(
 ) -> ResponseInfo {
     let fallback = *message.metadata();
     let code = fallback.response_code;
-    response_counter(code).increment(1);
+    let qtype = request.request_info().ok().map(|i| i.query.query_type());
+    query_counter(qtype, code).increment(1);
     match response.send_response(message).await {
         Ok(info) => info,
         Err(e) => {
@@ -301,20 +303,40 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
-/// `ferry_dns_responses_total{rcode}`, registered once: the lookup by name and label costs
-/// more than the rest of a cached answer's bookkeeping.
-fn response_counter(code: ResponseCode) -> &'static metrics::Counter {
-    const LABELS: [&str; 7] = [
+/// `ferry_dns_queries_total{qtype,rcode}`, registered once per pair: the lookup by name and
+/// labels costs more than the rest of a cached answer's bookkeeping. Both label sets are
+/// fixed (types and codes outside them count as `OTHER`), whatever a client asks.
+fn query_counter(qtype: Option<RecordType>, code: ResponseCode) -> &'static metrics::Counter {
+    const QTYPES: [&str; 10] = [
+        "A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "NS", "SOA", "ANY", "OTHER",
+    ];
+    const RCODES: [&str; 7] = [
         "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NOTIMP", "OTHER",
     ];
     static COUNTERS: OnceLock<Vec<metrics::Counter>> = OnceLock::new();
     let counters = COUNTERS.get_or_init(|| {
-        LABELS
+        QTYPES
             .iter()
-            .map(|l| metrics::counter!("ferry_dns_responses_total", "rcode" => *l))
+            .flat_map(|q| {
+                RCODES.iter().map(move |r| {
+                    metrics::counter!("ferry_dns_queries_total", "qtype" => *q, "rcode" => *r)
+                })
+            })
             .collect()
     });
-    let i = match code {
+    let q = match qtype {
+        Some(RecordType::A) => 0,
+        Some(RecordType::AAAA) => 1,
+        Some(RecordType::SRV) => 2,
+        Some(RecordType::PTR) => 3,
+        Some(RecordType::TXT) => 4,
+        Some(RecordType::CNAME) => 5,
+        Some(RecordType::NS) => 6,
+        Some(RecordType::SOA) => 7,
+        Some(RecordType::ANY) => 8,
+        _ => 9,
+    };
+    let r = match code {
         ResponseCode::NoError => 0,
         ResponseCode::NXDomain => 1,
         ResponseCode::ServFail => 2,
@@ -323,7 +345,7 @@ fn response_counter(code: ResponseCode) -> &'static metrics::Counter {
         ResponseCode::NotImp => 5,
         _ => 6,
     };
-    &counters[i]
+    &counters[q * RCODES.len() + r]
 }
 
 /// A [`ResponseHandler`] that encodes the reply into a buffer, at most `max_size` bytes.

@@ -85,11 +85,13 @@ pub fn triage(packet: &[u8], src: SocketAddr, limiter: Option<&RateLimiter>) -> 
     match verdict {
         Verdict::Allow => {}
         Verdict::Slip => {
+            metrics::counter!("ferry_dns_ratelimited_total").increment(1);
             metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit_slip")
                 .increment(1);
             return Datagram::Reply(header_reply(packet, 0, true));
         }
         Verdict::Drop => {
+            metrics::counter!("ferry_dns_ratelimited_total").increment(1);
             metrics::counter!("ferry_dns_dropped_total", "reason" => "rate_limit").increment(1);
             return Datagram::Ignore;
         }
@@ -337,6 +339,7 @@ async fn serve_connection(
                     Err(_) => header_reply(&head, rcode::FORMERR, false).to_vec(),
                 },
                 Verdict::Slip | Verdict::Drop => {
+                    metrics::counter!("ferry_dns_ratelimited_total").increment(1);
                     metrics::counter!("ferry_dns_refused_total", "reason" => "rate_limit")
                         .increment(1);
                     header_reply(&msg, rcode::REFUSED, false).to_vec()

@@ -248,6 +248,8 @@ async fn run_session(
                     shared.note_peer_session(&peer, &conn, session);
                 }
                 LinkEvent::Imports { .. } => {
+                    metrics::counter!("ferry_sync_updates_total", "peer" => peer.to_string())
+                        .increment(1);
                     withdrawn = false;
                     have_imports = true;
                     report_due = true;
@@ -346,7 +348,11 @@ async fn run_session(
             // A folded report whose gap is over: sent at the top of the loop.
             _ = tokio::time::sleep_until(next_report_at), if report_due => {}
             // The lease refresh.
-            _ = report.tick() => report_due |= have_imports && !withdrawn,
+            _ = report.tick() => {
+                report_due |= have_imports && !withdrawn;
+                metrics::gauge!("ferry_link_rtt_seconds", "peer" => peer.to_string())
+                    .set(conn.rtt().as_secs_f64());
+            }
         }
     }
     // A report folded behind the gap still goes out: the control plane must not keep the

@@ -30,6 +30,90 @@ pub const STREAM_CUT: quinn::VarInt = quinn::VarInt::from_u32(0);
 /// tokio's default 8 KiB.
 const COPY_BUFFER: usize = 64 * 1024;
 
+/// Where a relay counts the bytes it moves, as they move: `a_to_b` what it read from its
+/// first stream (the caller's side), `b_to_a` what it read from the second. Counters are
+/// the `metrics` handles of the caller's labels; [`Meter::default`] counts nowhere.
+#[derive(Clone)]
+pub struct Meter {
+    pub a_to_b: metrics::Counter,
+    pub b_to_a: metrics::Counter,
+}
+
+impl Default for Meter {
+    fn default() -> Meter {
+        Meter {
+            a_to_b: metrics::Counter::noop(),
+            b_to_a: metrics::Counter::noop(),
+        }
+    }
+}
+
+/// One relayed TCP connection's metrics, per service and source and destination cluster
+/// (`direction`: `outbound` at the caller's node proxy, `inbound` at the callee's
+/// gateway): `ferry_tcp_connections_opened_total` and `ferry_tcp_connections_open` when
+/// made, `ferry_tcp_sent_bytes_total` (caller → service) and
+/// `ferry_tcp_received_bytes_total` (service → caller) as bytes move, and
+/// `ferry_tcp_connections_closed_total` when dropped. Label values must be names the local
+/// snapshot knows, never raw input.
+pub struct TcpMetrics {
+    /// Bytes from the caller toward the service.
+    pub sent: metrics::Counter,
+    /// Bytes from the service back to the caller.
+    pub received: metrics::Counter,
+    closed: metrics::Counter,
+    open: metrics::Gauge,
+}
+
+impl TcpMetrics {
+    pub fn open(
+        direction: &'static str,
+        service: &impl ToString,
+        source: &impl ToString,
+        destination: &impl ToString,
+    ) -> TcpMetrics {
+        let labels = [
+            ("direction", direction.to_string()),
+            ("service", service.to_string()),
+            ("source_cluster", source.to_string()),
+            ("destination_cluster", destination.to_string()),
+        ];
+        metrics::counter!("ferry_tcp_connections_opened_total", &labels).increment(1);
+        let open = metrics::gauge!("ferry_tcp_connections_open", &labels);
+        open.increment(1.0);
+        TcpMetrics {
+            sent: metrics::counter!("ferry_tcp_sent_bytes_total", &labels),
+            received: metrics::counter!("ferry_tcp_received_bytes_total", &labels),
+            closed: metrics::counter!("ferry_tcp_connections_closed_total", &labels),
+            open,
+        }
+    }
+}
+
+impl TcpMetrics {
+    /// The meter of a relay whose first stream is the caller's side.
+    pub fn caller_first(&self) -> Meter {
+        Meter {
+            a_to_b: self.sent.clone(),
+            b_to_a: self.received.clone(),
+        }
+    }
+
+    /// The meter of a relay whose first stream is the service's side.
+    pub fn service_first(&self) -> Meter {
+        Meter {
+            a_to_b: self.received.clone(),
+            b_to_a: self.sent.clone(),
+        }
+    }
+}
+
+impl Drop for TcpMetrics {
+    fn drop(&mut self) {
+        self.closed.increment(1);
+        self.open.decrement(1.0);
+    }
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -42,7 +126,7 @@ pub enum RelayEnd {
 }
 
 /// Relays between `a` and `b` until both finish, one fails, or both are silent for `idle`.
-pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration) -> RelayEnd
+pub async fn relay<A, B>(a: &mut A, b: &mut B, idle: Duration, meter: &Meter) -> RelayEnd
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -51,10 +135,12 @@ where
     let mut a = Tracked {
         inner: a,
         activity: activity.clone(),
+        read: &meter.a_to_b,
     };
     let mut b = Tracked {
         inner: b,
         activity: activity.clone(),
+        read: &meter.b_to_a,
     };
     until_idle(
         tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER),
@@ -67,7 +153,12 @@ where
 /// [`relay`] between two TCP connections. On Linux bulk bytes go socket → pipe → socket
 /// with `splice(2)` and never through user space, while small messages take a plain read
 /// and write (fewer system calls); elsewhere, or when no pipe can be made, it is [`relay`].
-pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> RelayEnd {
+pub async fn relay_tcp(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Duration,
+    meter: &Meter,
+) -> RelayEnd {
     #[cfg(target_os = "linux")]
     match (splice::Pipe::new(), splice::Pipe::new()) {
         (Ok(ab), Ok(ba)) => {
@@ -75,8 +166,8 @@ pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> 
             let ((a_read, a_write), (b_read, b_write)) = (a.split(), b.split());
             let both = async {
                 tokio::try_join!(
-                    splice::one_way(a_read, b_write, &ab, &activity),
-                    splice::one_way(b_read, a_write, &ba, &activity),
+                    splice::one_way(a_read, b_write, &ab, &activity, &meter.a_to_b),
+                    splice::one_way(b_read, a_write, &ba, &activity, &meter.b_to_a),
                 )
             };
             return until_idle(both, &activity, idle).await;
@@ -85,7 +176,7 @@ pub async fn relay_tcp(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> 
             tracing::debug!(error = %e, "no pipe for splice; relaying through user space");
         }
     }
-    relay(a, b, idle).await
+    relay(a, b, idle, meter).await
 }
 
 /// [`relay`] between a TCP connection and a QUIC stream (`send`, `recv`), moving quinn's
@@ -98,14 +189,15 @@ pub async fn relay_quic(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     idle: Duration,
+    meter: &Meter,
 ) -> RelayEnd {
     let activity = Activity::new();
     let end = {
         let (tcp_read, tcp_write) = tcp.split();
         let both = async {
             tokio::try_join!(
-                quic::tcp_to_quic(tcp_read, send, &activity),
-                quic::quic_to_tcp(recv, tcp_write, &activity),
+                quic::tcp_to_quic(tcp_read, send, &activity, &meter.a_to_b),
+                quic::quic_to_tcp(recv, tcp_write, &activity, &meter.b_to_a),
             )
         };
         until_idle(both, &activity, idle).await
@@ -169,10 +261,11 @@ impl Activity {
     }
 }
 
-/// A stream that records when it last delivered bytes.
+/// A stream that records when it last delivered bytes, and counts them.
 struct Tracked<'a, S: ?Sized> {
     inner: &'a mut S,
     activity: Activity,
+    read: &'a metrics::Counter,
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
@@ -185,6 +278,7 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            self.read.increment((buf.filled().len() - before) as u64);
         }
         poll
     }
@@ -218,7 +312,8 @@ mod tests {
         let (mut a, mut a_far) = tokio::io::duplex(64);
         let (mut b, mut b_far) = tokio::io::duplex(64);
         let idle = Duration::from_secs(10);
-        let relay = tokio::spawn(async move { relay(&mut a, &mut b, idle).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut a, &mut b, idle, &Meter::default()).await });
         // Traffic every 6 s for a minute: never idle.
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -236,8 +331,9 @@ mod tests {
     async fn both_sides_finishing_ends_the_relay_with_counts() {
         let (mut a, mut a_far) = tokio::io::duplex(64);
         let (mut b, mut b_far) = tokio::io::duplex(64);
-        let relay =
-            tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(5)).await });
+        let relay = tokio::spawn(async move {
+            relay(&mut a, &mut b, Duration::from_secs(5), &Meter::default()).await
+        });
         a_far.write_all(b"hello").await.unwrap();
         a_far.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -260,8 +356,9 @@ mod tests {
     async fn tcp_relay_moves_every_byte_both_ways_and_passes_half_closes_on() {
         let (mut client, mut a) = tcp_pair().await;
         let (mut b, mut server) = tcp_pair().await;
-        let relay =
-            tokio::spawn(async move { relay_tcp(&mut a, &mut b, Duration::from_secs(30)).await });
+        let relay = tokio::spawn(async move {
+            relay_tcp(&mut a, &mut b, Duration::from_secs(30), &Meter::default()).await
+        });
         // Far more than one pipe's worth, in odd-sized writes, each byte position-dependent.
         let up: Vec<u8> = (0..9_000_001u32).map(|i| (i * 7 % 251) as u8).collect();
         let expected = up.clone();
@@ -290,8 +387,9 @@ mod tests {
     async fn tcp_relay_keeps_order_as_messages_switch_between_small_and_bulk() {
         let (mut client, mut a) = tcp_pair().await;
         let (mut b, mut server) = tcp_pair().await;
-        let relay =
-            tokio::spawn(async move { relay_tcp(&mut a, &mut b, Duration::from_secs(30)).await });
+        let relay = tokio::spawn(async move {
+            relay_tcp(&mut a, &mut b, Duration::from_secs(30), &Meter::default()).await
+        });
         // Around the switch point, far above it and tiny, each answered before the next is
         // sent, so every size is read on its own.
         let sizes = [1, 70_000, 5, 16_384, 16_383, 16_385, 300_000, 2, 65_536, 7];
@@ -324,13 +422,20 @@ mod tests {
     async fn tcp_relay_ends_when_idle_and_on_a_reset() {
         let (_client, mut a) = tcp_pair().await;
         let (mut b, _server) = tcp_pair().await;
-        let end = relay_tcp(&mut a, &mut b, Duration::from_millis(200)).await;
+        let end = relay_tcp(
+            &mut a,
+            &mut b,
+            Duration::from_millis(200),
+            &Meter::default(),
+        )
+        .await;
         assert!(matches!(end, RelayEnd::Idle), "{end:?}");
 
         let (client, mut a) = tcp_pair().await;
         let (mut b, _server) = tcp_pair().await;
-        let relay =
-            tokio::spawn(async move { relay_tcp(&mut a, &mut b, Duration::from_secs(30)).await });
+        let relay = tokio::spawn(async move {
+            relay_tcp(&mut a, &mut b, Duration::from_secs(30), &Meter::default()).await
+        });
         client.set_zero_linger().unwrap();
         drop(client);
         let end = tokio::time::timeout(Duration::from_secs(5), relay)

@@ -102,7 +102,14 @@ async fn relayed() -> (
     let mut header = [0u8; 1];
     far_recv.read_exact(&mut header).await.unwrap();
     let relay = tokio::spawn(async move {
-        relay_quic(&mut near, &mut send, &mut recv, Duration::from_secs(30)).await
+        relay_quic(
+            &mut near,
+            &mut send,
+            &mut recv,
+            Duration::from_secs(30),
+            &ferry_gateway::relay::Meter::default(),
+        )
+        .await
     });
     // The connection outlives the relay, as a pooled one does.
     (app, (far_send, far_recv), relay, (client, endpoints))

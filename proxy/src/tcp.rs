@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_federation::Hop;
-use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd};
+use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd, TcpMetrics};
 use ferry_gateway::tunnel::TunnelError;
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
@@ -73,7 +73,12 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                     }
                     metrics::counter!("ferry_proxy_connections_total", "result" => "local")
                         .increment(1);
-                    relay_ended(relay_tcp(&mut client, &mut upstream, shared.idle).await);
+                    let local = &snapshot.cluster;
+                    let m = TcpMetrics::open("outbound", &route.service, local, local);
+                    m.sent.increment(early.len() as u64);
+                    relay_ended(
+                        relay_tcp(&mut client, &mut upstream, shared.idle, &m.caller_first()).await,
+                    );
                     return;
                 }
                 Err(e) => {
@@ -97,9 +102,14 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                         attempt.answered(Instant::now());
                         metrics::counter!("ferry_proxy_connections_total", "result" => "remote")
                             .increment(1);
-                        relay_ended(
-                            relay_quic(&mut client, &mut send, &mut recv, shared.idle).await,
-                        );
+                        let (local, service) = (&snapshot.cluster, &route.service);
+                        let m = TcpMetrics::open("outbound", service, local, &cluster);
+                        // What went with the tunnel header is the caller's too.
+                        m.sent.increment(early.len() as u64);
+                        let meter = m.caller_first();
+                        let relayed =
+                            relay_quic(&mut client, &mut send, &mut recv, shared.idle, &meter);
+                        relay_ended(relayed.await);
                         return;
                     }
                     Err(e) if e.try_next_cluster() => {

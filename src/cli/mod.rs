@@ -10,6 +10,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 pub use admin::run_admin;
 
+/// How long-running roles write their logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Output format of the admin verbs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -36,6 +46,13 @@ pub struct Cli {
     /// work between threads when a node runs several processes on few cores.
     #[arg(long, global = true, env = "FERRY_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Log format of long-running roles (on standard error).
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (`debug`, `warn`, `ferry_proxy=debug,info`; default: RUST_LOG,
+    /// else info for roles and warn for commands).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -285,6 +285,7 @@ impl ControlPlane {
             services = next.services.len(),
             "snapshot published"
         );
+        record_link_metrics(&current, &next);
         self.snapshot_tx.send_replace(Arc::new(next));
         Ok(())
     }
@@ -591,6 +592,7 @@ pub async fn serve(
         listeners.push((scope, bind_socket(&scope.path(&admin)).await?));
     }
     tracing::info!(socket = %admin.display(), cluster = %cp.cfg.cluster, "control plane listening");
+    crate::admin::set_ready(crate::admin::Role::Control, true);
     cp.spawn_background();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -635,6 +637,36 @@ pub async fn serve(
         let _ = std::fs::remove_file(scope.path(&admin));
     }
     result
+}
+
+/// `ferry_link_up{peer}` and `ferry_imports{peer}` from a published snapshot (a link
+/// removed since `previous` reads 0), and `ferry_snapshot_version`. Peers are this
+/// cluster's own links, so the label set is bounded by them.
+fn record_link_metrics(previous: &MeshSnapshot, next: &MeshSnapshot) {
+    for gone in previous
+        .links
+        .iter()
+        .filter(|l| !next.links.iter().any(|n| n.peer == l.peer))
+    {
+        let peer = gone.peer.to_string();
+        metrics::gauge!("ferry_link_up", "peer" => peer.clone()).set(0.0);
+        metrics::gauge!("ferry_imports", "peer" => peer).set(0.0);
+    }
+    for link in &next.links {
+        let imports = next
+            .services
+            .iter()
+            .filter(|s| s.remote.iter().any(|r| r.cluster == link.peer))
+            .count();
+        let peer = link.peer.to_string();
+        metrics::gauge!("ferry_link_up", "peer" => peer.clone()).set(if link.connected {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("ferry_imports", "peer" => peer).set(imports as f64);
+    }
+    metrics::gauge!("ferry_snapshot_version").set(next.version as f64);
 }
 
 /// How long in-flight API calls get to finish once the control plane is asked to stop.

@@ -30,7 +30,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "ferry: mesh DNS on {addr} (udp+tcp), zone {zone}; try: {}",
         dig_command(addr, &format!("<service>.<namespace>.svc.{zone}"))
     );
-    server.run(snapshots::follow_lazy(cfg.watch_socket())).await;
+    let snapshots = snapshots::follow_lazy(cfg.watch_socket());
+    // Ready once it answers mesh names: from the first snapshot on.
+    let mut first = snapshots.clone();
+    tokio::spawn(async move {
+        if first.wait_for(Option::is_some).await.is_ok() {
+            crate::admin::set_ready(crate::admin::Role::Dns, true);
+        }
+    });
+    server.run(snapshots).await;
     Ok(())
 }
 

@@ -71,6 +71,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let c = client::connect(&cfg.role_socket()).await?;
     tokio::spawn(register_loop(cfg.role_socket(), advertised));
     tokio::spawn(forward_events(c, rx));
+    crate::admin::set_ready(crate::admin::Role::Gateway, true);
     gateway.run().await;
     Ok(())
 }

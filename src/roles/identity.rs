@@ -47,6 +47,11 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
     let identity = Arc::new(IdentityStore::from_pem(&reply.chain_pem, &key_pem, &td)?);
     let trust = Arc::new(TrustStore::from_pem(td, &reply.bundle_pem)?);
     tracing::info!(identity = %identity.identity(), "certificate obtained");
+    let expiry = metrics::gauge!("ferry_cert_expiry_timestamp_seconds", "role" => role);
+    expiry.set(reply.not_after_unix as f64);
+    if let Some(root) = earliest_not_after(&reply.bundle_pem) {
+        metrics::gauge!("ferry_root_expiry_timestamp_seconds").set(root as f64);
+    }
     let renew = identity.clone();
     tokio::spawn(async move {
         let mut not_after = reply.not_after_unix;
@@ -62,6 +67,7 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
                 Ok((reply, key_pem)) => match renew.replace(&reply.chain_pem, &key_pem) {
                     Ok(()) => {
                         not_after = reply.not_after_unix;
+                        expiry.set(not_after as f64);
                         tracing::info!("certificate renewed");
                     }
                     Err(e) => tracing::error!(error = %e, "renewed certificate unusable"),
@@ -71,4 +77,15 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
         }
     });
     Ok(RoleTls { identity, trust })
+}
+
+/// The earliest end of validity (Unix seconds) among the certificates in `pem`.
+pub fn earliest_not_after(pem: &str) -> Option<i64> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let cert = p.parse_x509().ok()?;
+            Some(cert.validity().not_after.timestamp())
+        })
+        .min()
 }

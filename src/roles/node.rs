@@ -50,6 +50,7 @@ async fn report_failures(
 ) {
     // The first reconciliation's result.
     if failures.changed().await.is_ok() {
+        crate::admin::set_ready(crate::admin::Role::Node, true);
         for (addr, error) in failures.borrow_and_update().iter() {
             eprintln!(
                 "ferry: the node proxy cannot listen on {addr}: {error}; calls to it will fail until the address is free (`ferry services` shows it)"

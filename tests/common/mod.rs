@@ -194,6 +194,37 @@ impl ClusterDef {
         std::fs::write(&self.config, out).unwrap();
     }
 
+    /// The admin listener `role` (`up`, `control`, `gateway`, `node`, `dns`) recorded in
+    /// the data directory, once it is there.
+    pub async fn admin_addr(&self, role: &str) -> SocketAddr {
+        let file = self.data_dir().join(format!("admin-{role}.addr"));
+        let read = |file: &Path| {
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+        };
+        wait_for(
+            &format!("{} admin address ({role})", self.name),
+            Duration::from_secs(20),
+            || {
+                let file = file.clone();
+                async move { read(&file).is_some() }
+            },
+        )
+        .await;
+        read(&file).unwrap()
+    }
+
+    /// The Prometheus text `GET /metrics` returns on `role`'s admin listener.
+    pub async fn scrape(&self, role: &str) -> String {
+        let addr = self.admin_addr(role).await;
+        let (status, body) = http::get_raw(addr, "/metrics")
+            .await
+            .expect("the admin listener answers /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// The cluster's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.log_dir.join(format!("{}-data", self.name))
@@ -663,4 +694,26 @@ pub async fn echo_roundtrip(addr: SocketAddr, payload: &[u8]) -> std::io::Result
     wr?;
     rd?;
     Ok(back)
+}
+
+/// The sum of the samples of `name` in Prometheus text whose labels include every
+/// `key="value"` of `labels` (0 when none).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

@@ -222,7 +222,9 @@ impl TunnelClient {
     /// the caller is not read past that until the status arrives). It starts with bytes
     /// an earlier attempt took, which are sent first; after a refusal that allows
     /// another cluster ([`TunnelError::try_next_cluster`]) it still holds them all, for
-    /// the next attempt. After `Ok`, the caller's remaining bytes are still unread.
+    /// the next attempt. After `Ok` it holds what the stream carried (delivered: for the
+    /// caller's byte counts, not to send again), and the caller's remaining bytes are
+    /// still unread.
     pub async fn open_pipelined<C: AsyncRead + Unpin + ?Sized>(
         &self,
         cluster: &ClusterId,
@@ -352,10 +354,7 @@ impl TunnelClient {
             }
         }
         match TunnelStatus::decode(status) {
-            Ok(TunnelStatus::Ok) => {
-                early.clear();
-                Ok((send, recv))
-            }
+            Ok(TunnelStatus::Ok) => Ok((send, recv)),
             Ok(TunnelStatus::Refused(refusal)) => Err(TunnelError::Refused {
                 cluster: cluster.clone(),
                 refusal,

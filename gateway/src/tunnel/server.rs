@@ -129,12 +129,27 @@ async fn serve_stream(
         return;
     }
     metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
+    let active = metrics::gauge!("ferry_gateway_streams_active");
+    active.increment(1.0);
+    let _active = scopeguard(move || active.decrement(1.0));
+    // Admission passed: the service is exported and the caller a linked cluster, so both
+    // label values are names this cluster knows.
+    let tcp_metrics = crate::relay::TcpMetrics::open(
+        "inbound",
+        &header.service,
+        caller.cluster(),
+        &snapshot.cluster,
+    );
+    // The caller's bytes that came with the header went to the endpoint above.
+    tcp_metrics.sent.increment(early.len() as u64);
+    let meter = tcp_metrics.service_first();
     let mut recv = recv;
     // The stream lives only while what admitted it holds: an unexport or a link removal
     // cuts it at the next snapshot, not when the transfer happens to end.
     let mut snapshots = shared.snapshots.clone();
     let cut = {
-        let relay = crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle);
+        let relay =
+            crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle, &meter);
         tokio::pin!(relay);
         loop {
             tokio::select! {
@@ -171,4 +186,17 @@ async fn serve_stream(
         let _ = send.reset(code);
         let _ = recv.stop(code);
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -1,0 +1,181 @@
+//! The operator's view of a running mesh: every role's admin listener (`/metrics`,
+//! `/ready`, `/live`), metrics that move by the right amounts after real cross-cluster
+//! traffic, and `promtool check metrics` accepting what is served.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::get_raw;
+use common::*;
+
+/// Connections and bytes sent through `east`'s VIP to an echo service in `west`.
+const CALLS: usize = 5;
+const PAYLOAD: usize = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
+    let EastWest {
+        mesh: _mesh,
+        east_def,
+        west_def,
+        east: _east,
+        west: _west,
+    } = east_west("127.81.0.0/16", "127.82.0.0/16").await;
+    let echo = Echo::start().await;
+    west_def.add_exported_echo(&echo);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    let vip = east_def.vip("echo.shop", 7000);
+
+    let before_east = east_def.scrape("up").await;
+    let before_west = west_def.scrape("up").await;
+    let payload = vec![7u8; PAYLOAD];
+    for _ in 0..CALLS {
+        assert_eq!(echo_roundtrip(vip, &payload).await.unwrap(), payload);
+    }
+    let outbound = [
+        ("direction", "outbound"),
+        ("service", "echo.shop"),
+        ("source_cluster", "east"),
+        ("destination_cluster", "west"),
+    ];
+    let inbound = [
+        ("direction", "inbound"),
+        ("service", "echo.shop"),
+        ("source_cluster", "east"),
+        ("destination_cluster", "west"),
+    ];
+    // Closed is counted when each relay has ended on both sides.
+    let moved = |before: &str, after: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(after, name, labels) - sample(before, name, labels)
+    };
+    let calls = CALLS as f64;
+    let mut east = String::new();
+    let mut west = String::new();
+    for _ in 0..100 {
+        east = east_def.scrape("up").await;
+        west = west_def.scrape("up").await;
+        let closed = "ferry_tcp_connections_closed_total";
+        if moved(&before_east, &east, closed, &outbound) >= calls
+            && moved(&before_west, &west, closed, &inbound) >= calls
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bytes = (CALLS * PAYLOAD) as f64;
+    for (side, before, after, labels) in [
+        ("east", &before_east, &east, &outbound),
+        ("west", &before_west, &west, &inbound),
+    ] {
+        for (name, want) in [
+            ("ferry_tcp_connections_opened_total", calls),
+            ("ferry_tcp_connections_closed_total", calls),
+            ("ferry_tcp_sent_bytes_total", bytes),
+            ("ferry_tcp_received_bytes_total", bytes),
+        ] {
+            assert_eq!(
+                moved(before, after, name, labels),
+                want,
+                "{side}: {name} {labels:?}\n{after}"
+            );
+        }
+        assert_eq!(sample(after, "ferry_tcp_connections_open", labels), 0.0);
+    }
+    // Links, identity, build and process.
+    assert_eq!(
+        sample(&east, "ferry_link_up", &[("peer", "west")]),
+        1.0,
+        "{east}"
+    );
+    assert_eq!(sample(&east, "ferry_imports", &[("peer", "west")]), 1.0);
+    assert!(sample(&east, "ferry_sync_updates_total", &[("peer", "west")]) >= 1.0);
+    assert!(sample(&east, "ferry_link_rtt_seconds", &[("peer", "west")]) > 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for role in ["gateway", "node"] {
+        let expiry = sample(
+            &east,
+            "ferry_cert_expiry_timestamp_seconds",
+            &[("role", role)],
+        );
+        assert!(expiry > now, "{role} certificate expiry {expiry}");
+    }
+    assert!(sample(&east, "ferry_root_expiry_timestamp_seconds", &[]) > now + 86_400.0 * 300.0);
+    assert_eq!(sample(&east, "ferry_build_info", &[]), 1.0);
+    assert!(sample(&east, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(sample(&east, "process_open_fds", &[]) > 0.0);
+
+    // Every series has a HELP and a TYPE, and the whole text passes Prometheus's own lint.
+    for text in [&east, &west] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("metrics.txt");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("promtool check metrics < {}", file.display()))
+            .output()
+            .expect("promtool runs (Debian package `prometheus`; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_serves_live_ready_and_metrics() {
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("solo", "127.83.0.0/16");
+    let mut cluster = def.up_apart().await;
+    def.spawn(&mut cluster, "dns");
+    for role in ["control", "gateway", "node", "dns"] {
+        let addr = def.admin_addr(role).await;
+        assert!(addr.ip().is_loopback(), "{role} admin on {addr}");
+        assert_eq!(
+            get_raw(addr, "/live").await,
+            Some((200, "live\n".into())),
+            "{role}"
+        );
+        wait_for(
+            &format!("{role} ready"),
+            Duration::from_secs(20),
+            || async move { get_raw(addr, "/ready").await == Some((200, "ready\n".into())) },
+        )
+        .await;
+        let (status, text) = get_raw(addr, "/metrics").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            sample(&text, "ferry_build_info", &[]),
+            1.0,
+            "{role}: {text}"
+        );
+        assert_eq!(get_raw(addr, "/nothing").await.map(|r| r.0), Some(404));
+    }
+    // The DNS role counts what it answers, by type and code.
+    let dns = def.dns_addr().await;
+    let before = def.scrape("dns").await;
+    let labels = [("qtype", "A"), ("rcode", "NXDOMAIN")];
+    let question = common::dns::query(
+        "nothing.shop.svc.clusterset.local.",
+        hickory_proto::rr::RecordType::A,
+        false,
+    );
+    let reply = common::dns::ask(dns, &question, common::dns::Transport::Udp).await;
+    assert_eq!(
+        reply.metadata.response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
+    let after = def.scrape("dns").await;
+    assert_eq!(
+        sample(&after, "ferry_dns_queries_total", &labels)
+            - sample(&before, "ferry_dns_queries_total", &labels),
+        1.0,
+        "{after}"
+    );
+}
