@@ -109,6 +109,27 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
     assert!(sample(&east, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(sample(&east, "process_open_fds", &[]) > 0.0);
 
+    // `ferry status` says where the admin listener and DNS are, and how the links stand.
+    let status = east_def.status();
+    let admin = east_def.admin_addr("up").await.to_string();
+    assert_eq!(status["admin"][0]["role"], "up", "{status}");
+    assert_eq!(status["admin"][0]["addr"], admin.as_str());
+    assert_eq!(
+        status["dns"],
+        east_def.dns_addr().await.to_string().as_str()
+    );
+    assert_eq!(
+        (status["links"].as_u64(), status["links_up"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(status["imports"], 1);
+    assert_eq!(west_def.status()["exports"], 1);
+    let table = east_def.cli_ok(&["status"]);
+    assert!(
+        table.contains("1/1 up") && table.contains(&format!("http://{admin}")),
+        "{table}"
+    );
+
     // Every series has a HELP and a TYPE, and the whole text passes Prometheus's own lint.
     for text in [&east, &west] {
         let dir = tempfile::tempdir().unwrap();
@@ -178,4 +199,50 @@ async fn every_role_serves_live_ready_and_metrics() {
         1.0,
         "{after}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_off_a_terminal_and_json_when_asked() {
+    use std::io::{BufRead, BufReader};
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("logs", "127.84.0.0/16");
+    let cluster = def.up().await;
+    // Test processes write to files: no colour codes.
+    let text = def.log();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\x1b'), "ANSI codes in a log file:\n{text}");
+
+    // A DNS role with JSON logs: every line one object with a level and a message.
+    let mut dns = std::process::Command::new(FERRY)
+        .args(["--log-format", "json", "--log-level", "info", "dns", "--config"])
+        .arg(&def.config)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(dns.stderr.take().unwrap());
+    let mut objects = 0;
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.starts_with("ferry: ") {
+            // The one human line a role prints on start (`try: dig ...`).
+            break;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+        objects += 1;
+    }
+    let _ = dns.kill();
+    let _ = dns.wait();
+    assert!(objects >= 1, "no JSON log line before the start line");
+
+    // A filter that cannot be parsed is refused with a way out.
+    let out = std::process::Command::new(FERRY)
+        .args(["--log-level", "no=such=level", "dns", "--config"])
+        .arg(&def.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("invalid log filter"), "{err}");
+    drop(cluster);
 }

@@ -60,6 +60,8 @@ fn shows_result(line: &str, stdout: &str) -> bool {
         stdout.contains("cart.shop") && stdout.contains("west(1)")
     } else if line.starts_with("dig ") {
         stdout.trim().parse::<std::net::IpAddr>().is_ok()
+    } else if line.starts_with("curl ") && line.contains("/metrics") {
+        stdout.contains("ferry_requests_total")
     } else if line.starts_with("curl ") {
         stdout.contains("hello from west")
     } else {
@@ -80,7 +82,7 @@ fn the_using_it_block_works_as_written() {
         .unwrap();
     // Every fixed port, wherever the block or the configs write it (`:4433`, `-p 5353`).
     let mut subst: Vec<(String, String)> = Vec::new();
-    for port in ["4433", "4434", "5353", "5354", "9000"] {
+    for port in ["4433", "4434", "5353", "5354", "9000", "9100", "9200"] {
         let new = free_port();
         subst.push((format!(":{port}"), format!(":{new}")));
         subst.push((format!("-p {port}"), format!("-p {new}")));

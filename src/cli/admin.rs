@@ -310,6 +310,9 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         "bundle_fingerprint": s.bundle_fingerprint, "metrics": s.metrics,
                         "without_vip": s.without_vip,
                         "listen_errors": s.listen_errors,
+                        "links_up": s.links_up, "exports": s.exports, "imports": s.imports,
+                        "dns": s.dns,
+                        "admin": s.admin.iter().map(|a| json!({"role": a.role, "addr": a.addr})).collect::<Vec<_>>(),
                     }))?
                 );
             } else {
@@ -319,18 +322,38 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                         "TRUST DOMAIN",
                         "GATEWAYS",
                         "SERVICES",
+                        "EXPORTS",
+                        "IMPORTS",
                         "LINKS",
                         "SNAPSHOT",
+                        "DNS",
                     ],
                     vec![vec![
                         s.cluster,
                         s.trust_domain,
                         s.gateways.join(","),
                         s.services.to_string(),
-                        s.links.to_string(),
+                        s.exports.to_string(),
+                        s.imports.to_string(),
+                        format!("{}/{} up", s.links_up, s.links),
                         s.snapshot_version.to_string(),
+                        if s.dns.is_empty() {
+                            "-".into()
+                        } else {
+                            s.dns.clone()
+                        },
                     ]],
                 );
+                if !s.admin.is_empty() {
+                    println!();
+                    print_table(
+                        &["ROLE", "ADMIN (/metrics /ready /live)"],
+                        s.admin
+                            .iter()
+                            .map(|a| vec![a.role.clone(), format!("http://{}", a.addr)])
+                            .collect(),
+                    );
+                }
                 for e in &s.listen_errors {
                     eprintln!("the node proxy cannot listen on {e}");
                 }

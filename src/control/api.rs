@@ -412,6 +412,10 @@ impl Control for ControlApi {
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.check("Status", CallKind::Admin, &request)?;
         let snapshot = self.cp.snapshot();
+        let data_dir = &self.cp.cfg.data_dir;
+        let dns = std::fs::read_to_string(data_dir.join(crate::roles::dns::ADDR_FILE))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         Ok(Response::new(pb::StatusReply {
             cluster: self.cp.cfg.cluster.to_string(),
             trust_domain: self.cp.trust.trust_domain().to_string(),
@@ -428,6 +432,21 @@ impl Control for ControlApi {
                 .iter()
                 .map(|(addr, e, node)| format!("{addr}: {e} (node {node})"))
                 .collect(),
+            admin: crate::admin::recorded(data_dir)
+                .into_iter()
+                .map(|(role, addr)| pb::RoleAddr {
+                    role: role.as_str().to_string(),
+                    addr: addr.to_string(),
+                })
+                .collect(),
+            dns,
+            links_up: snapshot.links.iter().filter(|l| l.connected).count() as u32,
+            exports: snapshot.services.iter().filter(|s| s.exported).count() as u32,
+            imports: snapshot
+                .services
+                .iter()
+                .filter(|s| !s.remote.is_empty())
+                .count() as u32,
         }))
     }
 

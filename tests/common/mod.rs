@@ -198,21 +198,7 @@ impl ClusterDef {
     /// the data directory, once it is there.
     pub async fn admin_addr(&self, role: &str) -> SocketAddr {
         let file = self.data_dir().join(format!("admin-{role}.addr"));
-        let read = |file: &Path| {
-            std::fs::read_to_string(file)
-                .ok()
-                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
-        };
-        wait_for(
-            &format!("{} admin address ({role})", self.name),
-            Duration::from_secs(20),
-            || {
-                let file = file.clone();
-                async move { read(&file).is_some() }
-            },
-        )
-        .await;
-        read(&file).unwrap()
+        wait_addr_file(&format!("{} admin address ({role})", self.name), file).await
     }
 
     /// The Prometheus text `GET /metrics` returns on `role`'s admin listener.
@@ -239,21 +225,7 @@ impl ClusterDef {
     /// The address the cluster's DNS server bound (it writes it to its data directory).
     pub async fn dns_addr(&self) -> SocketAddr {
         let file = self.data_dir().join("dns.addr");
-        let read = |file: &Path| {
-            std::fs::read_to_string(file)
-                .ok()
-                .and_then(|s| s.trim().parse::<SocketAddr>().ok())
-        };
-        wait_for(
-            &format!("{} DNS address", self.name),
-            Duration::from_secs(20),
-            || {
-                let file = file.clone();
-                async move { read(&file).is_some() }
-            },
-        )
-        .await;
-        read(&file).unwrap()
+        wait_addr_file(&format!("{} DNS address", self.name), file).await
     }
 
     /// `ferry up`: every role in one process.
@@ -716,4 +688,19 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// The address a role recorded in `file` (written whole, then renamed), once it is there.
+async fn wait_addr_file(what: &str, file: PathBuf) -> SocketAddr {
+    let read = |file: &Path| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse::<SocketAddr>().ok())
+    };
+    wait_for(what, Duration::from_secs(20), || {
+        let file = file.clone();
+        async move { read(&file).is_some() }
+    })
+    .await;
+    read(&file).unwrap()
 }
