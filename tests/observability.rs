@@ -130,6 +130,54 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
         "{table}"
     );
 
+    // An HTTP call and a DNS query, so every family the dashboard reads has samples; then
+    // every metric the dashboard in deploy/ queries is served by one of the clusters.
+    let web = common::http::HttpBackend::start("west", false).await;
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "web.shop",
+        "--port",
+        "http=8080/http",
+        "--endpoint",
+        &web.addr.to_string(),
+        "--export",
+    ]);
+    east_def.wait_imported("web.shop", "west").await;
+    let web_vip = east_def.vip("web.shop", 8080);
+    assert_eq!(
+        common::http::served_by(web_vip).await.as_deref(),
+        Some("west")
+    );
+    let question = common::dns::query(
+        "web.shop.svc.clusterset.local.",
+        hickory_proto::rr::RecordType::A,
+        false,
+    );
+    common::dns::ask(
+        east_def.dns_addr().await,
+        &question,
+        common::dns::Transport::Udp,
+    )
+    .await;
+    let served = format!(
+        "{}\n{}",
+        east_def.scrape("up").await,
+        west_def.scrape("up").await
+    );
+    let queried = dashboard_metrics();
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        let exposed = served.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        });
+        assert!(
+            exposed,
+            "the dashboard queries {name}, which no cluster serves:\n{served}"
+        );
+    }
+
     // Every series has a HELP and a TYPE, and the whole text passes Prometheus's own lint.
     for text in [&east, &west] {
         let dir = tempfile::tempdir().unwrap();
@@ -214,7 +262,14 @@ async fn logs_are_plain_off_a_terminal_and_json_when_asked() {
 
     // A DNS role with JSON logs: every line one object with a level and a message.
     let mut dns = std::process::Command::new(FERRY)
-        .args(["--log-format", "json", "--log-level", "info", "dns", "--config"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "dns",
+            "--config",
+        ])
         .arg(&def.config)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -243,6 +298,33 @@ async fn logs_are_plain_off_a_terminal_and_json_when_asked() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("invalid log filter"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("invalid log filter"),
+        "{err}"
+    );
     drop(cluster);
+}
+
+/// Every metric name the Grafana dashboard in `deploy/grafana/` queries.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/grafana/ferry-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("ferry_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names
 }

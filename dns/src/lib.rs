@@ -105,6 +105,8 @@ impl DnsServer {
 
     /// Serves until the snapshot channel closes. `None` in the channel means no snapshot yet.
     pub async fn run(self, snapshots: watch::Receiver<Option<Arc<MeshSnapshot>>>) {
+        // A series from the start, so a rate over it reads 0 rather than nothing.
+        metrics::counter!("ferry_dns_ratelimited_total").increment(0);
         let shared = Arc::new(server::Shared {
             handler: self.handler.clone(),
             limiter: ratelimit::RateLimiter::new(self.settings.rate_limit),

@@ -261,6 +261,15 @@ impl Gateway {
     /// Runs the gateway until the endpoint is closed.
     pub async fn run(self) {
         let shared = self.shared;
+        // Every reason is a series from the start, so a rate over it reads 0, not nothing.
+        for refusal in ferry_federation::Refusal::ALL {
+            metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str())
+                .increment(0);
+        }
+        for reason in ["too_many_connections", "handshake"] {
+            metrics::counter!("ferry_gateway_handshake_failures_total", "reason" => reason)
+                .increment(0);
+        }
         tokio::spawn(crate::link::manage_links(shared.clone()));
         tokio::spawn(watch_links(shared.clone()));
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));

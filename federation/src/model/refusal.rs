@@ -27,6 +27,11 @@ pub enum Refusal {
     EndpointUnhealthy,
 }
 
+impl Refusal {
+    /// Every refusal, in wire-code order.
+    pub const ALL: [Refusal; 9] = ALL;
+}
+
 const ALL: [Refusal; 9] = [
     Refusal::UnknownPeer,
     Refusal::NotExported,
