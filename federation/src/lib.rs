@@ -16,6 +16,7 @@
 //! shells (`gateway`, `proxy`, `dns`, the control plane) move the bytes.
 
 #[doc(hidden)]
+pub mod check;
 pub mod fuzzing;
 pub mod imports;
 pub mod limits;
