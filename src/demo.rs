@@ -174,7 +174,7 @@ async fn demo(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let root = dir.join("root");
     crate::trust::init(&"demo.ferry".parse()?, &root)?;
     for name in ["east", "west"] {
-        crate::trust::issue(&root, &name.parse()?, &dir.join(format!("{name}-ca")))?;
+        crate::trust::issue(&root, &name.parse()?, &dir.join(format!("{name}-ca")), None)?;
     }
     step(
         2,

@@ -30,11 +30,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("mesh root CA for {td} written to {}", out.display());
             Ok(())
         }
-        Command::Trust(TrustCommand::Issue { root, cluster, out }) => {
+        Command::Trust(TrustCommand::Issue {
+            root,
+            cluster,
+            out,
+            valid_for,
+        }) => {
             let cluster = cluster
                 .parse()
                 .map_err(|e| anyhow::anyhow!("invalid --cluster `{cluster}`: {e}"))?;
-            ferry::trust::issue(root, &cluster, out)?;
+            let validity = match valid_for {
+                Some(v) => Some(humantime::parse_duration(v).map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid --valid-for `{v}`: {e}; expected a duration such as 365d or 8760h"
+                    )
+                })?),
+                None => None,
+            };
+            ferry::trust::issue(root, &cluster, out, validity)?;
             println!("cluster CA for {cluster} written to {}", out.display());
             Ok(())
         }

@@ -35,7 +35,13 @@ pub fn init(td: &TrustDomain, out: &Path) -> anyhow::Result<()> {
 
 /// Creates `cluster`'s intermediate CA from the root in `root_dir`, into `out`:
 /// `ca.crt`, `ca.key` (0600) and `bundle.crt` (the roots peers are checked against).
-pub fn issue(root_dir: &Path, cluster: &ClusterId, out: &Path) -> anyhow::Result<()> {
+/// `validity` defaults to a year; it never reaches past the root's end.
+pub fn issue(
+    root_dir: &Path,
+    cluster: &ClusterId,
+    out: &Path,
+    validity: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let read = |name: &str| {
         std::fs::read_to_string(root_dir.join(name)).with_context(|| {
             format!(
@@ -61,7 +67,8 @@ pub fn issue(root_dir: &Path, cluster: &ClusterId, out: &Path) -> anyhow::Result
     );
     refuse_overwrite(&crt)?;
     refuse_overwrite(&key)?;
-    let ca = pki::create_cluster_ca(&root, cluster, SystemTime::now(), CLUSTER_CA_VALIDITY)?;
+    let validity = validity.unwrap_or(CLUSTER_CA_VALIDITY);
+    let ca = pki::create_cluster_ca(&root, cluster, SystemTime::now(), validity)?;
     pki::write_secret_file(&key, ca.key_pem.as_bytes())?;
     pki::write_public_file(&crt, ca.cert_pem.as_bytes())?;
     pki::write_public_file(&bundle, root_pem.as_bytes())?;

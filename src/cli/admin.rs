@@ -144,6 +144,9 @@ fn print_services(out: Output, services: &[pb::ServiceInfo]) {
 /// Runs one admin verb against the control plane.
 pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
     let socket = control_socket(cli)?;
+    if let Command::Check { wait } = &cli.command {
+        return super::check::run(&socket, cli.output, wait.as_deref()).await;
+    }
     let mut c = client::connect(&socket).await?;
     let out = cli.output;
     match &cli.command {

@@ -2,6 +2,7 @@
 //! the control plane's API rendered as a table or JSON (`-o table|json`).
 
 mod admin;
+mod check;
 mod policy;
 
 use std::path::PathBuf;
@@ -98,6 +99,14 @@ pub enum Command {
     Policy(PolicyCommand),
     /// This cluster's status.
     Status,
+    /// Checks trust, links, services, DNS and the data plane; each finding has a stable code
+    /// (FERRY1xx trust, 2xx links, 3xx services and DNS, 4xx data plane) and a fix. Exits
+    /// non-zero when a check fails.
+    Check {
+        /// Keep checking until everything passes or this long has gone by (e.g. 60s).
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+    },
     /// A tiny HTTP server answering every request with its name: a backend to try the mesh.
     SampleHttp {
         #[arg(long)]
@@ -124,6 +133,9 @@ pub enum TrustCommand {
         cluster: String,
         #[arg(long)]
         out: PathBuf,
+        /// How long the cluster CA is valid (default 1 year; never past the root's end).
+        #[arg(long, value_name = "DURATION")]
+        valid_for: Option<String>,
     },
 }
 

@@ -450,6 +450,15 @@ impl Control for ControlApi {
         }))
     }
 
+    async fn check(&self, request: Request<pb::Empty>) -> Result<Response<pb::CheckReply>, Status> {
+        self.check("Check", CallKind::Admin, &request)?;
+        let findings = self.cp.check().await;
+        Ok(Response::new(pb::CheckReply {
+            passed: ferry_federation::check::passed(&findings),
+            findings_json: serde_json::to_string(&findings).map_err(internal)?,
+        }))
+    }
+
     async fn issue_certificate(
         &self,
         request: Request<pb::IssueRequest>,
@@ -472,10 +481,16 @@ impl Control for ControlApi {
                 )))
             }
         };
+        let now = SystemTime::now();
         let leaf = self
             .cp
-            .issue_certificate(SystemTime::now(), &identity, &req.csr_pem)
+            .issue_certificate(now, &identity, &req.csr_pem)
             .map_err(status)?;
+        let role = match &identity {
+            Identity::Node { node, .. } => format!("node {node}"),
+            _ => "gateway".to_string(),
+        };
+        self.cp.note_issued(role, now, leaf.not_after);
         Ok(Response::new(pb::IssueReply {
             chain_pem: leaf.chain_pem,
             bundle_pem: self.cp.trust.bundle_pem.clone(),
@@ -517,6 +532,8 @@ impl Control for ControlApi {
             .map_err(|_| bad(format!("invalid gateway address `{}`", req.addr)))?;
         let lease = reported_lease(req.lease_ms);
         self.cp.register_gateway(addr, lease).map_err(internal)?;
+        self.cp
+            .note_role_version(format!("gateway {addr}"), req.snapshot_version, lease);
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -612,6 +629,8 @@ impl Control for ControlApi {
             .filter_map(|f| Some((f.addr.parse().ok()?, f.error.chars().take(200).collect())))
             .collect();
         let lease = reported_lease(req.lease_ms);
+        self.cp
+            .note_role_version(format!("node {node}"), req.snapshot_version, lease);
         self.cp
             .report_node_status(node.to_string(), failures, lease);
         Ok(Response::new(pb::Empty {}))

@@ -7,6 +7,7 @@
 //! roles receive it over the `Watch` RPC and never call back on the request path.
 
 pub mod api;
+mod check;
 pub mod domain;
 mod health;
 pub mod policies;
@@ -122,6 +123,10 @@ pub struct ControlPlane {
     snapshot_tx: watch::Sender<Arc<MeshSnapshot>>,
     /// Wakes the health checker when the set of services changes.
     pub services_changed: Notify,
+    /// Certificates issued to roles and the snapshot versions they run (for `ferry check`).
+    roles: Mutex<check::RoleReports>,
+    /// When the current snapshot was published (Unix seconds).
+    published_at: std::sync::atomic::AtomicU64,
 }
 
 /// The shortest time between two republishes that reports caused.
@@ -181,6 +186,8 @@ impl ControlPlane {
             unallocated: Mutex::new(Vec::new()),
             snapshot_tx,
             services_changed: Notify::new(),
+            roles: Mutex::new(check::RoleReports::default()),
+            published_at: std::sync::atomic::AtomicU64::new(0),
         });
         cp.republish()?;
         Ok(cp)
@@ -286,6 +293,7 @@ impl ControlPlane {
             "snapshot published"
         );
         record_link_metrics(&current, &next);
+        self.published_at.store(unix_now(), Ordering::Relaxed);
         self.snapshot_tx.send_replace(Arc::new(next));
         Ok(())
     }

@@ -69,14 +69,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     tracing::info!(addr = %gateway.local_addr(), %advertised, "gateway listening");
     let c = client::connect(&cfg.role_socket()).await?;
-    tokio::spawn(register_loop(cfg.role_socket(), advertised));
+    tokio::spawn(register_loop(
+        cfg.role_socket(),
+        advertised,
+        snapshots.clone(),
+    ));
     tokio::spawn(forward_events(c, rx));
     crate::admin::set_ready(crate::admin::Role::Gateway, true);
     gateway.run().await;
     Ok(())
 }
 
-async fn register_loop(socket: PathBuf, addr: SocketAddr) {
+async fn register_loop(
+    socket: PathBuf,
+    addr: SocketAddr,
+    snapshots: tokio::sync::watch::Receiver<std::sync::Arc<ferry_federation::MeshSnapshot>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut client: Option<Client> = None;
     loop {
@@ -88,6 +96,7 @@ async fn register_loop(socket: PathBuf, addr: SocketAddr) {
         let req = pb::RegisterGatewayRequest {
             addr: addr.to_string(),
             lease_ms: REGISTER_LEASE.as_millis() as u64,
+            snapshot_version: snapshots.borrow().version,
         };
         if let Err(e) = c.register_gateway(req).await {
             tracing::debug!(error = %e, "gateway registration failed; retrying");

@@ -28,6 +28,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> anyhow::Result<
     let snapshots = snapshots::follow(cfg.role_socket()).await?;
     let tunnel = Arc::new(TunnelClient::new(tls.identity.clone(), tls.trust.clone())?);
     tracing::info!(node = %cfg.node_name, "node proxy running");
+    let versions = snapshots.clone();
     let proxy = NodeProxy::new(snapshots, tunnel)
         .with_idle_timeout(cfg.node_idle_timeout)
         .with_max_in_flight(cfg.node_max_in_flight);
@@ -36,6 +37,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> anyhow::Result<
         cfg.role_socket(),
         cfg.node_name.to_string(),
         failures,
+        versions,
     ));
     proxy.run(stop, cfg.drain_timeout).await;
     reporter.abort();
@@ -47,6 +49,7 @@ async fn report_failures(
     socket: PathBuf,
     node: String,
     mut failures: watch::Receiver<ListenFailures>,
+    snapshots: watch::Receiver<Arc<ferry_federation::MeshSnapshot>>,
 ) {
     // The first reconciliation's result.
     if failures.changed().await.is_ok() {
@@ -79,6 +82,7 @@ async fn report_failures(
                 })
                 .collect(),
             lease_ms: REPORT_LEASE.as_millis() as u64,
+            snapshot_version: snapshots.borrow().version,
         };
         if c.report_node_status(req).await.is_err() {
             client = None;

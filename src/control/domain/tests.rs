@@ -9,7 +9,13 @@ fn plane(extra: &str) -> (tempfile::TempDir, Arc<ControlPlane>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     crate::trust::init(&"example.org".parse().unwrap(), &root).unwrap();
-    crate::trust::issue(&root, &"east".parse().unwrap(), &dir.path().join("east-ca")).unwrap();
+    crate::trust::issue(
+        &root,
+        &"east".parse().unwrap(),
+        &dir.path().join("east-ca"),
+        None,
+    )
+    .unwrap();
     let text = format!(
         "cluster = \"east\"\n[trust]\ndir = \"east-ca\"\n[control]\ndata_dir = \"data\"\nvip_range = \"127.200.0.0/24\"\n{extra}"
     );

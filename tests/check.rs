@@ -1,0 +1,186 @@
+//! `ferry check` against real clusters: green when all is well, and failing with the right
+//! code when a link is down, an import has no healthy endpoint, or the cluster CA ends
+//! within 60 days. The JSON shape is pinned (stable field names).
+
+mod common;
+
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+fn check(def: &ClusterDef, extra: &[&str]) -> (Output, serde_json::Value) {
+    let mut args = vec!["check", "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = def.cli(&args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check -o json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, json)
+}
+
+/// The worst status of `code` among the findings.
+fn status(json: &serde_json::Value, code: &str) -> String {
+    let rank = |s: &str| ["ok", "warn", "fail"].iter().position(|x| *x == s).unwrap();
+    json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == code)
+        .map(|f| f["status"].as_str().unwrap().to_string())
+        .max_by_key(|s| rank(s))
+        .unwrap_or_else(|| panic!("no {code} in {json}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_mesh_passes_and_the_json_shape_is_stable() {
+    let ew = east_west("127.91.0.0/16", "127.92.0.0/16").await;
+    let echo = Echo::start().await;
+    ew.west_def.add_exported_echo(&echo);
+    link(&ew.east_def, &ew.west_def);
+    ew.east_def.wait_imported("echo.shop", "west").await;
+    // Roles report their snapshot version every second; --wait lets them catch up.
+    let (out, json) = check(&ew.east_def, &["--wait", "20s"]);
+    assert!(out.status.success(), "{json:#}");
+    assert_eq!(json["passed"], true);
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["findings", "passed"]);
+    for finding in json["findings"].as_array().unwrap() {
+        let mut keys: Vec<&str> = finding
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["code", "detail", "fix", "group", "status"],
+            "{finding}"
+        );
+        assert!(finding["code"].as_str().unwrap().starts_with("FERRY"));
+    }
+    for code in [
+        "FERRY101", "FERRY102", "FERRY103", "FERRY104", "FERRY201", "FERRY301", "FERRY302",
+        "FERRY303", "FERRY304", "FERRY401", "FERRY402", "FERRY403",
+    ] {
+        assert_eq!(status(&json, code), "ok", "{code}: {json:#}");
+    }
+    // The table groups the same findings, one per line.
+    let table = ew.east_def.cli_ok(&["check"]);
+    assert!(
+        table.contains("GROUP") && table.contains("FERRY201") && table.contains("link to west up"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_import_and_a_down_link_fail_with_their_codes() {
+    let mut ew = east_west("127.93.0.0/16", "127.94.0.0/16").await;
+    ew.west_def.add_dead_echo();
+    link(&ew.east_def, &ew.west_def);
+    // Imported, never healthy.
+    let east = ew.east_def.clone();
+    wait_for("echo.shop imported from west", Duration::from_secs(20), || {
+        let east = east.clone();
+        async move {
+            east.service("echo.shop")
+                .is_some_and(|s| !s["remote"].as_array().unwrap().is_empty())
+        }
+    })
+    .await;
+    let (out, json) = check(&ew.east_def, &[]);
+    assert!(!out.status.success());
+    assert_eq!(json["passed"], false);
+    assert_eq!(status(&json, "FERRY301"), "fail", "{json:#}");
+    let finding = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "FERRY301")
+        .unwrap();
+    assert!(finding["detail"].as_str().unwrap().contains("echo.shop"));
+    assert!(!finding["fix"].as_str().unwrap().is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FERRY301"), "{stderr}");
+
+    // West goes away: the link is down within its lease.
+    ew.west.kill();
+    let east = ew.east_def.clone();
+    wait_for(
+        "east's check sees the link down",
+        Duration::from_secs(30),
+        || {
+            let east = east.clone();
+            async move { status(&check(&east, &[]).1, "FERRY201") == "fail" }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_ca_ending_within_60_days_fails_ferry102() {
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("short", "127.95.0.0/16");
+    // Reissue the cluster's CA for 30 days.
+    let ca = mesh.path().join("short-ca");
+    std::fs::remove_dir_all(&ca).unwrap();
+    run_ok(&[
+        "trust",
+        "issue",
+        "--root",
+        mesh.root.to_str().unwrap(),
+        "--cluster",
+        "short",
+        "--out",
+        ca.to_str().unwrap(),
+        "--valid-for",
+        "30d",
+    ]);
+    let _cluster = def.up().await;
+    let (out, json) = check(&def, &[]);
+    assert!(!out.status.success());
+    assert_eq!(status(&json, "FERRY102"), "fail", "{json:#}");
+    assert_eq!(status(&json, "FERRY101"), "ok");
+    assert_eq!(
+        status(&json, "FERRY103"),
+        "ok",
+        "the short CA still chains to the root"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_covers_a_cluster_still_starting() {
+    let mesh = Mesh::new("example.org");
+    let def = mesh.cluster("slow", "127.96.0.0/16");
+    // Started but not waited for: the control plane may not even listen yet.
+    let mut cluster = Cluster {
+        def: def.clone(),
+        procs: Vec::new(),
+    };
+    def.spawn(&mut cluster, "up");
+    let (out, json) = check(&def, &["--wait", "30s"]);
+    assert!(
+        out.status.success(),
+        "{json:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // In a pipe, --wait prints no progress.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad duration says what is expected.
+    let bad = def.cli(&["check", "--wait", "soon"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected a duration"));
+}
