@@ -23,6 +23,13 @@ fn check(def: &ClusterDef, extra: &[&str]) -> (Output, serde_json::Value) {
     (out, json)
 }
 
+/// The field names of a JSON object, sorted.
+fn sorted_keys(v: &serde_json::Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    keys
+}
+
 /// The worst status of `code` among the findings.
 fn status(json: &serde_json::Value, code: &str) -> String {
     let rank = |s: &str| ["ok", "warn", "fail"].iter().position(|x| *x == s).unwrap();
@@ -47,21 +54,10 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
     let (out, json) = check(&ew.east_def, &["--wait", "20s"]);
     assert!(out.status.success(), "{json:#}");
     assert_eq!(json["passed"], true);
-    let keys: Vec<&str> = json
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys = sorted_keys(&json);
     assert_eq!(keys, ["findings", "passed"]);
     for finding in json["findings"].as_array().unwrap() {
-        let mut keys: Vec<&str> = finding
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        keys.sort();
+        let keys = sorted_keys(finding);
         assert_eq!(
             keys,
             ["code", "detail", "fix", "group", "status"],
@@ -75,6 +71,93 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
     ] {
         assert_eq!(status(&json, code), "ok", "{code}: {json:#}");
     }
+    // `ferry gateways` and `ferry link status`: live from the link sessions, the same
+    // fingerprints seen from both sides.
+    let rows: serde_json::Value =
+        serde_json::from_str(&ew.east_def.cli_ok(&["gateways", "-o", "json"])).unwrap();
+    let row = &rows[0];
+    let keys = sorted_keys(row);
+    assert_eq!(
+        keys,
+        [
+            "alive",
+            "gateways",
+            "last_seen_unix",
+            "peer",
+            "rtt_us",
+            "services"
+        ]
+    );
+    assert_eq!(
+        (row["peer"].as_str(), row["alive"].as_bool()),
+        (Some("west"), Some(true))
+    );
+    assert_eq!(row["services"], 1);
+    assert!(row["rtt_us"].as_u64().unwrap() > 0, "{row}");
+    let table = ew.east_def.cli_ok(&["gateways"]);
+    assert!(
+        table.contains("LAST_SEEN") && table.contains("west"),
+        "{table}"
+    );
+    let link_status = |def: &ClusterDef, peer: &str| -> serde_json::Value {
+        let text = def.cli_ok(&["link", "status", peer, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()[0].clone()
+    };
+    let from_east = link_status(&ew.east_def, "west");
+    let from_west = link_status(&ew.west_def, "east");
+    let keys = sorted_keys(&from_east);
+    assert_eq!(
+        keys,
+        [
+            "exported_services",
+            "gateways",
+            "imported_services",
+            "last_error",
+            "last_error_unix",
+            "limits_hit",
+            "linked_at_unix",
+            "local",
+            "peer",
+            "remote",
+            "rtt_us",
+            "since_unix",
+            "state"
+        ]
+    );
+    assert_eq!(from_east["state"], "up");
+    assert!(from_east["since_unix"].as_u64().unwrap() > 0);
+    assert_eq!(
+        (
+            from_east["imported_services"].as_u64(),
+            from_west["exported_services"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        from_east["local"]["bundle"], from_west["local"]["bundle"],
+        "one shared root"
+    );
+    assert_eq!(
+        from_east["remote"]["ca_sha256"],
+        from_west["local"]["ca_sha256"]
+    );
+    assert_eq!(
+        from_west["remote"]["ca_sha256"],
+        from_east["local"]["ca_sha256"]
+    );
+    assert_eq!(
+        from_east["remote"]["cert_sha256"].as_str().unwrap().len(),
+        64
+    );
+    let table = ew.east_def.cli_ok(&["link", "status", "west"]);
+    assert!(
+        table.contains("peer cluster CA") && table.contains("up for"),
+        "{table}"
+    );
+    let unknown = ew.east_def.cli(&["link", "status", "nowhere"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no link to `nowhere`"));
+
     // The table groups the same findings, one per line.
     let table = ew.east_def.cli_ok(&["check"]);
     assert!(
@@ -90,13 +173,17 @@ async fn a_dead_import_and_a_down_link_fail_with_their_codes() {
     link(&ew.east_def, &ew.west_def);
     // Imported, never healthy.
     let east = ew.east_def.clone();
-    wait_for("echo.shop imported from west", Duration::from_secs(20), || {
-        let east = east.clone();
-        async move {
-            east.service("echo.shop")
-                .is_some_and(|s| !s["remote"].as_array().unwrap().is_empty())
-        }
-    })
+    wait_for(
+        "echo.shop imported from west",
+        Duration::from_secs(20),
+        || {
+            let east = east.clone();
+            async move {
+                east.service("echo.shop")
+                    .is_some_and(|s| !s["remote"].as_array().unwrap().is_empty())
+            }
+        },
+    )
     .await;
     let (out, json) = check(&ew.east_def, &[]);
     assert!(!out.status.success());

@@ -173,13 +173,20 @@ fn imports_report(
     sync: &LinkSync,
     peer_gateways: &[std::net::SocketAddr],
     limited: &[LimitExceeded],
+    conn: &quinn::Connection,
 ) -> GatewayEvent {
+    let (peer_cert, peer_ca) = crate::tls::peer_fingerprints(conn).unwrap_or_default();
     GatewayEvent::Imports {
         peer: peer.clone(),
         services: sync.imports(),
         peer_gateways: peer_gateways.to_vec(),
         connected: true,
         limited: limited.to_vec(),
+        session: crate::server::SessionInfo {
+            rtt: conn.rtt(),
+            peer_cert,
+            peer_ca,
+        },
     }
 }
 
@@ -292,7 +299,7 @@ async fn run_session(
             tracing::debug!(services = sync.import_count(), "imports report");
             emit(
                 &shared,
-                imports_report(&peer, &sync, &peer_gateways, &limited),
+                imports_report(&peer, &sync, &peer_gateways, &limited, &conn),
             )
             .await;
         }
@@ -360,7 +367,7 @@ async fn run_session(
     if report_due && !withdrawn && !removing {
         emit(
             &shared,
-            imports_report(&peer, &sync, &peer_gateways, &limited),
+            imports_report(&peer, &sync, &peer_gateways, &limited, &conn),
         )
         .await;
     }

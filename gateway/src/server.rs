@@ -17,6 +17,16 @@ use tracing::Instrument as _;
 
 use crate::tls::{self, IdentityStore, TrustStore, ALPN_JOIN, ALPN_LINK, ALPN_TUNNEL};
 
+/// A link session's connection: its round trip and the peer's certificates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub rtt: std::time::Duration,
+    /// SHA-256 of the peer gateway's leaf certificate (hex).
+    pub peer_cert: String,
+    /// SHA-256 of the CA that issued it: the peer's cluster CA (hex).
+    pub peer_ca: String,
+}
+
 /// What the gateway tells its shell (which forwards it to the control plane).
 #[derive(Debug)]
 pub enum GatewayEvent {
@@ -29,6 +39,8 @@ pub enum GatewayEvent {
         connected: bool,
         /// The bounds the peer is over right now (what was over them was refused).
         limited: Vec<LimitExceeded>,
+        /// The link session's connection as this gateway sees it.
+        session: SessionInfo,
     },
     /// `peer` went silent past its lease: withdraw its imports.
     Withdrawn { peer: ClusterId },

@@ -390,6 +390,24 @@ pub fn peer_identity(conn: &quinn::Connection, td: &TrustDomain) -> Result<Ident
     pki::cert_identity(&leaf, td).map_err(TlsError::PeerIdentity)
 }
 
+/// SHA-256 fingerprints (hex) of the peer's leaf certificate and of the CA that issued it
+/// (the next certificate of its chain), as presented on `conn`.
+pub fn peer_fingerprints(conn: &quinn::Connection) -> Option<(String, String)> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())?;
+    let hex = |der: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let leaf = hex(certs.first()?);
+    let issuer = certs.get(1).map(|c| hex(c)).unwrap_or_default();
+    Some((leaf, issuer))
+}
+
 /// Concurrent tunnel streams one connection may hold open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Bytes one stream may have in flight toward us before the sender must wait.

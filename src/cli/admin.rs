@@ -292,6 +292,10 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                 print_table(&["PEER", "STATE", "GATEWAYS", "IMPORTED"], rows);
             }
         }
+        Command::Link(LinkCommand::Status { peer }) => {
+            super::links::status(&mut c, out, peer.as_deref()).await?
+        }
+        Command::Gateways => super::links::gateways(&mut c, out).await?,
         Command::Link(LinkCommand::Remove { peer }) => {
             c.remove_link(pb::LinkRef { peer: peer.clone() })
                 .await

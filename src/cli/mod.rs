@@ -3,6 +3,7 @@
 
 mod admin;
 mod check;
+mod links;
 mod policy;
 
 use std::path::PathBuf;
@@ -99,6 +100,8 @@ pub enum Command {
     Policy(PolicyCommand),
     /// This cluster's status.
     Status,
+    /// One row per linked peer, live from the link sessions: alive, services, RTT, last seen.
+    Gateways,
     /// Checks trust, links, services, DNS and the data plane; each finding has a stable code
     /// (FERRY1xx trust, 2xx links, 3xx services and DNS, 4xx data plane) and a fix. Exits
     /// non-zero when a check fails.
@@ -226,6 +229,9 @@ pub enum LinkCommand {
     },
     /// List links.
     List,
+    /// Each link in full: state and since when, last error, limits hit, imported and
+    /// exported counts, certificate and root fingerprints on both sides.
+    Status { peer: Option<String> },
     /// Remove a link; the peer's open streams close within 2 s.
     Remove { peer: String },
 }

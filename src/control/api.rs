@@ -365,6 +365,7 @@ impl Control for ControlApi {
             created_at_unix: doc.created_at_unix,
             imported_services: 0,
             limited: Vec::new(),
+            ..Default::default()
         }))
     }
 
@@ -375,22 +376,51 @@ impl Control for ControlApi {
         self.check("ListLinks", CallKind::Admin, &request)?;
         let links = self.cp.links().map_err(status)?;
         let snapshot = self.cp.snapshot();
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let local_ca = ring::digest::digest(&ring::digest::SHA256, self.cp.trust.ca.cert_der())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let bundle = fingerprint_hex(&self.cp.trust.fingerprint);
+        let exported = snapshot.services.iter().filter(|s| s.exported).count() as u32;
         let links = links
             .into_iter()
-            .map(|l| pb::LinkInfo {
-                peer: l.peer.to_string(),
-                gateways: l.gateways.iter().map(|g| g.to_string()).collect(),
-                connected: snapshot.link(&l.peer).map(|r| r.connected).unwrap_or(false),
-                created_at_unix: l.created_at_unix,
-                imported_services: snapshot
-                    .services
-                    .iter()
-                    .filter(|s| s.remote.iter().any(|r| r.cluster == l.peer))
-                    .count() as u32,
-                limited: snapshot
-                    .link(&l.peer)
-                    .map(|r| r.limited.iter().map(|x| x.to_string()).collect())
-                    .unwrap_or_default(),
+            .map(|l| {
+                let session = self.cp.session(&l.peer);
+                let (last_error_unix, last_error) = session
+                    .last_error
+                    .map(|(at, e)| (unix(at), e))
+                    .unwrap_or_default();
+                pb::LinkInfo {
+                    peer: l.peer.to_string(),
+                    gateways: l.gateways.iter().map(|g| g.to_string()).collect(),
+                    connected: snapshot.link(&l.peer).map(|r| r.connected).unwrap_or(false),
+                    created_at_unix: l.created_at_unix,
+                    imported_services: snapshot
+                        .services
+                        .iter()
+                        .filter(|s| s.remote.iter().any(|r| r.cluster == l.peer))
+                        .count() as u32,
+                    limited: snapshot
+                        .link(&l.peer)
+                        .map(|r| r.limited.iter().map(|x| x.to_string()).collect())
+                        .unwrap_or_default(),
+                    rtt_us: session.rtt.as_micros() as u64,
+                    last_seen_unix: session.last_seen.map(unix).unwrap_or(0),
+                    up_since_unix: session.up_since.map(unix).unwrap_or(0),
+                    last_error,
+                    last_error_unix,
+                    peer_cert_sha256: session.peer_cert,
+                    peer_ca_sha256: session.peer_ca,
+                    local_ca_sha256: local_ca.clone(),
+                    bundle_sha256: bundle.clone(),
+                    exported_services: exported,
+                }
             })
             .collect();
         Ok(Response::new(pb::LinkList { links }))
@@ -403,6 +433,7 @@ impl Control for ControlApi {
         self.check("RemoveLink", CallKind::Admin, &request)?;
         let peer = parse_peer(&request.into_inner().peer)?;
         self.cp.remove_link(&peer).map_err(status)?;
+        self.cp.forget_session(&peer);
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -566,6 +597,25 @@ impl Control for ControlApi {
         self.cp
             .update_peer_gateways(&peer, peer_gateways)
             .map_err(internal)?;
+        let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        match (req.withdrawn, req.connected) {
+            (true, _) => self
+                .cp
+                .note_session_down(&peer, "peer silent past its lease; imports withdrawn"),
+            (false, true) => self.cp.note_session(
+                &peer,
+                crate::control::sessions::SessionReport {
+                    rtt: Duration::from_micros(req.rtt_us.min(60_000_000)),
+                    peer_cert: Some(req.peer_cert_sha256)
+                        .filter(|s| hex(s))
+                        .unwrap_or_default(),
+                    peer_ca: Some(req.peer_ca_sha256)
+                        .filter(|s| hex(s))
+                        .unwrap_or_default(),
+                },
+            ),
+            (false, false) => self.cp.note_session_down(&peer, "link connection lost"),
+        }
         self.cp
             .report_imports(peer, services, req.connected, limited, lease)
             .map_err(internal)?;

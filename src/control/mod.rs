@@ -12,6 +12,7 @@ pub mod domain;
 mod health;
 pub mod policies;
 pub mod scope;
+pub mod sessions;
 pub mod store;
 mod vips;
 
@@ -127,6 +128,8 @@ pub struct ControlPlane {
     roles: Mutex<check::RoleReports>,
     /// When the current snapshot was published (Unix seconds).
     published_at: std::sync::atomic::AtomicU64,
+    /// Each peer's link session as the gateways last reported it.
+    sessions: Mutex<sessions::Sessions>,
 }
 
 /// The shortest time between two republishes that reports caused.
@@ -188,6 +191,7 @@ impl ControlPlane {
             services_changed: Notify::new(),
             roles: Mutex::new(check::RoleReports::default()),
             published_at: std::sync::atomic::AtomicU64::new(0),
+            sessions: Mutex::new(sessions::Sessions::default()),
         });
         cp.republish()?;
         Ok(cp)

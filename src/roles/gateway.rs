@@ -114,6 +114,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                 peer_gateways,
                 connected,
                 limited,
+                session,
             } => c
                 .report_imports(pb::ReportImportsRequest {
                     peer: peer.to_string(),
@@ -123,6 +124,9 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     connected,
                     peer_gateways: peer_gateways.iter().map(|g| g.to_string()).collect(),
                     limits_json: serde_json::to_string(&limited).unwrap_or_default(),
+                    rtt_us: session.rtt.as_micros() as u64,
+                    peer_cert_sha256: session.peer_cert,
+                    peer_ca_sha256: session.peer_ca,
                 })
                 .await
                 .map(|_| ()),
@@ -135,6 +139,9 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     connected: false,
                     peer_gateways: Vec::new(),
                     limits_json: String::new(),
+                    rtt_us: 0,
+                    peer_cert_sha256: String::new(),
+                    peer_ca_sha256: String::new(),
                 })
                 .await
                 .map(|_| ()),
