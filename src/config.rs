@@ -52,6 +52,8 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
     federation: RawFederation,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
@@ -81,6 +83,12 @@ struct RawGateway {
     listen: Option<String>,
     advertise: Option<String>,
     idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +171,8 @@ pub struct Config {
     /// The admin listener (`/metrics`, `/ready`, `/live`) of `ferry up` and the control
     /// plane; the gateway, node and DNS roles run alone add 1, 2 and 3 to a non-zero port.
     pub admin_listen: SocketAddr,
+    /// Which proxied calls get an access log line (`[telemetry] access_log`).
+    pub access_log: ferry_gateway::access::Mode,
     /// What each linked peer may make this cluster hold.
     pub limits: ImportLimits,
     /// How long a VIP whose name went away is kept from every other name.
@@ -426,6 +436,18 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
         let admin_listen = parse_addr("admin.listen", raw.admin.listen.as_deref(), "127.0.0.1:0")?;
+        use ferry_gateway::access::Mode;
+        let access_log = match raw.telemetry.access_log.as_deref() {
+            None | Some("failures") => Mode::Failures,
+            Some("all") => Mode::All,
+            Some("off") => Mode::Off,
+            Some(other) => {
+                return Err(invalid(
+                    "telemetry.access_log",
+                    format!("`{other}` is not a setting; use failures (the default: refusals and failed calls), all, or off"),
+                ))
+            }
+        };
         let dns = DnsConfig {
             enabled: raw.dns.enabled.unwrap_or(true),
             listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
@@ -526,6 +548,7 @@ impl Config {
             gateway_idle_timeout,
             dns,
             admin_listen,
+            access_log,
             limits,
             vip_quarantine,
             services,

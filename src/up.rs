@@ -43,6 +43,7 @@ pub async fn control(cfg: Config) -> anyhow::Result<()> {
 
 /// `ferry gateway`.
 pub async fn gateway(cfg: Config) -> anyhow::Result<()> {
+    ferry_gateway::access::set_mode(cfg.access_log);
     admin::expect(Role::Gateway);
     admin::start(&cfg, Role::Gateway).await?;
     until_stopped(roles::gateway::run(cfg)).await
@@ -50,6 +51,7 @@ pub async fn gateway(cfg: Config) -> anyhow::Result<()> {
 
 /// `ferry node`: on SIGTERM it stops listening and drains open connections.
 pub async fn node(cfg: Config) -> anyhow::Result<()> {
+    ferry_gateway::access::set_mode(cfg.access_log);
     admin::expect(Role::Node);
     admin::start(&cfg, Role::Node).await?;
     roles::node::run(cfg, shutdown_signal()).await
@@ -64,6 +66,7 @@ pub async fn dns(cfg: Config) -> anyhow::Result<()> {
 
 /// `ferry up`: every role of the cluster in this process.
 pub async fn up(cfg: Config) -> anyhow::Result<()> {
+    ferry_gateway::access::set_mode(cfg.access_log);
     for role in [Role::Control, Role::Gateway, Role::Node] {
         admin::expect(role);
     }

@@ -328,3 +328,77 @@ fn dashboard_metrics() -> std::collections::BTreeSet<String> {
     }
     names
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_name_the_call_and_refusals_are_logged_by_default() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.85.0.0/16");
+    let west_def = mesh.cluster("west", "127.86.0.0/16");
+    // East logs every call; west keeps the default (refusals and failures only).
+    east_def.append_config("\n[telemetry]\naccess_log = \"all\"\n");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let echo = Echo::start().await;
+    west_def.add_exported_echo(&echo);
+    link(&east_def, &west_def);
+    east_def.wait_imported("echo.shop", "west").await;
+    let vip = east_def.vip("echo.shop", 7000);
+    assert_eq!(echo_roundtrip(vip, b"hello").await.unwrap(), b"hello");
+
+    let line = |def: &ClusterDef, needle: &[&str]| {
+        def.log()
+            .lines()
+            .find(|l| l.contains("access") && needle.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+    };
+    let east = east_def.clone();
+    wait_for("east's access line", Duration::from_secs(10), || {
+        let east = east.clone();
+        async move {
+            line(
+                &east,
+                &["kind=\"tcp\"", "direction=\"outbound\"", "destination=west"],
+            )
+            .is_some()
+        }
+    })
+    .await;
+    let got = line(&east_def, &["kind=\"tcp\"", "direction=\"outbound\""]).unwrap();
+    for field in [
+        "service=echo.shop",
+        "sent=5",
+        "received=5",
+        "result=\"ok\"",
+        "duration_ms=",
+    ] {
+        assert!(got.contains(field), "{field} missing: {got}");
+    }
+    // West served it fine: no line at the default setting.
+    assert!(
+        line(&west_def, &["result=\"ok\""]).is_none(),
+        "{}",
+        west_def.log()
+    );
+
+    // A refusal at west's gateway is logged there by default, with the caller's identity.
+    let node = east_def.node_client().await;
+    let west: ferry_federation::ClusterId = "west".parse().unwrap();
+    let refused = node
+        .open(
+            &west,
+            &west_def.gateways(),
+            &tunnel_header("secret.shop", "tcp", None),
+        )
+        .await;
+    assert!(refused.is_err());
+    let west = west_def.clone();
+    wait_for("west's refusal line", Duration::from_secs(10), || {
+        let west = west.clone();
+        async move { line(&west, &["direction=\"inbound\"", "result=\"not_exported\""]).is_some() }
+    })
+    .await;
+    let got = line(&west_def, &["result=\"not_exported\""]).unwrap();
+    // The caller as its certificate names it: a node of east.
+    assert!(got.contains("source=node ") && got.contains(" of east"), "{got}");
+    assert!(got.contains("service=secret.shop"), "{got}");
+}

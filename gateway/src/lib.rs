@@ -1,6 +1,7 @@
 //! Ferry's gateway: the QUIC endpoint that links clusters, with mutual TLS between SPIFFE
 //! identities ([`pki`] makes and reads certificates, [`tls`] builds the rustls/quinn configs).
 
+pub mod access;
 pub mod dial;
 pub mod join;
 pub mod link;

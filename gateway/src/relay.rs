@@ -33,18 +33,41 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// Where a relay counts the bytes it moves, as they move: `a_to_b` what it read from its
 /// first stream (the caller's side), `b_to_a` what it read from the second. Counters are
 /// the `metrics` handles of the caller's labels; [`Meter::default`] counts nowhere.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Meter {
-    pub a_to_b: metrics::Counter,
-    pub b_to_a: metrics::Counter,
+    pub a_to_b: Arc<Count>,
+    pub b_to_a: Arc<Count>,
 }
 
-impl Default for Meter {
-    fn default() -> Meter {
-        Meter {
-            a_to_b: metrics::Counter::noop(),
-            b_to_a: metrics::Counter::noop(),
+/// Bytes one direction moved: added to a shared counter (all connections of the same
+/// labels) and to this connection's own tally (for its access log line).
+pub struct Count {
+    counter: metrics::Counter,
+    tally: AtomicU64,
+}
+
+impl Default for Count {
+    fn default() -> Count {
+        Count::new(metrics::Counter::noop())
+    }
+}
+
+impl Count {
+    pub fn new(counter: metrics::Counter) -> Count {
+        Count {
+            counter,
+            tally: AtomicU64::new(0),
         }
+    }
+
+    pub fn add(&self, n: u64) {
+        self.counter.increment(n);
+        self.tally.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// What this connection moved so far.
+    pub fn total(&self) -> u64 {
+        self.tally.load(Ordering::Relaxed)
     }
 }
 
@@ -57,9 +80,9 @@ impl Default for Meter {
 /// snapshot knows, never raw input.
 pub struct TcpMetrics {
     /// Bytes from the caller toward the service.
-    pub sent: metrics::Counter,
+    pub sent: Arc<Count>,
     /// Bytes from the service back to the caller.
-    pub received: metrics::Counter,
+    pub received: Arc<Count>,
     closed: metrics::Counter,
     open: metrics::Gauge,
 }
@@ -81,8 +104,14 @@ impl TcpMetrics {
         let open = metrics::gauge!("ferry_tcp_connections_open", &labels);
         open.increment(1.0);
         TcpMetrics {
-            sent: metrics::counter!("ferry_tcp_sent_bytes_total", &labels),
-            received: metrics::counter!("ferry_tcp_received_bytes_total", &labels),
+            sent: Arc::new(Count::new(metrics::counter!(
+                "ferry_tcp_sent_bytes_total",
+                &labels
+            ))),
+            received: Arc::new(Count::new(metrics::counter!(
+                "ferry_tcp_received_bytes_total",
+                &labels
+            ))),
             closed: metrics::counter!("ferry_tcp_connections_closed_total", &labels),
             open,
         }
@@ -265,7 +294,7 @@ impl Activity {
 struct Tracked<'a, S: ?Sized> {
     inner: &'a mut S,
     activity: Activity,
-    read: &'a metrics::Counter,
+    read: &'a Count,
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
@@ -278,7 +307,7 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Tracked<'_, S> {
         let poll = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
-            self.read.increment((buf.filled().len() - before) as u64);
+            self.read.add((buf.filled().len() - before) as u64);
         }
         poll
     }

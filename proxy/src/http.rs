@@ -90,7 +90,13 @@ async fn handle(
     grpc: bool,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let method = req.method().clone();
+    let asked = Asked {
+        peer,
+        method: &method,
+        started: Instant::now(),
+        grpc,
+    };
     let snapshot = shared.snapshots.borrow().clone();
     let local = &snapshot.cluster;
     let routed = if snapshot.policies.iter().any(|p| !p.routes.is_empty()) {
@@ -111,7 +117,7 @@ async fn handle(
         Ok(routed) => routed,
         Err(Unrouted::Plan(NoRoute::NoHealthyEndpoints(service))) => {
             let outcome = Err(ProxyError::NoHealthyEndpoint);
-            return finish(&shared, local, None, &service, grpc, started, outcome);
+            return finish(&shared, local, None, &service, &asked, outcome);
         }
         Err(Unrouted::Plan(e)) => {
             tracing::warn!(%addr, reason = %e, "no route");
@@ -120,7 +126,7 @@ async fn handle(
         Err(Unrouted::Policy(service, e)) => {
             tracing::warn!(%service, reason = %e, "no route under the service's policy");
             let outcome = Err(ProxyError::NoAllowedEndpoint);
-            return finish(&shared, local, None, &service, grpc, started, outcome);
+            return finish(&shared, local, None, &service, &asked, outcome);
         }
     };
     let policy = snapshot.policy(&route.service);
@@ -141,7 +147,7 @@ async fn handle(
         .order(&route.service, &decision, Instant::now());
     if hops.is_empty() {
         let outcome = Err(ProxyError::CircuitOpen);
-        return finish(&shared, local, None, &route.service, grpc, started, outcome);
+        return finish(&shared, local, None, &route.service, &asked, outcome);
     }
     let call = forward(&shared, &route, policy, hops, request, body, grpc);
     let (hop, outcome) = match policy.and_then(|p| p.timeout) {
@@ -152,15 +158,7 @@ async fn handle(
         None => call.await,
     };
     let service = &route.service;
-    finish(
-        &shared,
-        local,
-        hop.as_ref(),
-        service,
-        grpc,
-        started,
-        outcome,
-    )
+    finish(&shared, local, hop.as_ref(), service, &asked, outcome)
 }
 
 /// The parts of a request kept to send it again.
@@ -485,16 +483,25 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     ok.then_some((trace, flags))
 }
 
-/// Records the request's metrics and turns the outcome into the application's answer.
+/// The request a [`finish`] reports on: who sent it, how, and when it arrived.
+struct Asked<'a> {
+    peer: SocketAddr,
+    method: &'a Method,
+    started: Instant,
+    grpc: bool,
+}
+
+/// Records the request's metrics and access log line, and turns the outcome into the
+/// application's answer.
 fn finish(
     shared: &Shared,
     local: &ClusterId,
     hop: Option<&Hop>,
     service: &ServiceName,
-    grpc: bool,
-    started: Instant,
+    asked: &Asked<'_>,
     outcome: Result<Response<Body>, ProxyError>,
 ) -> Response<Body> {
+    let (grpc, started) = (asked.grpc, asked.started);
     let destination = match hop {
         Some(Hop::Local(_)) => Some(local),
         Some(Hop::Remote { cluster, .. }) => Some(cluster),
@@ -525,6 +532,16 @@ fn finish(
         result,
     };
     shared.requests.record(&outcome, started.elapsed());
+    ferry_gateway::access::http(&ferry_gateway::access::HttpCall {
+        source: &asked.peer,
+        service,
+        destination: &destination.map_or("-".to_string(), ToString::to_string),
+        method: asked.method.as_str(),
+        status: outcome.status,
+        grpc_status,
+        duration: started.elapsed(),
+        result,
+    });
     response
 }
 

@@ -21,6 +21,7 @@ use ferry_gateway::tunnel::TunnelClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 mod balance;
 mod http;
@@ -236,15 +237,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
             Ok((client, peer)) => {
                 let shared = shared.clone();
                 let protocol = port_protocol(&shared.snapshots.borrow(), addr);
-                tokio::spawn(async move {
-                    match protocol {
-                        Some(Protocol::Http) => {
-                            http::serve(shared, client, addr, peer, false).await
+                // One span per proxied connection: what it was made to, and by whom.
+                let span = tracing::info_span!("proxy", vip = %addr, client = %peer);
+                tokio::spawn(
+                    async move {
+                        match protocol {
+                            Some(Protocol::Http) => {
+                                http::serve(shared, client, addr, peer, false).await
+                            }
+                            Some(Protocol::Grpc) => {
+                                http::serve(shared, client, addr, peer, true).await
+                            }
+                            _ => tcp::handle(shared, client, addr).await,
                         }
-                        Some(Protocol::Grpc) => http::serve(shared, client, addr, peer, true).await,
-                        _ => tcp::handle(shared, client, addr).await,
                     }
-                });
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "accept failed");

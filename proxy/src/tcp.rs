@@ -26,12 +26,80 @@ fn relay_ended(end: RelayEnd) {
 }
 
 /// Drops the client connection with a TCP reset, so the application sees a refusal.
-fn reset(client: TcpStream) {
+fn reset(client: TcpStream, call: Call) -> Call {
     let _ = client.set_zero_linger();
     drop(client);
+    call
 }
 
-pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) {
+/// One client connection, with its access log line.
+pub(super) async fn handle(shared: Arc<Shared>, client: TcpStream, addr: SocketAddr) {
+    let started = Instant::now();
+    let source = client
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let call = route_and_relay(shared, client, addr).await;
+    let (sent, received) = call
+        .metrics
+        .as_ref()
+        .map_or((0, 0), |m| (m.sent.total(), m.received.total()));
+    ferry_gateway::access::tcp(&ferry_gateway::access::TcpCall {
+        direction: "outbound",
+        source: &source,
+        service: &call.service.as_deref().unwrap_or("-"),
+        destination: &call.destination.as_deref().unwrap_or("-"),
+        sent,
+        received,
+        duration: started.elapsed(),
+        result: call.result,
+    });
+}
+
+/// How one connection went, for its access log line.
+struct Call {
+    service: Option<String>,
+    destination: Option<String>,
+    metrics: Option<TcpMetrics>,
+    result: &'static str,
+}
+
+impl Call {
+    fn ended(result: &'static str) -> Call {
+        Call {
+            service: None,
+            destination: None,
+            metrics: None,
+            result,
+        }
+    }
+
+    fn of(mut self, service: &impl ToString) -> Call {
+        self.service = Some(service.to_string());
+        self
+    }
+}
+
+fn relayed(
+    end: RelayEnd,
+    service: &impl ToString,
+    destination: &impl ToString,
+    m: TcpMetrics,
+) -> Call {
+    let result = match &end {
+        RelayEnd::Done(..) => "ok",
+        RelayEnd::Idle => "idle",
+        RelayEnd::Failed(_) => "failed",
+    };
+    relay_ended(end);
+    Call {
+        service: Some(service.to_string()),
+        destination: Some(destination.to_string()),
+        metrics: Some(m),
+        result,
+    }
+}
+
+async fn route_and_relay(shared: Arc<Shared>, mut client: TcpStream, addr: SocketAddr) -> Call {
     let _active = Active::new(&shared);
     let _ = client.set_nodelay(true);
     let snapshot = shared.snapshots.borrow().clone();
@@ -43,12 +111,12 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
         Err(Unrouted::Plan(e)) => {
             metrics::counter!("ferry_proxy_connections_total", "result" => "no_route").increment(1);
             tracing::warn!(%addr, reason = %e, "no route");
-            return reset(client);
+            return reset(client, Call::ended("no_route"));
         }
         Err(Unrouted::Policy(service, e)) => {
             metrics::counter!("ferry_proxy_connections_total", "result" => "policy").increment(1);
             tracing::warn!(%service, reason = %e, "no route under the service's policy");
-            return reset(client);
+            return reset(client, Call::ended("policy").of(&service));
         }
     };
     // The caller's bytes a remote attempt took before its status: replayed if another
@@ -60,7 +128,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
     if hops.is_empty() {
         metrics::counter!("ferry_proxy_connections_total", "result" => "circuit_open").increment(1);
         tracing::warn!(service = %route.service, "every endpoint is at its in-flight limit");
-        return reset(client);
+        return reset(client, Call::ended("circuit_open").of(&route.service));
     }
     for hop in hops {
         let attempt = shared.balancer.start(&route.service, &hop, Instant::now());
@@ -69,17 +137,16 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                 Ok(mut upstream) => {
                     attempt.answered(Instant::now());
                     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-                        return reset(client);
+                        return reset(client, Call::ended("failed").of(&route.service));
                     }
                     metrics::counter!("ferry_proxy_connections_total", "result" => "local")
                         .increment(1);
                     let local = &snapshot.cluster;
                     let m = TcpMetrics::open("outbound", &route.service, local, local);
-                    m.sent.increment(early.len() as u64);
-                    relay_ended(
-                        relay_tcp(&mut client, &mut upstream, shared.idle, &m.caller_first()).await,
-                    );
-                    return;
+                    m.sent.add(early.len() as u64);
+                    let end =
+                        relay_tcp(&mut client, &mut upstream, shared.idle, &m.caller_first()).await;
+                    return relayed(end, &route.service, local, m);
                 }
                 Err(e) => {
                     attempt.failed(Instant::now());
@@ -105,12 +172,12 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                         let (local, service) = (&snapshot.cluster, &route.service);
                         let m = TcpMetrics::open("outbound", service, local, &cluster);
                         // What went with the tunnel header is the caller's too.
-                        m.sent.increment(early.len() as u64);
+                        m.sent.add(early.len() as u64);
                         let meter = m.caller_first();
-                        let relayed =
-                            relay_quic(&mut client, &mut send, &mut recv, shared.idle, &meter);
-                        relay_ended(relayed.await);
-                        return;
+                        let end =
+                            relay_quic(&mut client, &mut send, &mut recv, shared.idle, &meter)
+                                .await;
+                        return relayed(end, service, &cluster, m);
                     }
                     Err(e) if e.try_next_cluster() => {
                         attempt.failed(Instant::now());
@@ -128,7 +195,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
                         metrics::counter!("ferry_proxy_connections_total", "result" => result)
                             .increment(1);
                         tracing::warn!(service = %route.service, error = %e, "call failed");
-                        return reset(client);
+                        return reset(client, Call::ended(result).of(&route.service));
                     }
                 }
             }
@@ -136,5 +203,5 @@ pub(super) async fn handle(shared: Arc<Shared>, mut client: TcpStream, addr: Soc
     }
     metrics::counter!("ferry_proxy_connections_total", "result" => "unreachable").increment(1);
     tracing::warn!(service = %route.service, "no endpoint answered");
-    reset(client)
+    reset(client, Call::ended("unreachable").of(&route.service))
 }

@@ -20,7 +20,7 @@ pub(super) async fn tcp_to_quic(
     mut from: ReadHalf<'_>,
     to: &mut quinn::SendStream,
     activity: &Activity,
-    counted: &metrics::Counter,
+    counted: &super::Count,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
@@ -37,7 +37,7 @@ pub(super) async fn tcp_to_quic(
             return Ok(total);
         }
         activity.touch();
-        counted.increment(n as u64);
+        counted.add(n as u64);
         to.write_chunk(buf.split().freeze()).await?;
         total += n as u64;
     }
@@ -49,7 +49,7 @@ pub(super) async fn quic_to_tcp(
     from: &mut quinn::RecvStream,
     mut to: WriteHalf<'_>,
     activity: &Activity,
-    counted: &metrics::Counter,
+    counted: &super::Count,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut chunks: [Bytes; CHUNKS] = std::array::from_fn(|_| Bytes::new());
@@ -59,7 +59,7 @@ pub(super) async fn quic_to_tcp(
             return Ok(total);
         };
         activity.touch();
-        counted.increment(chunks[..n].iter().map(|c| c.len() as u64).sum());
+        counted.add(chunks[..n].iter().map(|c| c.len() as u64).sum());
         let mut pending = &mut chunks[..n];
         while !pending.is_empty() {
             let slices: Vec<IoSlice<'_>> = pending.iter().map(|c| IoSlice::new(c)).collect();

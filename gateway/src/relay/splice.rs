@@ -67,7 +67,7 @@ pub(super) async fn one_way(
     mut to: WriteHalf<'_>,
     pipe: &Pipe,
     activity: &Activity,
-    counted: &metrics::Counter,
+    counted: &super::Count,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = vec![0u8; SMALL];
@@ -77,7 +77,7 @@ pub(super) async fn one_way(
             let filled = splice_in(from.as_ref(), pipe).await?;
             if filled > 0 {
                 activity.touch();
-                counted.increment(filled as u64);
+                counted.add(filled as u64);
                 splice_out(pipe, to.as_ref(), filled).await?;
             }
             bulk = filled >= SMALL;
@@ -86,7 +86,7 @@ pub(super) async fn one_way(
             let n = from.read(&mut buf).await?;
             if n > 0 {
                 activity.touch();
-                counted.increment(n as u64);
+                counted.add(n as u64);
                 to.write_all(&buf[..n]).await?;
             }
             bulk = n == buf.len();

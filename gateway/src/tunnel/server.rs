@@ -11,6 +11,7 @@ use crate::relay::RelayEnd;
 use ferry_federation::{admit, revoked, Identity, Refusal, TunnelHeader, TunnelStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tracing::Instrument as _;
 
 use super::HEADER_TIMEOUT;
 use crate::server::Shared;
@@ -30,7 +31,14 @@ pub(crate) async fn serve_connection(
             Ok((send, recv)) => {
                 let shared = shared.clone();
                 let caller = caller.clone();
-                tokio::spawn(async move { serve_stream(shared, send, recv, &caller).await });
+                let span = tracing::info_span!(
+                    "stream",
+                    caller = %caller,
+                    service = tracing::field::Empty
+                );
+                tokio::spawn(
+                    async move { serve_stream(shared, send, recv, &caller).await }.instrument(span),
+                );
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "tunnel connection ended");
@@ -64,14 +72,33 @@ async fn refuse(
     refusal: Refusal,
 ) {
     metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str()).increment(1);
-    match header {
-        Some(h) => tracing::warn!(
-            caller = %caller, service = %h.service, port = %h.port,
-            endpoint = h.endpoint.as_ref().map_or("", |e| e.as_str()),
-            reason = refusal.as_str(), "tunnel stream refused"
-        ),
-        None => {
-            tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
+    if crate::access::enabled(false) {
+        // The caller's service name is only echoed once admission could read it.
+        let service: &dyn std::fmt::Display = match header {
+            Some(h) => &h.service,
+            None => &"-",
+        };
+        crate::access::tcp(&crate::access::TcpCall {
+            direction: "inbound",
+            source: caller,
+            service,
+            destination: &"-",
+            sent: 0,
+            received: 0,
+            duration: std::time::Duration::ZERO,
+            result: refusal.as_str(),
+        });
+    } else {
+        // Access logs are off: a refusal still says why, once.
+        match header {
+            Some(h) => tracing::warn!(
+                caller = %caller, service = %h.service, port = %h.port,
+                endpoint = h.endpoint.as_ref().map_or("", |e| e.as_str()),
+                reason = refusal.as_str(), "tunnel stream refused"
+            ),
+            None => {
+                tracing::warn!(caller = %caller, reason = refusal.as_str(), "tunnel stream refused")
+            }
         }
     }
     let _ = send
@@ -91,11 +118,13 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     caller: &Identity,
 ) {
+    let started = std::time::Instant::now();
     let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(h)) => h,
         Ok(Err(r)) => return refuse(send, recv, caller, None, r).await,
         Err(_) => return refuse(send, recv, caller, None, Refusal::BadHeader).await,
     };
+    tracing::Span::current().record("service", tracing::field::display(&header.service));
     let snapshot = shared.snapshot();
     let endpoints = match admit(&snapshot, caller, &header, shared.next_pick()) {
         Ok(e) => e,
@@ -141,19 +170,24 @@ async fn serve_stream(
         &snapshot.cluster,
     );
     // The caller's bytes that came with the header went to the endpoint above.
-    tcp_metrics.sent.increment(early.len() as u64);
+    tcp_metrics.sent.add(early.len() as u64);
     let meter = tcp_metrics.service_first();
     let mut recv = recv;
     // The stream lives only while what admitted it holds: an unexport or a link removal
     // cuts it at the next snapshot, not when the transfer happens to end.
     let mut snapshots = shared.snapshots.clone();
-    let cut = {
+    let (cut, ended) = {
         let relay =
             crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle, &meter);
         tokio::pin!(relay);
         loop {
             tokio::select! {
                 done = &mut relay => {
+                    let result = match &done {
+                        RelayEnd::Done(..) => "ok",
+                        RelayEnd::Idle => "idle",
+                        RelayEnd::Failed(_) => "failed",
+                    };
                     match done {
                         RelayEnd::Done(up, down) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
                         RelayEnd::Failed(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
@@ -162,22 +196,33 @@ async fn serve_stream(
                             tracing::debug!(service = %header.service, "tunnel stream idle; closed");
                         }
                     }
-                    break None;
+                    break (None, result);
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         // The snapshot source is gone (shutting down): finish the transfer.
                         let _ = (&mut relay).await;
-                        break None;
+                        break (None, "ok");
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
                     if let Some(refusal) = revoked(&snapshot, caller, &header) {
-                        break Some(refusal);
+                        break (Some(refusal), "cut");
                     }
                 }
             }
         }
     };
+    let result = cut.map_or(ended, |refusal| refusal.as_str());
+    crate::access::tcp(&crate::access::TcpCall {
+        direction: "inbound",
+        source: caller,
+        service: &header.service,
+        destination: &snapshot.cluster,
+        sent: tcp_metrics.sent.total(),
+        received: tcp_metrics.received.total(),
+        duration: started.elapsed(),
+        result,
+    });
     if let Some(refusal) = cut {
         tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
         metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str())
