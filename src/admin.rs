@@ -144,6 +144,7 @@ pub async fn start(cfg: &Config, role: Role) -> anyhow::Result<SocketAddr> {
         )
     })?;
     let bound = listener.local_addr()?;
+    ferry_gateway::guard::protect(bound);
     record_addr(&cfg.data_dir, role, bound);
     tracing::info!(addr = %bound, role = role.as_str(), "admin listener: /metrics /ready /live");
     tokio::spawn(serve(listener));
@@ -160,6 +161,20 @@ fn record_addr(data_dir: &Path, role: Role, addr: SocketAddr) {
     if let Err(e) = written {
         tracing::warn!(error = %e, path = %path.display(), "could not record the admin address");
     }
+}
+
+/// Every admin listener of this cluster a service endpoint must not be: the addresses the
+/// roles recorded, and those the config fixes.
+pub fn listeners(cfg: &Config) -> Vec<(Role, SocketAddr)> {
+    let mut all = recorded(&cfg.data_dir);
+    if cfg.admin_listen.port() != 0 {
+        for role in Role::ALL {
+            if let Ok(addr) = listen_addr(cfg, role) {
+                all.push((role, addr));
+            }
+        }
+    }
+    all
 }
 
 /// The admin addresses recorded in `data_dir`, by role.

@@ -109,6 +109,11 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
     assert!(sample(&east, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(sample(&east, "process_open_fds", &[]) > 0.0);
 
+    // The admin listener is on loopback only, never on a VIP.
+    let admin_port = east_def.admin_addr("up").await.port();
+    let on_vip = std::net::SocketAddr::new(vip.ip(), admin_port);
+    assert!(tokio::net::TcpStream::connect(on_vip).await.is_err(), "{on_vip} answers");
+
     // `ferry status` says where the admin listener and DNS are, and how the links stand.
     let status = east_def.status();
     let admin = east_def.admin_addr("up").await.to_string();
@@ -226,6 +231,25 @@ async fn every_role_serves_live_ready_and_metrics() {
         );
         assert_eq!(get_raw(addr, "/nothing").await.map(|r| r.0), Some(404));
     }
+    // No service may send the mesh's calls to an admin listener: refused, with why.
+    let control_admin = def.admin_addr("control").await.to_string();
+    let out = def.cli(&[
+        "service",
+        "add",
+        "metrics.sys",
+        "--port",
+        "http=80/http",
+        "--endpoint",
+        &control_admin,
+        "--export",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("admin listener"),
+        "{err}"
+    );
+    assert!(def.service("metrics.sys").is_none());
+
     // The DNS role counts what it answers, by type and code.
     let dns = def.dns_addr().await;
     let before = def.scrape("dns").await;
@@ -399,6 +423,9 @@ async fn access_logs_name_the_call_and_refusals_are_logged_by_default() {
     .await;
     let got = line(&west_def, &["result=\"not_exported\""]).unwrap();
     // The caller as its certificate names it: a node of east.
-    assert!(got.contains("source=node ") && got.contains(" of east"), "{got}");
+    assert!(
+        got.contains("source=node ") && got.contains(" of east"),
+        "{got}"
+    );
     assert!(got.contains("service=secret.shop"), "{got}");
 }

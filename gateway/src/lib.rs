@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod dial;
+pub mod guard;
 pub mod join;
 pub mod link;
 pub mod pki;

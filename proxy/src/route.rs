@@ -81,6 +81,12 @@ const LOCAL_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Connects to a local endpoint, with no delay on small writes; a timeout is
 /// `ErrorKind::TimedOut`. Shared by the TCP and HTTP handlers.
 pub(crate) async fn connect_local(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    if ferry_gateway::guard::is_protected(addr) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the endpoint is this process's admin listener; never proxied to",
+        ));
+    }
     let tcp = tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;

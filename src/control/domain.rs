@@ -41,6 +41,32 @@ pub enum ControlError {
     Pki(#[from] pki::PkiError),
 }
 
+/// Refuses a service whose endpoint is one of this cluster's admin listeners: the mesh
+/// must never carry a call (from a VIP or a peer) to `/metrics` and its kind.
+pub fn not_an_admin_listener(
+    cfg: &crate::config::Config,
+    spec: &ferry_federation::ServiceSpec,
+) -> Result<(), ControlError> {
+    let listeners = crate::admin::listeners(cfg);
+    let addrs: Vec<std::net::SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+    for endpoint in &spec.endpoints {
+        for port in &spec.ports {
+            let target = endpoint.target(port);
+            if ferry_gateway::guard::covers(&addrs, target) {
+                let role = listeners
+                    .iter()
+                    .find(|(_, a)| ferry_gateway::guard::covers(&[*a], target))
+                    .map_or("a", |(r, _)| r.as_str());
+                return Err(ControlError::Invalid(format!(
+                    "endpoint {target} of {} is the {role} role's admin listener (/metrics, /ready, /live), which the mesh never proxies to; give the service its own address",
+                    spec.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What `service add` did.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AddOutcome {
@@ -80,6 +106,7 @@ impl ControlPlane {
     ) -> Result<AddOutcome, ControlError> {
         let name = spec.name.clone();
         self.not_declared(&name, "service add")?;
+        not_an_admin_listener(&self.cfg, &spec)?;
         let previous = self.store.services()?.remove(&name);
         let exported_at_ms = match &previous {
             Some(old) if old.exported && export => old.exported_at_ms,

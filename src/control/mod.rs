@@ -158,6 +158,10 @@ impl ControlPlane {
     /// Opens the store, loads the CA, applies the services declared in the config.
     pub fn open(cfg: Config) -> anyhow::Result<Arc<ControlPlane>> {
         let trust = ClusterTrust::load(&cfg)?;
+        for declared in &cfg.services {
+            domain::not_an_admin_listener(&cfg, &declared.spec)
+                .map_err(|e| anyhow::anyhow!("[[service]] {}: {e}", declared.spec.name))?;
+        }
         let store = Store::open(&cfg.data_dir)?;
         apply_declared(&cfg, &store)?;
         policies::apply_declared_policies(&cfg, &store)?;

@@ -132,6 +132,10 @@ async fn serve_stream(
     };
     let mut upstream = None;
     for addr in endpoints {
+        if crate::guard::is_protected(addr) {
+            tracing::warn!(%addr, service = %header.service, "endpoint is this process's admin listener; never proxied to");
+            continue;
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 upstream = Some(s);
