@@ -89,6 +89,7 @@ struct RawGateway {
 #[serde(deny_unknown_fields)]
 struct RawTelemetry {
     access_log: Option<String>,
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +174,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Which proxied calls get an access log line (`[telemetry] access_log`).
     pub access_log: ferry_gateway::access::Mode,
+    /// Where spans are exported over OTLP/gRPC (`[telemetry] otlp_endpoint`), if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// What each linked peer may make this cluster hold.
     pub limits: ImportLimits,
     /// How long a VIP whose name went away is kept from every other name.
@@ -448,6 +451,16 @@ impl Config {
                 ))
             }
         };
+        let otlp_endpoint = match raw.telemetry.otlp_endpoint {
+            None => None,
+            Some(e) if e.starts_with("http://") && e.len() > "http://".len() => Some(e),
+            Some(e) => {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    format!("`{e}` is not an OTLP/gRPC address; expected http://host:port, e.g. http://127.0.0.1:4317 (a local collector; TLS is not supported)"),
+                ))
+            }
+        };
         let dns = DnsConfig {
             enabled: raw.dns.enabled.unwrap_or(true),
             listen: parse_addr("dns.listen", raw.dns.listen.as_deref(), "127.0.0.1:0")?,
@@ -549,6 +562,7 @@ impl Config {
             dns,
             admin_listen,
             access_log,
+            otlp_endpoint,
             limits,
             vip_quarantine,
             services,

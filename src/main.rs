@@ -74,6 +74,18 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The name of the role a command runs (for the spans' resource).
+fn role_name(command: &Command) -> &'static str {
+    match command {
+        Command::Up => "up",
+        Command::Control => "control",
+        Command::Gateway => "gateway",
+        Command::Node => "node",
+        Command::Dns => "dns",
+        _ => "cli",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(
@@ -86,11 +98,6 @@ fn main() -> ExitCode {
             | Command::SampleHttp { .. }
     );
     let default_filter = if quiet { "warn" } else { "info" };
-    if let Err(e) = ferry::telemetry::init(cli.log_level.as_deref(), default_filter, cli.log_format)
-    {
-        eprintln!("ferry: error: {e}");
-        return ExitCode::from(2);
-    }
     if !quiet {
         // Everything a running cluster creates (sockets, the store, data and token
         // directories, address files) is owner-only from the moment it exists.
@@ -115,7 +122,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // A role exports spans when its config names a collector (the exporter needs the
+    // runtime); a config that does not load is reported by the role itself.
+    let export = (!quiet)
+        .then(|| load_config(&cli).ok())
+        .flatten()
+        .and_then(|cfg| {
+            Some(ferry::telemetry::Export {
+                endpoint: cfg.otlp_endpoint.clone()?,
+                cluster: cfg.cluster.to_string(),
+                role: role_name(&cli.command).to_string(),
+            })
+        });
+    let initialized = {
+        let _in_runtime = runtime.enter();
+        ferry::telemetry::init(
+            cli.log_level.as_deref(),
+            default_filter,
+            cli.log_format,
+            export.as_ref(),
+        )
+    };
+    if let Err(e) = initialized {
+        eprintln!("ferry: error: {e}");
+        return ExitCode::from(2);
+    }
+    let outcome = runtime.block_on(async {
+        let outcome = run(cli).await;
+        ferry::telemetry::flush().await;
+        outcome
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: error: {e:#}");

@@ -84,12 +84,74 @@ pub struct BadFilter {
 /// Installs the log subscriber and the metrics recorder (idempotent). The filter is
 /// `level` when given, else `RUST_LOG`, else `default_filter`; colours only when standard
 /// error is a terminal.
+/// Where and as what spans are exported (OTLP/gRPC).
+pub struct Export {
+    pub endpoint: String,
+    /// This cluster (resource attribute `ferry.cluster`).
+    pub cluster: String,
+    /// The role of this process (resource attribute `ferry.role`).
+    pub role: String,
+}
+
+static PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// How often batched spans leave for the collector.
+const EXPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn tracer(export: &Export) -> Result<opentelemetry_sdk::trace::SdkTracer, BadFilter> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(&export.endpoint)
+        .with_timeout(std::time::Duration::from_secs(3))
+        .build()
+        .map_err(|e| BadFilter {
+            filter: format!("telemetry.otlp_endpoint {}", export.endpoint),
+            reason: e.to_string(),
+        })?;
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_scheduled_delay(EXPORT_EVERY)
+                .build(),
+        )
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("ferry")
+        .with_attributes([
+            opentelemetry::KeyValue::new("ferry.cluster", export.cluster.clone()),
+            opentelemetry::KeyValue::new("ferry.role", export.role.clone()),
+        ])
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("ferry");
+    let _ = PROVIDER.set(provider);
+    Ok(tracer)
+}
+
+/// Sends the spans still batched (on the way out); at most a couple of seconds.
+pub async fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let flushed = tokio::task::spawn_blocking(|| {
+            let _ = provider.force_flush();
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), flushed).await;
+    }
+}
+
 pub fn init(
     level: Option<&str>,
     default_filter: &str,
     format: crate::cli::LogFormat,
+    export: Option<&Export>,
 ) -> Result<(), BadFilter> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::try_new(level).map_err(|e| BadFilter {
@@ -100,19 +162,26 @@ pub fn init(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter))
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Spans go to the collector when one is configured (the same filter applies).
+    let otel = match export {
+        Some(export) => Some(tracing_opentelemetry::layer().with_tracer(tracer(export)?)),
+        None => None,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
-        crate::cli::LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        crate::cli::LogFormat::Text => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
             .try_init(),
-        crate::cli::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        crate::cli::LogFormat::Json => registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init(),
     };
     HANDLE.get_or_init(|| {

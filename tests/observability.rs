@@ -112,7 +112,10 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
     // The admin listener is on loopback only, never on a VIP.
     let admin_port = east_def.admin_addr("up").await.port();
     let on_vip = std::net::SocketAddr::new(vip.ip(), admin_port);
-    assert!(tokio::net::TcpStream::connect(on_vip).await.is_err(), "{on_vip} answers");
+    assert!(
+        tokio::net::TcpStream::connect(on_vip).await.is_err(),
+        "{on_vip} answers"
+    );
 
     // `ferry status` says where the admin listener and DNS are, and how the links stand.
     let status = east_def.status();

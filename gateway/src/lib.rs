@@ -10,4 +10,5 @@ pub mod pki;
 pub mod relay;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;

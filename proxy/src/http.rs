@@ -27,6 +27,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tracing::Instrument as _;
 
 use super::{Active, Shared};
 use crate::metrics::Outcome;
@@ -68,7 +69,17 @@ pub(super) async fn serve(
     let _ = client.set_nodelay(true);
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
+        // One span per request, continuing the caller's trace.
+        let span = tracing::info_span!("request", method = %req.method());
+        if let Some(parent) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            ferry_gateway::trace::continue_trace(&span, parent);
+        }
         async move { Ok::<_, Infallible>(handle(shared, addr, peer, grpc, req).await) }
+            .instrument(span)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if grpc {
@@ -426,7 +437,12 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
-    headers.insert("traceparent", traceparent(parent));
+    // The request's own span when spans are exported; else a new span id under the
+    // caller's trace (or a new trace).
+    let value = ferry_gateway::trace::current_traceparent()
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+        .unwrap_or_else(|| traceparent(parent));
+    headers.insert("traceparent", value);
     let xff = HeaderName::from_static("x-forwarded-for");
     let ip = peer.ip().to_string();
     let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {

@@ -70,7 +70,8 @@ pub(crate) fn tunnel_header(
         port: port.clone(),
         cluster: Some(cluster.clone()),
         hops: 0,
-        traceparent: None,
+        // The gateway's span continues the caller's trace (when spans are exported).
+        traceparent: ferry_gateway::trace::current_traceparent(),
         endpoint: endpoint.clone(),
     }
 }

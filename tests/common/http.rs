@@ -128,10 +128,21 @@ async fn answer(
 /// One GET of `path` on a new connection to `addr`, as a client that knows nothing of
 /// the mesh: (status, body), or `None` when the connection fails or no answer comes in 3 s.
 pub async fn get_raw(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_with_headers(addr, path, &[]).await
+}
+
+/// [`get_raw`] with extra header lines (`name: value`).
+pub async fn get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[&str],
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let attempt = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nhost: mesh\r\nconnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nhost: mesh\r\n{extra}connection: close\r\n\r\n");
         conn.write_all(request.as_bytes()).await.ok()?;
         let mut out = Vec::new();
         conn.read_to_end(&mut out).await.ok()?;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use ferry_federation::{ClusterId, Refusal, TunnelHeader, TunnelStatus, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -185,7 +186,12 @@ impl TunnelClient {
             addr,
             cause,
         };
+        // A pooled connection outlives the call that dialled it: its span (and quinn's, made
+        // under it) must not hang from that call's span, or the call's span would stay
+        // open, and unexported, for as long as the connection lives.
+        let span = tracing::info_span!(parent: None, "tunnel", %cluster, %addr);
         let conn = dial(&self.endpoint, config, addr, dial_timeout)
+            .instrument(span)
             .await
             .map_err(|e| unreachable(Unreachable::Dial(e)))?;
         metrics::counter!("ferry_tunnel_connections_total").increment(1);

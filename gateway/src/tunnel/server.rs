@@ -31,14 +31,7 @@ pub(crate) async fn serve_connection(
             Ok((send, recv)) => {
                 let shared = shared.clone();
                 let caller = caller.clone();
-                let span = tracing::info_span!(
-                    "stream",
-                    caller = %caller,
-                    service = tracing::field::Empty
-                );
-                tokio::spawn(
-                    async move { serve_stream(shared, send, recv, &caller).await }.instrument(span),
-                );
+                tokio::spawn(async move { serve_stream(shared, send, recv, caller).await });
             }
             Err(e) => {
                 tracing::debug!(reason = %e, "tunnel connection ended");
@@ -112,23 +105,68 @@ async fn refuse(
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
 }
 
+/// One tunnel stream: its header, then the rest in a span that continues the caller's
+/// trace (the header's `traceparent`).
 async fn serve_stream(
     shared: Arc<Shared>,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    caller: &Identity,
+    caller: Arc<Identity>,
 ) {
     let started = std::time::Instant::now();
+    let caller = &*caller;
     let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(h)) => h,
         Ok(Err(r)) => return refuse(send, recv, caller, None, r).await,
         Err(_) => return refuse(send, recv, caller, None, Refusal::BadHeader).await,
     };
-    tracing::Span::current().record("service", tracing::field::display(&header.service));
+    let span = tracing::info_span!("stream", caller = %caller, service = %header.service);
+    if let Some(traceparent) = &header.traceparent {
+        crate::trace::continue_trace(&span, traceparent);
+    }
+    // The span covers admission up to the status: a pooled stream may carry calls for
+    // minutes, and a span open that long would reach the collector only at its end.
+    let admitted = admit_and_connect(&shared, send, recv, caller, &header, &early)
+        .instrument(span)
+        .await;
+    if let Some((send, recv, tcp, snapshot)) = admitted {
+        relay_admitted(
+            &shared,
+            send,
+            recv,
+            tcp,
+            &snapshot,
+            caller,
+            &header,
+            early.len(),
+            started,
+        )
+        .await;
+    }
+}
+
+/// Admits the stream, connects to an endpoint and answers the status; `None` when the
+/// stream was refused or went away.
+async fn admit_and_connect(
+    shared: &Arc<Shared>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    caller: &Identity,
+    header: &TunnelHeader,
+    early: &[u8],
+) -> Option<(
+    quinn::SendStream,
+    quinn::RecvStream,
+    TcpStream,
+    Arc<ferry_federation::MeshSnapshot>,
+)> {
     let snapshot = shared.snapshot();
-    let endpoints = match admit(&snapshot, caller, &header, shared.next_pick()) {
+    let endpoints = match admit(&snapshot, caller, header, shared.next_pick()) {
         Ok(e) => e,
-        Err(r) => return refuse(send, recv, caller, Some(&header), r).await,
+        Err(r) => {
+            refuse(send, recv, caller, Some(header), r).await;
+            return None;
+        }
     };
     let mut upstream = None;
     for addr in endpoints {
@@ -151,16 +189,34 @@ async fn serve_stream(
             Some(_) => Refusal::EndpointUnhealthy,
             None => Refusal::NoEndpoints,
         };
-        return refuse(send, recv, caller, Some(&header), refusal).await;
+        refuse(send, recv, caller, Some(header), refusal).await;
+        return None;
     };
     let _ = tcp.set_nodelay(true);
     let mut send = send;
     if send.write_all(&TunnelStatus::Ok.encode()).await.is_err() {
-        return;
+        return None;
     }
-    if !early.is_empty() && tcp.write_all(&early).await.is_err() {
-        return;
+    if !early.is_empty() && tcp.write_all(early).await.is_err() {
+        return None;
     }
+    Some((send, recv, tcp, snapshot))
+}
+
+/// Relays an admitted stream until it ends or is no longer admitted, then writes its
+/// access log line.
+#[allow(clippy::too_many_arguments)]
+async fn relay_admitted(
+    shared: &Arc<Shared>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    mut tcp: TcpStream,
+    snapshot: &ferry_federation::MeshSnapshot,
+    caller: &Identity,
+    header: &TunnelHeader,
+    early: usize,
+    started: std::time::Instant,
+) {
     metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
     let active = metrics::gauge!("ferry_gateway_streams_active");
     active.increment(1.0);
@@ -174,7 +230,7 @@ async fn serve_stream(
         &snapshot.cluster,
     );
     // The caller's bytes that came with the header went to the endpoint above.
-    tcp_metrics.sent.add(early.len() as u64);
+    tcp_metrics.sent.add(early as u64);
     let meter = tcp_metrics.service_first();
     let mut recv = recv;
     // The stream lives only while what admitted it holds: an unexport or a link removal
@@ -209,7 +265,7 @@ async fn serve_stream(
                         break (None, "ok");
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
-                    if let Some(refusal) = revoked(&snapshot, caller, &header) {
+                    if let Some(refusal) = revoked(&snapshot, caller, header) {
                         break (Some(refusal), "cut");
                     }
                 }

@@ -1,0 +1,28 @@
+//! W3C trace context across the mesh: a span continues the caller's trace from its
+//! `traceparent`, and a call leaving this process carries the current span's. Spans reach a
+//! collector only when the process exports them (`[telemetry] otlp_endpoint`); without an
+//! exporter, [`current_traceparent`] is `None` and callers fall back to passing on (or
+//! starting) the header themselves.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Makes `span` a child of the trace `traceparent` names (ignored when malformed). Must be
+/// called before the span is first entered.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    let mut carrier = HashMap::with_capacity(1);
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(parent);
+}
+
+/// The `traceparent` of the current span, when spans are exported.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = HashMap::with_capacity(1);
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
