@@ -75,10 +75,11 @@ const REQUEST_BUCKETS: &[f64] = &[
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid log filter `{filter}`: {reason}; use a level (error, warn, info, debug, trace) or targets like `ferry_proxy=debug,info`")]
-pub struct BadFilter {
-    filter: String,
-    reason: String,
+pub enum BadFilter {
+    #[error("invalid log filter `{filter}`: {reason}; use a level (error, warn, info, debug, trace) or targets like `ferry_proxy=debug,info`")]
+    Filter { filter: String, reason: String },
+    #[error("cannot export spans to telemetry.otlp_endpoint {endpoint}: {reason}; give an http://host:port OTLP/gRPC address")]
+    Exporter { endpoint: String, reason: String },
 }
 
 /// Installs the log subscriber and the metrics recorder (idempotent). The filter is
@@ -106,8 +107,8 @@ fn tracer(export: &Export) -> Result<opentelemetry_sdk::trace::SdkTracer, BadFil
         .with_endpoint(&export.endpoint)
         .with_timeout(std::time::Duration::from_secs(3))
         .build()
-        .map_err(|e| BadFilter {
-            filter: format!("telemetry.otlp_endpoint {}", export.endpoint),
+        .map_err(|e| BadFilter::Exporter {
+            endpoint: export.endpoint.clone(),
             reason: e.to_string(),
         })?;
     let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
@@ -154,7 +155,7 @@ pub fn init(
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::EnvFilter;
     let filter = match level {
-        Some(level) => EnvFilter::try_new(level).map_err(|e| BadFilter {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| BadFilter::Filter {
             filter: level.to_string(),
             reason: e.to_string(),
         })?,

@@ -78,7 +78,8 @@ pub fn tcp(call: &TcpCall<'_>) {
 pub struct HttpCall<'a> {
     pub source: &'a dyn std::fmt::Display,
     pub service: &'a dyn std::fmt::Display,
-    pub destination: &'a dyn std::fmt::Display,
+    /// The cluster that answered; `None` when none did.
+    pub destination: Option<&'a dyn std::fmt::Display>,
     pub method: &'a str,
     pub status: u16,
     pub grpc_status: Option<u8>,
@@ -101,7 +102,7 @@ pub fn http(call: &HttpCall<'_>) {
         direction = "outbound",
         source = %call.source,
         service = %call.service,
-        destination = %call.destination,
+        destination = %Or(call.destination),
         method = call.method,
         status = call.status,
         grpc_status = call.grpc_status.map(u64::from),
@@ -109,4 +110,16 @@ pub fn http(call: &HttpCall<'_>) {
         result = call.result,
         "access"
     );
+}
+
+/// A value, or `-` when there is none.
+struct Or<'a>(Option<&'a dyn std::fmt::Display>);
+
+impl std::fmt::Display for Or<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }

@@ -551,7 +551,7 @@ fn finish(
     ferry_gateway::access::http(&ferry_gateway::access::HttpCall {
         source: &asked.peer,
         service,
-        destination: &destination.map_or("-".to_string(), ToString::to_string),
+        destination: destination.map(|d| d as &dyn std::fmt::Display),
         method: asked.method.as_str(),
         status: outcome.status,
         grpc_status,

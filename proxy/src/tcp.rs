@@ -35,9 +35,7 @@ fn reset(client: TcpStream, call: Call) -> Call {
 /// One client connection, with its access log line.
 pub(super) async fn handle(shared: Arc<Shared>, client: TcpStream, addr: SocketAddr) {
     let started = Instant::now();
-    let source = client
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let source = client.peer_addr().ok();
     let call = route_and_relay(shared, client, addr).await;
     let (sent, received) = call
         .metrics
@@ -45,7 +43,10 @@ pub(super) async fn handle(shared: Arc<Shared>, client: TcpStream, addr: SocketA
         .map_or((0, 0), |m| (m.sent.total(), m.received.total()));
     ferry_gateway::access::tcp(&ferry_gateway::access::TcpCall {
         direction: "outbound",
-        source: &source,
+        source: match &source {
+            Some(s) => s,
+            None => &"unknown",
+        },
         service: &call.service.as_deref().unwrap_or("-"),
         destination: &call.destination.as_deref().unwrap_or("-"),
         sent,
