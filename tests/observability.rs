@@ -119,6 +119,34 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
 
     // `ferry status` says where the admin listener and DNS are, and how the links stand.
     let status = east_def.status();
+    let mut fields: Vec<&str> = status
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "admin",
+            "bundle_fingerprint",
+            "cluster",
+            "dns",
+            "exports",
+            "gateways",
+            "imports",
+            "links",
+            "links_up",
+            "listen_errors",
+            "metrics",
+            "services",
+            "snapshot_version",
+            "trust_domain",
+            "without_vip"
+        ],
+        "the status JSON's fields are stable"
+    );
     let admin = east_def.admin_addr("up").await.to_string();
     assert_eq!(status["admin"][0]["role"], "up", "{status}");
     assert_eq!(status["admin"][0]["addr"], admin.as_str());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_federation::traffic::OutlierConfig;
-use ferry_federation::{MeshSnapshot, Protocol};
+use ferry_federation::{MeshSnapshot, Protocol, ServiceName};
 use ferry_gateway::tunnel::TunnelClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -219,16 +219,14 @@ fn listen_addrs(snapshot: &MeshSnapshot) -> HashSet<SocketAddr> {
         .collect()
 }
 
-/// The protocol of the port behind `addr` (a service VIP or an endpoint VIP).
-fn port_protocol(snapshot: &MeshSnapshot, addr: SocketAddr) -> Option<Protocol> {
+/// The service and the protocol of the port behind `addr` (a service VIP or an endpoint
+/// VIP).
+fn port_of(snapshot: &MeshSnapshot, addr: SocketAddr) -> Option<(ServiceName, Protocol)> {
     let service = snapshot
         .by_vip(addr.ip())
         .or_else(|| snapshot.by_endpoint_vip(addr.ip()).map(|(s, _)| s))?;
-    service
-        .ports
-        .iter()
-        .find(|p| p.port == addr.port())
-        .map(|p| p.protocol)
+    let port = service.ports.iter().find(|p| p.port == addr.port())?;
+    Some((service.name.clone(), port.protocol))
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
@@ -236,9 +234,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
         match listener.accept().await {
             Ok((client, peer)) => {
                 let shared = shared.clone();
-                let protocol = port_protocol(&shared.snapshots.borrow(), addr);
-                // One span per proxied connection: what it was made to, and by whom.
-                let span = tracing::info_span!("proxy", vip = %addr, client = %peer);
+                let port = port_of(&shared.snapshots.borrow(), addr);
+                // One span per proxied connection: the service it was made to, and by whom.
+                let span = match &port {
+                    Some((service, _)) => {
+                        tracing::info_span!("proxy", %service, vip = %addr, client = %peer)
+                    }
+                    None => tracing::info_span!("proxy", vip = %addr, client = %peer),
+                };
+                let protocol = port.map(|(_, p)| p);
                 tokio::spawn(
                     async move {
                         match protocol {
