@@ -131,6 +131,7 @@ fn tracer(export: &Export) -> Result<opentelemetry_sdk::trace::SdkTracer, BadFil
         .build();
     let tracer = provider.tracer("ferry");
     let _ = PROVIDER.set(provider);
+    ferry_gateway::trace::set_exporting();
     Ok(tracer)
 }
 

@@ -5,14 +5,30 @@
 //! starting) the header themselves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Says this process exports spans (set once the exporter is installed); until then the
+/// functions below cost nothing on the request path.
+pub fn set_exporting() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Makes `span` a child of the trace `traceparent` names (ignored when malformed). Must be
 /// called before the span is first entered.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    if !exporting() {
+        return;
+    }
     let mut carrier = HashMap::with_capacity(1);
     carrier.insert("traceparent".to_string(), traceparent.to_string());
     let parent = TraceContextPropagator::new().extract(&carrier);
@@ -21,6 +37,9 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
 
 /// The `traceparent` of the current span, when spans are exported.
 pub fn current_traceparent() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
     let cx = tracing::Span::current().context();
     let mut carrier = HashMap::with_capacity(1);
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
