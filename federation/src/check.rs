@@ -127,6 +127,22 @@ pub struct Facts<'a> {
 struct Findings(Vec<Finding>);
 
 impl Findings {
+    /// A check that passes when it found no `problems`, and fails naming them otherwise.
+    fn none_of(
+        &mut self,
+        group: Group,
+        code: &str,
+        problems: &[String],
+        ok: String,
+        failed: impl FnOnce(&[String]) -> String,
+        fix: &str,
+    ) {
+        match problems.is_empty() {
+            true => self.push(group, code, Status::Ok, ok, fix),
+            false => self.push(group, code, Status::Fail, failed(problems), fix),
+        }
+    }
+
     fn push(&mut self, group: Group, code: &str, status: Status, detail: String, fix: &str) {
         let fix = match status {
             Status::Ok => String::new(),
@@ -302,23 +318,19 @@ fn services(facts: &Facts<'_>, f: &mut Findings) {
         })
         .map(|s| s.name.to_string())
         .collect();
-    f.push(
+    f.none_of(
         Group::Services,
         "FERRY301",
-        if dead.is_empty() {
-            Status::Ok
-        } else {
-            Status::Fail
-        },
-        match dead.is_empty() {
-            true => format!(
-                "{} imported services have a healthy endpoint",
-                imports.len()
-            ),
-            false => format!(
+        &dead,
+        format!(
+            "{} imported services have a healthy endpoint",
+            imports.len()
+        ),
+        |dead| {
+            format!(
                 "imported services with no healthy endpoint anywhere: {}",
                 dead.join(", ")
-            ),
+            )
         },
         "check the endpoints in the exporting clusters (`ferry services` there shows their health)",
     );
@@ -327,36 +339,20 @@ fn services(facts: &Facts<'_>, f: &mut Findings) {
         .iter()
         .flat_map(|s| s.conflicts.iter().map(move |c| format!("{} ({c})", s.name)))
         .collect();
-    f.push(
+    f.none_of(
         Group::Services,
         "FERRY302",
-        if conflicts.is_empty() {
-            Status::Ok
-        } else {
-            Status::Fail
-        },
-        match conflicts.is_empty() {
-            true => "no import conflicts".into(),
-            false => format!("exports not merged: {}", conflicts.join("; ")),
-        },
+        &conflicts,
+        "no import conflicts".into(),
+        |c| format!("exports not merged: {}", c.join("; ")),
         "make the exporting clusters declare the service with the same ports and kind",
     );
-    f.push(
+    f.none_of(
         Group::Services,
         "FERRY303",
-        if facts.without_vip.is_empty() {
-            Status::Ok
-        } else {
-            Status::Fail
-        },
-        match facts.without_vip.is_empty() {
-            true => "every name has a VIP".into(),
-            false => format!(
-                "{} names have no VIP (first: {})",
-                facts.without_vip.len(),
-                facts.without_vip[0]
-            ),
-        },
+        &facts.without_vip,
+        "every name has a VIP".into(),
+        |names| format!("{} names have no VIP (first: {})", names.len(), names[0]),
         "widen control.vip_range",
     );
     let (status, detail) = match &facts.dns {
@@ -374,21 +370,12 @@ fn services(facts: &Facts<'_>, f: &mut Findings) {
 }
 
 fn data_plane(facts: &Facts<'_>, f: &mut Findings) {
-    f.push(
+    f.none_of(
         Group::DataPlane,
         "FERRY401",
-        if facts.listen_failures.is_empty() {
-            Status::Ok
-        } else {
-            Status::Fail
-        },
-        match facts.listen_failures.is_empty() {
-            true => "every VIP listener is bound".into(),
-            false => format!(
-                "VIP listeners not bound: {}",
-                facts.listen_failures.join("; ")
-            ),
-        },
+        &facts.listen_failures,
+        "every VIP listener is bound".into(),
+        |failures| format!("VIP listeners not bound: {}", failures.join("; ")),
         "free the address (another process holds it) or move control.vip_range",
     );
     let current = facts.snapshot.version;
@@ -399,17 +386,12 @@ fn data_plane(facts: &Facts<'_>, f: &mut Findings) {
         .filter(|r| r.version != current && settled)
         .map(|r| format!("{} at {} (current {current})", r.role, r.version))
         .collect();
-    f.push(
+    f.none_of(
         Group::DataPlane,
         "FERRY402",
-        if behind.is_empty() { Status::Ok } else { Status::Fail },
-        match behind.is_empty() {
-            true => format!(
-                "{} roles on snapshot {current}",
-                facts.role_versions.len()
-            ),
-            false => format!("roles behind the control plane: {}", behind.join(", ")),
-        },
+        &behind,
+        format!("{} roles on snapshot {current}", facts.role_versions.len()),
+        |behind| format!("roles behind the control plane: {}", behind.join(", ")),
         "check that those roles reach the control plane's watch socket; restart them if they stay behind",
     );
     let gateways = &facts.snapshot.gateways;
