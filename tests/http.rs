@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::http::HttpBackend;
+use common::http::{add_web, HttpBackend};
 use common::*;
 use serde_json::Value;
 
@@ -57,24 +57,6 @@ fn curl(args: &[&str]) -> Answer {
 
 fn url(vip: SocketAddr, path: &str) -> String {
     format!("http://{vip}{path}")
-}
-
-fn add_web(def: &ClusterDef, backends: &[&HttpBackend], export: bool) {
-    let mut args = vec![
-        "service".to_string(),
-        "add".into(),
-        "web.shop".into(),
-        "--port".into(),
-        "http=8080/http".into(),
-    ];
-    for b in backends {
-        args.push("--endpoint".into());
-        args.push(b.addr.to_string());
-    }
-    if export {
-        args.push("--export".into());
-    }
-    def.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// `web.shop` with a local backend "east" in `east_def` and an exported one "west" in

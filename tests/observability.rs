@@ -169,16 +169,7 @@ async fn metrics_count_cross_cluster_traffic_and_promtool_accepts_them() {
     // An HTTP call and a DNS query, so every family the dashboard reads has samples; then
     // every metric the dashboard in deploy/ queries is served by one of the clusters.
     let web = common::http::HttpBackend::start("west", false).await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "web.shop",
-        "--port",
-        "http=8080/http",
-        "--endpoint",
-        &web.addr.to_string(),
-        "--export",
-    ]);
+    common::http::add_web(&west_def, &[&web], true);
     east_def.wait_imported("web.shop", "west").await;
     let web_vip = east_def.vip("web.shop", 8080);
     assert_eq!(

@@ -71,16 +71,7 @@ async fn one_cross_cluster_call_is_one_trace_with_spans_from_both_clusters() {
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     let web = common::http::HttpBackend::start("west", false).await;
-    west_def.cli_ok(&[
-        "service",
-        "add",
-        "web.shop",
-        "--port",
-        "http=8080/http",
-        "--endpoint",
-        &web.addr.to_string(),
-        "--export",
-    ]);
+    common::http::add_web(&west_def, &[&web], true);
     link(&east_def, &west_def);
     east_def.wait_imported("web.shop", "west").await;
     let vip = east_def.vip("web.shop", 8080);

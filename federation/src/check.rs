@@ -158,8 +158,15 @@ impl Findings {
     }
 }
 
-fn days_left(now: i64, v: &Validity) -> i64 {
-    (v.not_after - now).div_euclid(86_400)
+/// Whole days a CA has left, and whether that is enough ([`CA_MIN_DAYS`]).
+fn remaining(now: i64, v: &Validity) -> (i64, Status) {
+    let days = (v.not_after - now).div_euclid(86_400);
+    let status = if days < CA_MIN_DAYS {
+        Status::Fail
+    } else {
+        Status::Ok
+    };
+    (days, status)
 }
 
 /// Judges `facts`: findings in group order, every check present (ok ones included).
@@ -188,12 +195,7 @@ fn trust(facts: &Facts<'_>, f: &mut Findings) {
             "reissue the cluster CA with `ferry trust issue` (it writes bundle.crt)",
         ),
         Some(root) => {
-            let days = days_left(now, root);
-            let status = if days < CA_MIN_DAYS {
-                Status::Fail
-            } else {
-                Status::Ok
-            };
+            let (days, status) = remaining(now, root);
             f.push(
                 Group::Trust,
                 "FERRY101",
@@ -203,12 +205,7 @@ fn trust(facts: &Facts<'_>, f: &mut Findings) {
             );
         }
     }
-    let days = days_left(now, &facts.cluster_ca);
-    let status = if days < CA_MIN_DAYS {
-        Status::Fail
-    } else {
-        Status::Ok
-    };
+    let (days, status) = remaining(now, &facts.cluster_ca);
     f.push(
         Group::Trust,
         "FERRY102",

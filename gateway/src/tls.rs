@@ -396,16 +396,19 @@ pub fn peer_fingerprints(conn: &quinn::Connection) -> Option<(String, String)> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())?;
-    let hex = |der: &[u8]| {
-        ring::digest::digest(&ring::digest::SHA256, der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let leaf = hex(certs.first()?);
-    let issuer = certs.get(1).map(|c| hex(c)).unwrap_or_default();
+    let leaf = sha256_hex(certs.first()?);
+    let issuer = certs.get(1).map(|c| sha256_hex(c)).unwrap_or_default();
     Some((leaf, issuer))
+}
+
+/// The SHA-256 of a certificate's DER, in lowercase hex: how certificates are named in
+/// `ferry link status`.
+pub fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Concurrent tunnel streams one connection may hold open.

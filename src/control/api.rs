@@ -381,11 +381,7 @@ impl Control for ControlApi {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        let local_ca = ring::digest::digest(&ring::digest::SHA256, self.cp.trust.ca.cert_der())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let local_ca = ferry_gateway::tls::sha256_hex(self.cp.trust.ca.cert_der());
         let bundle = fingerprint_hex(&self.cp.trust.fingerprint);
         let exported = snapshot.services.iter().filter(|s| s.exported).count() as u32;
         let links = links

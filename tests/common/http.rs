@@ -166,3 +166,22 @@ pub async fn served_by(addr: SocketAddr) -> Option<String> {
     let json: serde_json::Value = serde_json::from_str(&body).ok()?;
     json["name"].as_str().map(str::to_string)
 }
+
+/// Adds `web.shop` (port `http=8080/http`) backed by `backends` to `def`, exported or not.
+pub fn add_web(def: &super::ClusterDef, backends: &[&HttpBackend], export: bool) {
+    let mut args = vec![
+        "service".to_string(),
+        "add".into(),
+        "web.shop".into(),
+        "--port".into(),
+        "http=8080/http".into(),
+    ];
+    for b in backends {
+        args.push("--endpoint".into());
+        args.push(b.addr.to_string());
+    }
+    if export {
+        args.push("--export".into());
+    }
+    def.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
