@@ -190,6 +190,40 @@ async fn http1_and_h2c_cross_clusters_with_the_trace_and_streamed_bodies() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(west.served() - before, 3, "{text}");
     assert!(text.matches("\"name\":\"west\"").count() == 3, "{text}");
+
+    // West's gateway served each request, not a byte stream: every request east sent
+    // there is one inbound request at west (7 above, though they rode fewer, pooled
+    // tunnel streams), and no inbound TCP connection is counted for the HTTP port.
+    let (east_metrics, west_metrics) = (east_def.scrape("up").await, west_def.scrape("up").await);
+    let sent = common::sample(
+        &east_metrics,
+        "ferry_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("service", "web.shop"),
+            ("destination_cluster", "west"),
+            ("status_code", "200"),
+        ],
+    );
+    let served = common::sample(
+        &west_metrics,
+        "ferry_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("service", "web.shop"),
+            ("source_cluster", "east"),
+            ("destination_cluster", "west"),
+            ("status_code", "200"),
+            ("result", "ok"),
+        ],
+    );
+    assert_eq!((sent, served), (7.0, 7.0), "{west_metrics}");
+    let streams = common::sample(
+        &west_metrics,
+        "ferry_tcp_connections_opened_total",
+        &[("direction", "inbound"), ("service", "web.shop")],
+    );
+    assert_eq!(streams, 0.0, "{west_metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

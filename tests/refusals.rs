@@ -305,3 +305,123 @@ async fn early_bytes_refused_by_one_cluster_are_replayed_to_the_next() {
     assert_eq!(back, b"first bytes and the rest");
     assert_eq!(echo.accepted(), 1);
 }
+
+/// A linked peer on a stream of HTTP requests (what its node proxies open for `http`
+/// ports) is served request by request, and still only the service the stream was admitted
+/// for: a `Host` or an absolute URI naming another service changes nothing, bytes that are
+/// not HTTP get a 400 and the end of that stream only, and an unexport cuts the open stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_an_http_stream_reaches_only_what_the_stream_was_admitted_for() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.63.0.0/16");
+    let west_def = mesh.cluster("west", "127.64.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    let web = common::http::HttpBackend::start("web", false).await;
+    let secret = common::http::HttpBackend::start("secret", false).await;
+    common::http::add_web(&west_def, &[&web], true);
+    west_def.cli_ok(&[
+        "service",
+        "add",
+        "secret.shop",
+        "--port",
+        "http=8080/http",
+        "--endpoint",
+        &secret.addr.to_string(),
+    ]);
+    link(&east_def, &west_def);
+    east_def.wait_imported("web.shop", "west").await;
+    let (west, west_gw) = ("west".parse().unwrap(), west_def.gateways());
+    let peer = east_def.node_client().await;
+    let mut http = header("web.shop", "http");
+    http.carries = ferry_federation::Carries::Http;
+
+    let (mut send, mut recv) = peer.open(&west, &west_gw, &http).await.unwrap();
+    for request in [
+        "GET /a HTTP/1.1\r\nhost: secret.shop\r\n\r\n",
+        "GET http://secret.shop:8080/b HTTP/1.1\r\nhost: secret.shop\r\n\r\n",
+    ] {
+        send.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut recv).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"name\":\"web\""), "{answer}");
+    }
+    assert_eq!((web.served(), secret.served()), (2, 0));
+
+    // Not HTTP: a 400 and the end of this stream; the gateway goes on serving others.
+    let (mut bad_send, mut bad_recv) = peer.open(&west, &west_gw, &http).await.unwrap();
+    bad_send
+        .write_all(b"\x16\x03\x01 not a request\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        AsyncReadExt::read_to_end(&mut bad_recv, &mut answer),
+    )
+    .await
+    .expect("the gateway ends a stream that does not speak HTTP");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    send.write_all(b"GET /c HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut recv).await.starts_with("HTTP/1.1 200"));
+
+    // Unexported while the stream is open: the stream is cut within 2 s.
+    west_def.cli_ok(&["unexport", "web.shop"]);
+    let cut = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match recv.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the open HTTP stream outlived the unexport");
+    let refused = peer.open(&west, &west_gw, &http).await;
+    assert!(
+        matches!(
+            refused,
+            Err(TunnelError::Refused {
+                refusal: Refusal::NotExported,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(secret.served(), 0);
+}
+
+/// One HTTP/1.1 response with a `content-length` body, read from a tunnel stream.
+async fn read_response(recv: &mut quinn::RecvStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => got.extend_from_slice(&buf[..n]),
+            other => panic!("no whole response: {other:?}; so far {text:?}"),
+        }
+    }
+}

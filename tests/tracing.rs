@@ -76,29 +76,81 @@ async fn one_cross_cluster_call_is_one_trace_with_spans_from_both_clusters() {
     east_def.wait_imported("web.shop", "west").await;
     let vip = east_def.vip("web.shop", 8080);
 
-    // The client's trace: its span is the node proxy's parent.
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let client_span = "00f067aa0ba902b7";
-    let (status, _) = common::http::get_with_headers(
-        vip,
-        "/",
-        &[&format!("traceparent: 00-{trace}-{client_span}-01")],
-    )
-    .await
-    .expect("the call answers");
-    assert_eq!(status, 200);
+    // Two calls, each in its own client trace; the second rides the tunnel stream the
+    // first one opened (the node proxy pools it), so only the gateway's per-request span
+    // can put west into its trace.
+    let traces = [
+        ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+        ("5c0a1f3577b34da6a3ce929d0e0e4799", "11f067aa0ba902c8"),
+    ];
+    for (trace, client_span) in traces {
+        let (status, _) = common::http::get_with_headers(
+            vip,
+            "/",
+            &[&format!("traceparent: 00-{trace}-{client_span}-01")],
+        )
+        .await
+        .expect("the call answers");
+        assert_eq!(status, 200);
+    }
+    for (i, (trace, client_span)) in traces.into_iter().enumerate() {
+        let of_trace = wait_for_both_clusters(&receiver, trace, &east_def).await;
+        // East's request span is the client span's child; west's request span is a child
+        // of a span in east; every span is called ferry.
+        let request = of_trace
+            .iter()
+            .find(|s| s["cluster"] == "east" && s["name"] == "request")
+            .unwrap_or_else(|| panic!("no request span in east: {of_trace:#?}"));
+        assert_eq!(request["parent_span_id"], client_span);
+        let east_ids: Vec<&serde_json::Value> = of_trace
+            .iter()
+            .filter(|s| s["cluster"] == "east")
+            .map(|s| &s["span_id"])
+            .collect();
+        let west_request = of_trace
+            .iter()
+            .find(|s| s["cluster"] == "west" && s["name"] == "request")
+            .unwrap_or_else(|| panic!("call {i}: no request span in west: {of_trace:#?}"));
+        assert!(
+            east_ids.contains(&&west_request["parent_span_id"]),
+            "call {i}: {of_trace:#?}"
+        );
+        if i == 0 {
+            // The call that opened the stream also has west's stream (admission) span.
+            let stream = of_trace
+                .iter()
+                .find(|s| s["cluster"] == "west" && s["name"] == "stream")
+                .unwrap_or_else(|| panic!("no stream span in west: {of_trace:#?}"));
+            assert!(
+                east_ids.contains(&&stream["parent_span_id"]),
+                "{of_trace:#?}"
+            );
+        }
+        assert!(of_trace.iter().all(|s| s["service"] == "ferry"));
+    }
+}
 
+/// The spans of `trace` once both clusters have sent some (fails after 20 s).
+async fn wait_for_both_clusters(
+    receiver: &Receiver,
+    trace: &str,
+    east_def: &common::ClusterDef,
+) -> Vec<serde_json::Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let of_trace: Vec<_> = spans(&receiver)
+        let of_trace: Vec<_> = spans(receiver)
             .into_iter()
             .filter(|s| s["trace_id"] == trace)
             .collect();
-        let from = |c: &str| of_trace.iter().any(|s| s["cluster"] == c);
+        let from = |c: &str| {
+            of_trace
+                .iter()
+                .any(|s| s["cluster"] == c && s["name"] == "request")
+        };
         if from("east") && from("west") {
-            break;
+            return of_trace;
         }
-        let received: Vec<String> = spans(&receiver)
+        let received: Vec<String> = spans(receiver)
             .iter()
             .map(|s| {
                 format!(
@@ -109,36 +161,11 @@ async fn one_cross_cluster_call_is_one_trace_with_spans_from_both_clusters() {
             .collect();
         assert!(
             std::time::Instant::now() < deadline,
-            "no spans of the call from both clusters in 20 s; received: {received:#?}\nraw: {:?} {:?}\neast config:\n{}",
+            "no request spans of trace {trace} from both clusters in 20 s; received: {received:#?}\nraw: {:?} {:?}\neast config:\n{}",
             std::fs::read_to_string(&receiver.out),
             receiver.out,
             std::fs::read_to_string(&east_def.config).unwrap()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let of_trace: Vec<_> = spans(&receiver)
-        .into_iter()
-        .filter(|s| s["trace_id"] == trace)
-        .collect();
-    // East's request span is the client span's child; west's stream span is a child of a
-    // span in east; every span is called ferry.
-    let request = of_trace
-        .iter()
-        .find(|s| s["cluster"] == "east" && s["name"] == "request")
-        .unwrap_or_else(|| panic!("no request span in east: {of_trace:#?}"));
-    assert_eq!(request["parent_span_id"], client_span);
-    let stream = of_trace
-        .iter()
-        .find(|s| s["cluster"] == "west" && s["name"] == "stream")
-        .unwrap_or_else(|| panic!("no stream span in west: {of_trace:#?}"));
-    let east_ids: Vec<&serde_json::Value> = of_trace
-        .iter()
-        .filter(|s| s["cluster"] == "east")
-        .map(|s| &s["span_id"])
-        .collect();
-    assert!(
-        east_ids.contains(&&stream["parent_span_id"]),
-        "{of_trace:#?}"
-    );
-    assert!(of_trace.iter().all(|s| s["service"] == "ferry"));
 }

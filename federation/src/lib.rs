@@ -56,6 +56,6 @@ pub use token::{
     TOKEN_PREFIX,
 };
 pub use wire::{
-    encode_frame, FrameDecoder, GoodbyeReason, JoinMessage, LinkMessage, TunnelHeader,
+    encode_frame, Carries, FrameDecoder, GoodbyeReason, JoinMessage, LinkMessage, TunnelHeader,
     TunnelStatus, WireError, MAX_FRAME, MAX_HEADER, MAX_HOPS,
 };

@@ -28,6 +28,9 @@ const VERSION_1: u8 = 1;
 /// Header naming one endpoint of a headless service: version 1's fields plus the endpoint.
 /// A gateway that only speaks version 1 refuses it instead of ignoring the endpoint.
 const VERSION_2: u8 = 2;
+/// Version 3: version 2's fields (the endpoint may be empty: none), then one byte saying
+/// what the stream carries ([`Carries`]).
+const VERSION_3: u8 = 3;
 
 /// Bytes that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -244,17 +247,32 @@ pub struct TunnelHeader {
     /// The hostname of the one endpoint of a headless service to reach; `None` lets the
     /// gateway pick any healthy endpoint.
     pub endpoint: Option<Label>,
+    /// What the stream carries: bytes to relay, or HTTP requests the gateway may serve one
+    /// by one (a node proxy's `http` or `grpc` port).
+    pub carries: Carries,
+}
+
+/// What a tunnel stream carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Carries {
+    /// Opaque bytes: relayed as they are.
+    #[default]
+    Bytes,
+    /// HTTP/1.1 or HTTP/2 requests from a node proxy's L7 port.
+    Http,
 }
 
 impl TunnelHeader {
     /// Appends the encoded header: `b'F'`, version, hops, then u8-length-prefixed service
     /// name, namespace, port, cluster (0 = none) and traceparent (0 = none). Version 1 ends
     /// there; with an endpoint, the version is 2 and the endpoint's hostname follows
-    /// (never empty).
+    /// (never empty). A stream carrying HTTP is version 3: the endpoint (0 = none), then
+    /// one byte, 1.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let version = match self.endpoint {
-            None => VERSION_1,
-            Some(_) => VERSION_2,
+        let version = match (self.carries, &self.endpoint) {
+            (Carries::Http, _) => VERSION_3,
+            (Carries::Bytes, None) => VERSION_1,
+            (Carries::Bytes, Some(_)) => VERSION_2,
         };
         out.extend_from_slice(&[MAGIC, version, self.hops]);
         put_str(out, self.service.name().as_str());
@@ -267,8 +285,13 @@ impl TunnelHeader {
             .filter(|t| t.len() <= 255 && is_trace_text(t))
             .unwrap_or("");
         put_str(out, trace);
-        if let Some(endpoint) = &self.endpoint {
-            put_str(out, endpoint.as_str());
+        match (version, &self.endpoint) {
+            (VERSION_1, _) => {}
+            (_, Some(endpoint)) => put_str(out, endpoint.as_str()),
+            (_, None) => put_str(out, ""),
+        }
+        if version == VERSION_3 {
+            out.push(CARRIES_HTTP);
         }
     }
 
@@ -287,7 +310,7 @@ impl TunnelHeader {
         };
         let field_count = match version {
             VERSION_1 => 5,
-            VERSION_2 => 6,
+            VERSION_2 | VERSION_3 => 6,
             v => return Err(WireError::UnsupportedVersion(v)),
         };
         let Some(&hops) = buf.get(2) else {
@@ -337,8 +360,26 @@ impl TunnelHeader {
                 Some(t.to_owned())
             }
         };
+        let carries = match version {
+            VERSION_3 => {
+                let Some(&byte) = buf.get(pos) else {
+                    return Ok(None);
+                };
+                pos += 1;
+                match byte {
+                    CARRIES_HTTP => Carries::Http,
+                    _ => {
+                        return Err(WireError::BadField {
+                            field: "carries",
+                            reason: format!("{byte} is not a stream kind this gateway knows"),
+                        })
+                    }
+                }
+            }
+            _ => Carries::Bytes,
+        };
         let endpoint = match (version, endpoint) {
-            (VERSION_1, _) => None,
+            (VERSION_1, _) | (VERSION_3, []) => None,
             (_, []) => {
                 return Err(WireError::BadField {
                     field: "endpoint",
@@ -355,10 +396,14 @@ impl TunnelHeader {
             hops,
             traceparent,
             endpoint,
+            carries,
         };
         Ok(Some((header, pos)))
     }
 }
+
+/// The version 3 byte for a stream of HTTP requests.
+const CARRIES_HTTP: u8 = 1;
 
 fn text<'a>(field: &'static str, b: &'a [u8]) -> Result<&'a str, WireError> {
     std::str::from_utf8(b).map_err(|_| WireError::BadField {

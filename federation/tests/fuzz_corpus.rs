@@ -140,6 +140,7 @@ fn write_seeds() {
         hops: 1,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         endpoint: None,
+        carries: ferry_federation::Carries::Bytes,
     };
     let mut v1 = Vec::new();
     header.encode(&mut v1);
@@ -151,6 +152,12 @@ fn write_seeds() {
     header.encode(&mut v2);
     v2.extend_from_slice(b"payload after the header");
     write("tunnel_header", "v2-with-payload", &v2);
+    header.endpoint = None;
+    header.carries = ferry_federation::Carries::Http;
+    let mut v3 = Vec::new();
+    header.encode(&mut v3);
+    v3.extend_from_slice(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n");
+    write("tunnel_header", "v3-http", &v3);
     write("tunnel_header", "bad-magic", b"GET / HTTP/1.1\r\n");
     write("tunnel_header", "version-9", &[b'F', 9, 0, 1, b'a']);
 

@@ -79,15 +79,20 @@ fn header() -> impl Strategy<Value = TunnelHeader> {
         any::<u8>(),
         proptest::option::of("[!-~]{1,255}"),
         proptest::option::of(hostname()),
+        any::<bool>(),
     )
         .prop_map(
-            |(service, port, cluster, hops, traceparent, endpoint)| TunnelHeader {
+            |(service, port, cluster, hops, traceparent, endpoint, http)| TunnelHeader {
                 service,
                 port: port.parse().unwrap(),
                 cluster,
                 hops,
                 traceparent,
                 endpoint,
+                carries: match http {
+                    true => ferry_federation::Carries::Http,
+                    false => ferry_federation::Carries::Bytes,
+                },
             },
         )
 }

@@ -76,6 +76,8 @@ pub fn tcp(call: &TcpCall<'_>) {
 
 /// One request on an L7 port (no path or query: they may carry secrets).
 pub struct HttpCall<'a> {
+    /// `outbound` at the caller's node proxy, `inbound` at the serving gateway.
+    pub direction: &'static str,
     pub source: &'a dyn std::fmt::Display,
     pub service: &'a dyn std::fmt::Display,
     /// The cluster that answered; `None` when none did.
@@ -99,7 +101,7 @@ pub fn http(call: &HttpCall<'_>) {
     tracing::info!(
         target: "ferry::access",
         kind = "http",
-        direction = "outbound",
+        direction = call.direction,
         source = %call.source,
         service = %call.service,
         destination = %Or(call.destination),

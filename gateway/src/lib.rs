@@ -4,10 +4,12 @@
 pub mod access;
 pub mod dial;
 pub mod guard;
+pub mod http;
 pub mod join;
 pub mod link;
 pub mod pki;
 pub mod relay;
+pub mod requests;
 pub mod server;
 pub mod tls;
 pub mod trace;

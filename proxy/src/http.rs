@@ -12,16 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use ferry_federation::traffic::{
     backoff, may_retry, Attempt as AttemptFacts, Failure, RetryBudget,
 };
-use ferry_federation::{ClusterId, Hop, NoRoute, Plan, ServiceName, TrafficPolicy};
+use ferry_federation::{ClusterId, Hop, NoRoute, Plan, Refusal, ServiceName, TrafficPolicy};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -39,8 +37,8 @@ mod upstream;
 use errors::ProxyError;
 use upstream::{Pool, PooledBody, Proto};
 
-/// Bodies both ways: streamed, never buffered whole.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) use ferry_gateway::http::Body;
+use ferry_gateway::http::{empty_body, is_upgrade, splice_upgraded};
 
 /// Requests that may come back unsent (a pooled connection closed under them) before the
 /// call gives up.
@@ -218,10 +216,7 @@ async fn forward(
     body: Incoming,
     grpc: bool,
 ) -> (Option<Hop>, Result<Response<Body>, ProxyError>) {
-    let proto = match head.version {
-        Version::HTTP_2 => Proto::H2,
-        _ => Proto::H1,
-    };
+    let proto = Proto::of(head.version);
     let empty = body.is_end_stream();
     let facts = AttemptFacts {
         idempotent: grpc
@@ -297,6 +292,17 @@ async fn forward(
                 let response = response.map(|_| empty_body());
                 return (Some(hop.clone()), Ok(response));
             }
+            Ok(response) if empty && not_forwarded(hop, &response) => {
+                // The remote gateway had no endpoint for it: like a hop that cannot be
+                // reached, the next one gets the (bodyless) request, retries untouched.
+                attempt.failed(Instant::now());
+                tracing::debug!(%hop, "the remote gateway had no endpoint; trying the next");
+                failed_to_connect += 1;
+                if failed_to_connect >= hops.len() + retried as usize {
+                    return (Some(hop.clone()), Ok(response.map(|b| b.boxed())));
+                }
+                continue;
+            }
             Ok(response) => {
                 let failure = answer_failure(&response, grpc);
                 match failure {
@@ -351,41 +357,18 @@ async fn forward(
     (None, Err(ProxyError::Unreachable))
 }
 
-/// Whether the application asks to switch protocols (HTTP/1.1 `Connection: upgrade`).
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(http::header::UPGRADE)
-        && req
+/// Whether a remote hop's gateway answered itself that no endpoint there could take the
+/// request (503 with `ferry-error`; a gRPC port answers `UNAVAILABLE` with it): nothing
+/// reached a server.
+fn not_forwarded(hop: &Hop, response: &Response<Incoming>) -> bool {
+    matches!(hop, Hop::Remote { .. })
+        && response
             .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .get(ferry_gateway::http::FERRY_ERROR)
+            .is_some_and(|reason| {
+                reason == Refusal::NoEndpoints.as_str()
+                    || reason == Refusal::EndpointUnhealthy.as_str()
             })
-}
-
-/// Once both sides have switched, moves bytes both ways until either ends.
-async fn splice_upgraded(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    attempt: crate::balance::Attempt,
-) {
-    let _in_flight = attempt;
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let (mut a, mut b) = (TokioIo::new(client), TokioIo::new(upstream));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-    }
-}
-
-fn empty_body() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// What makes an answer a failure to retry on: a 5xx, or gRPC `UNAVAILABLE` in the
@@ -530,15 +513,9 @@ fn finish(
             (e.response(grpc), e.reason())
         }
     };
-    let grpc_status = match grpc {
-        true => response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u8>().ok())
-            .filter(|c| *c <= 16),
-        false => None,
-    };
+    let grpc_status = grpc
+        .then(|| ferry_gateway::http::grpc_status_of(&response))
+        .flatten();
     let outcome = Outcome {
         service,
         source: local,
@@ -549,6 +526,7 @@ fn finish(
     };
     shared.requests.record(&outcome, started.elapsed());
     ferry_gateway::access::http(&ferry_gateway::access::HttpCall {
+        direction: "outbound",
         source: &asked.peer,
         service,
         destination: destination.map(|d| d as &dyn std::fmt::Display),

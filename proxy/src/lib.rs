@@ -88,7 +88,7 @@ impl NodeProxy {
                 pick: AtomicU64::new(0),
                 balancer: Balancer::new(OutlierConfig::default(), u32::MAX),
                 http: http::HttpState::default(),
-                requests: metrics::RequestMetrics::default(),
+                requests: metrics::RequestMetrics::new("outbound"),
                 active: AtomicUsize::new(0),
                 idle: ferry_gateway::server::DEFAULT_RELAY_IDLE,
             }),

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use ferry_federation::traffic::{decide, CallFacts, Decision, Unroutable};
 use ferry_federation::{
-    plan, ClusterId, Hop, Label, MeshSnapshot, NoRoute, Plan, PortName, ServiceName, Target,
-    TunnelHeader,
+    plan, Carries, ClusterId, Hop, Label, MeshSnapshot, NoRoute, Plan, PortName, ServiceName,
+    Target, TunnelHeader,
 };
 
 use super::Shared;
@@ -64,6 +64,7 @@ pub(crate) fn tunnel_header(
     cluster: &ClusterId,
     port: &PortName,
     endpoint: &Option<Label>,
+    carries: Carries,
 ) -> TunnelHeader {
     TunnelHeader {
         service: service.clone(),
@@ -73,6 +74,7 @@ pub(crate) fn tunnel_header(
         // The gateway's span continues the caller's trace (when spans are exported).
         traceparent: ferry_gateway::trace::current_traceparent(),
         endpoint: endpoint.clone(),
+        carries,
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_federation::Hop;
+use ferry_federation::{Carries, Hop};
 use ferry_gateway::relay::{relay_quic, relay_tcp, RelayEnd, TcpMetrics};
 use ferry_gateway::tunnel::TunnelError;
 use std::net::SocketAddr;
@@ -160,7 +160,8 @@ async fn route_and_relay(shared: Arc<Shared>, mut client: TcpStream, addr: Socke
                 gateways,
                 endpoint,
             } => {
-                let header = tunnel_header(&route.service, &cluster, &port, &endpoint);
+                let header =
+                    tunnel_header(&route.service, &cluster, &port, &endpoint, Carries::Bytes);
                 match shared
                     .tunnel
                     .open_pipelined(&cluster, &gateways, &header, &mut client, &mut early)

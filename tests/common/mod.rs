@@ -546,6 +546,7 @@ pub fn tunnel_header(service: &str, port: &str, endpoint: Option<&str>) -> Tunne
         hops: 0,
         traceparent: None,
         endpoint: endpoint.map(|e| e.parse().unwrap()),
+        carries: ferry_federation::Carries::Bytes,
     }
 }
 

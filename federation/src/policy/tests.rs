@@ -15,6 +15,7 @@ fn hdr(service: &str, port: &str, cluster: Option<&str>, hops: u8) -> TunnelHead
         hops,
         traceparent: None,
         endpoint: None,
+        carries: Default::default(),
     }
 }
 

@@ -8,6 +8,7 @@ fn header() -> TunnelHeader {
         hops: 1,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         endpoint: None,
+        carries: Carries::Bytes,
     }
 }
 
@@ -69,6 +70,52 @@ fn header_layout() {
         b"F\x02\x02\x03web\x04shop\x04http\x00\x00\x07kafka-0".to_vec(),
         "with one, version 2 and the hostname last"
     );
+    let http = TunnelHeader {
+        carries: Carries::Http,
+        ..h.clone()
+    };
+    assert_eq!(
+        encoded(&http),
+        b"F\x03\x02\x03web\x04shop\x04http\x00\x00\x07kafka-0\x01".to_vec(),
+        "a stream of HTTP requests is version 3, with the kind last"
+    );
+    let http = TunnelHeader {
+        endpoint: None,
+        ..http
+    };
+    assert_eq!(
+        encoded(&http),
+        b"F\x03\x02\x03web\x04shop\x04http\x00\x00\x00\x01".to_vec(),
+        "version 3 without an endpoint sends it empty"
+    );
+}
+
+#[test]
+fn version_3_round_trips_and_refuses_unknown_kinds() {
+    for endpoint in [None, Some("kafka-0".parse().unwrap())] {
+        let h = TunnelHeader {
+            endpoint,
+            carries: Carries::Http,
+            ..header()
+        };
+        let buf = encoded(&h);
+        assert_eq!(TunnelHeader::decode(&buf), Ok(Some((h.clone(), buf.len()))));
+        for cut in 0..buf.len() {
+            assert_eq!(TunnelHeader::decode(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut unknown = buf.clone();
+        *unknown.last_mut().unwrap() = 7;
+        assert!(
+            matches!(
+                TunnelHeader::decode(&unknown),
+                Err(WireError::BadField {
+                    field: "carries",
+                    ..
+                })
+            ),
+            "an unknown stream kind is refused, not read as bytes"
+        );
+    }
 }
 
 #[test]
@@ -115,7 +162,7 @@ fn garbage_headers_are_errors() {
             *e == WireError::BadMagic(b'G')
         }),
         (vec![0], |e| *e == WireError::BadMagic(0)),
-        (vec![b'F', 3], |e| *e == WireError::UnsupportedVersion(3)),
+        (vec![b'F', 4], |e| *e == WireError::UnsupportedVersion(4)),
         (vec![b'F', 0], |e| *e == WireError::UnsupportedVersion(0)),
         (
             b"F\x02\x00\x03web\x04shop\x04http\x00\x00\x00".to_vec(),

@@ -4,17 +4,22 @@
 //! only, answer a status, then relay bytes both ways with half-closes, for as long as the
 //! stream stays admitted. Never connects to an address the caller chose.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::relay::RelayEnd;
-use ferry_federation::{admit, revoked, Identity, Refusal, TunnelHeader, TunnelStatus};
+use ferry_federation::{
+    admit, revoked, Carries, Identity, Protocol, Refusal, TunnelHeader, TunnelStatus,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::HEADER_TIMEOUT;
 use crate::server::Shared;
+
+mod http;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_HEADER: usize = 1024;
@@ -106,7 +111,8 @@ async fn refuse(
 }
 
 /// One tunnel stream: its header, then the rest in a span that continues the caller's
-/// trace (the header's `traceparent`).
+/// trace (the header's `traceparent`). A stream of HTTP requests to an `http` or `grpc`
+/// port is served request by request ([`http`]); any other is relayed as bytes.
 async fn serve_stream(
     shared: Arc<Shared>,
     send: quinn::SendStream,
@@ -114,34 +120,45 @@ async fn serve_stream(
     caller: Arc<Identity>,
 ) {
     let started = std::time::Instant::now();
-    let caller = &*caller;
     let (header, early) = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
         Ok(Ok(h)) => h,
-        Ok(Err(r)) => return refuse(send, recv, caller, None, r).await,
-        Err(_) => return refuse(send, recv, caller, None, Refusal::BadHeader).await,
+        Ok(Err(r)) => return refuse(send, recv, &caller, None, r).await,
+        Err(_) => return refuse(send, recv, &caller, None, Refusal::BadHeader).await,
     };
     let span = tracing::info_span!("stream", caller = %caller, service = %header.service);
     if let Some(traceparent) = &header.traceparent {
         crate::trace::continue_trace(&span, traceparent);
     }
+    let protocol = shared
+        .snapshot()
+        .service(&header.service)
+        .and_then(|s| s.ports.iter().find(|p| p.name == header.port))
+        .map(|p| p.protocol);
+    let l7 = match (header.carries, protocol) {
+        (Carries::Http, Some(Protocol::Http)) => Some(false),
+        (Carries::Http, Some(Protocol::Grpc)) => Some(true),
+        _ => None,
+    };
     // The span covers admission up to the status: a pooled stream may carry calls for
     // minutes, and a span open that long would reach the collector only at its end.
-    let admitted = admit_and_connect(&shared, send, recv, caller, &header, &early)
+    let relayed_early = if l7.is_some() { &[][..] } else { &early[..] };
+    let admitted = admit_and_connect(&shared, send, recv, &caller, &header, relayed_early)
         .instrument(span)
         .await;
-    if let Some((send, recv, tcp, snapshot)) = admitted {
-        relay_admitted(
-            &shared,
-            send,
-            recv,
-            tcp,
-            &snapshot,
-            caller,
-            &header,
-            early.len(),
-            started,
+    let Some((send, recv, tcp, snapshot)) = admitted else {
+        return;
+    };
+    let Some(grpc) = l7 else {
+        let early = early.len();
+        return relay_admitted(
+            &shared, send, recv, tcp, &snapshot, &caller, &header, early, started,
         )
         .await;
+    };
+    let _active = StreamActive::new();
+    let served = http::serve(&shared, send, recv, early, tcp, &caller, &header, grpc).await;
+    if let Err(refusal) = served {
+        stream_cut(&header, refusal);
     }
 }
 
@@ -168,21 +185,7 @@ async fn admit_and_connect(
             return None;
         }
     };
-    let mut upstream = None;
-    for addr in endpoints {
-        if crate::guard::is_protected(addr) {
-            tracing::warn!(%addr, service = %header.service, "endpoint is this process's admin listener; never proxied to");
-            continue;
-        }
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                upstream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "endpoint refused the connection"),
-            Err(_) => tracing::debug!(%addr, "endpoint connect timed out"),
-        }
-    }
+    let upstream = connect_first(&endpoints, &header.service).await;
     let Some(mut tcp) = upstream else {
         // A named endpoint that does not answer is that endpoint's failure, not the service's.
         let refusal = match header.endpoint {
@@ -192,7 +195,6 @@ async fn admit_and_connect(
         refuse(send, recv, caller, Some(header), refusal).await;
         return None;
     };
-    let _ = tcp.set_nodelay(true);
     let mut send = send;
     if send.write_all(&TunnelStatus::Ok.encode()).await.is_err() {
         return None;
@@ -201,6 +203,29 @@ async fn admit_and_connect(
         return None;
     }
     Some((send, recv, tcp, snapshot))
+}
+
+/// A connection to the first of `endpoints` that accepts one (never this process's admin
+/// listener), with no delay on small writes.
+async fn connect_first(
+    endpoints: &[std::net::SocketAddr],
+    service: &ferry_federation::ServiceName,
+) -> Option<TcpStream> {
+    for &addr in endpoints {
+        if crate::guard::is_protected(addr) {
+            tracing::warn!(%addr, %service, "endpoint is this process's admin listener; never proxied to");
+            continue;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Some(tcp);
+            }
+            Ok(Err(e)) => tracing::debug!(%addr, error = %e, "endpoint refused the connection"),
+            Err(_) => tracing::debug!(%addr, "endpoint connect timed out"),
+        }
+    }
+    None
 }
 
 /// Relays an admitted stream until it ends or is no longer admitted, then writes its
@@ -217,10 +242,7 @@ async fn relay_admitted(
     early: usize,
     started: std::time::Instant,
 ) {
-    metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
-    let active = metrics::gauge!("ferry_gateway_streams_active");
-    active.increment(1.0);
-    let _active = scopeguard(move || active.decrement(1.0));
+    let _active = StreamActive::new();
     // Admission passed: the service is exported and the caller a linked cluster, so both
     // label values are names this cluster knows.
     let tcp_metrics = crate::relay::TcpMetrics::open(
@@ -233,44 +255,29 @@ async fn relay_admitted(
     tcp_metrics.sent.add(early as u64);
     let meter = tcp_metrics.service_first();
     let mut recv = recv;
-    // The stream lives only while what admitted it holds: an unexport or a link removal
-    // cuts it at the next snapshot, not when the transfer happens to end.
-    let mut snapshots = shared.snapshots.clone();
-    let (cut, ended) = {
-        let relay =
-            crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle, &meter);
-        tokio::pin!(relay);
-        loop {
-            tokio::select! {
-                done = &mut relay => {
-                    let result = match &done {
-                        RelayEnd::Done(..) => "ok",
-                        RelayEnd::Idle => "idle",
-                        RelayEnd::Failed(_) => "failed",
-                    };
-                    match done {
-                        RelayEnd::Done(up, down) => tracing::debug!(service = %header.service, up, down, "tunnel stream done"),
-                        RelayEnd::Failed(e) => tracing::debug!(service = %header.service, error = %e, "tunnel stream ended"),
-                        RelayEnd::Idle => {
-                            metrics::counter!("ferry_gateway_streams_idle_closed_total").increment(1);
-                            tracing::debug!(service = %header.service, "tunnel stream idle; closed");
-                        }
-                    }
-                    break (None, result);
+    let relay = crate::relay::relay_quic(&mut tcp, &mut send, &mut recv, shared.relay_idle, &meter);
+    let (cut, ended) = match while_admitted(shared, caller, header, relay, |_| {}).await {
+        Ok(done) => {
+            let result = match &done {
+                RelayEnd::Done(..) => "ok",
+                RelayEnd::Idle => "idle",
+                RelayEnd::Failed(_) => "failed",
+            };
+            match done {
+                RelayEnd::Done(up, down) => {
+                    tracing::debug!(service = %header.service, up, down, "tunnel stream done")
                 }
-                changed = snapshots.changed() => {
-                    if changed.is_err() {
-                        // The snapshot source is gone (shutting down): finish the transfer.
-                        let _ = (&mut relay).await;
-                        break (None, "ok");
-                    }
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    if let Some(refusal) = revoked(&snapshot, caller, header) {
-                        break (Some(refusal), "cut");
-                    }
+                RelayEnd::Failed(e) => {
+                    tracing::debug!(service = %header.service, error = %e, "tunnel stream ended")
+                }
+                RelayEnd::Idle => {
+                    metrics::counter!("ferry_gateway_streams_idle_closed_total").increment(1);
+                    tracing::debug!(service = %header.service, "tunnel stream idle; closed");
                 }
             }
+            (None, result)
         }
+        Err(refusal) => (Some(refusal), "cut"),
     };
     let result = cut.map_or(ended, |refusal| refusal.as_str());
     crate::access::tcp(&crate::access::TcpCall {
@@ -284,24 +291,63 @@ async fn relay_admitted(
         result,
     });
     if let Some(refusal) = cut {
-        tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
-        metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str())
-            .increment(1);
+        stream_cut(header, refusal);
         let code = quinn::VarInt::from_u32(u32::from(refusal.code()));
         let _ = send.reset(code);
         let _ = recv.stop(code);
     }
 }
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
+/// Runs `work` for as long as what admitted the stream holds: an unexport or a link
+/// removal cuts it at the next snapshot, not when the transfer happens to end. When cut,
+/// `on_cut` runs before `work` is dropped, and the refusal is returned.
+async fn while_admitted<T>(
+    shared: &Shared,
+    caller: &Identity,
+    header: &TunnelHeader,
+    work: impl Future<Output = T>,
+    on_cut: impl FnOnce(Refusal),
+) -> Result<T, Refusal> {
+    let mut snapshots = shared.snapshots.clone();
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done),
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The snapshot source is gone (shutting down): finish the work.
+                    return Ok(work.await);
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if let Some(refusal) = revoked(&snapshot, caller, header) {
+                    on_cut(refusal);
+                    return Err(refusal);
+                }
             }
         }
     }
-    Guard(Some(f))
+}
+
+fn stream_cut(header: &TunnelHeader, refusal: Refusal) {
+    tracing::info!(service = %header.service, reason = refusal.as_str(), "open tunnel stream cut: no longer admitted");
+    metrics::counter!("ferry_gateway_streams_cut_total", "reason" => refusal.as_str()).increment(1);
+}
+
+/// An admitted stream: counted in `ferry_gateway_streams_total` when made and in
+/// `ferry_gateway_streams_active` while it lasts.
+struct StreamActive(metrics::Gauge);
+
+impl StreamActive {
+    fn new() -> StreamActive {
+        metrics::counter!("ferry_gateway_streams_total", "result" => "ok").increment(1);
+        let active = metrics::gauge!("ferry_gateway_streams_active");
+        active.increment(1.0);
+        StreamActive(active)
+    }
+}
+
+impl Drop for StreamActive {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

@@ -2,14 +2,9 @@
 //! reason (a fixed set: metrics and logs use it too), whether another attempt may help,
 //! and its answer: 503 / 504 on HTTP ports, a trailers-only gRPC status on gRPC ports.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Response, StatusCode};
 
 use super::Body;
-
-/// The header naming why the proxy answered instead of a server.
-pub(crate) const FERRY_ERROR: &str = "ferry-error";
 
 /// Why the proxy answered a request itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,22 +70,7 @@ impl ProxyError {
             ProxyError::Timeout => "the request took longer than the service's timeout",
             ProxyError::Upstream => "the connection to the service failed during the request",
         };
-        let mut builder = Response::builder().header(FERRY_ERROR, self.reason());
-        let body = if grpc {
-            builder = builder
-                .status(StatusCode::OK)
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", self.grpc_status())
-                .header("grpc-message", HeaderValue::from_static(message));
-            Bytes::new()
-        } else {
-            builder = builder
-                .status(self.http_status())
-                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            Bytes::from(format!("ferry: {message} ({})\n", self.reason()))
-        };
-        builder
-            .body(Full::new(body).map_err(|never| match never {}).boxed())
-            .expect("a valid response")
+        let grpc_status = grpc.then(|| self.grpc_status());
+        ferry_gateway::http::error_response(self.reason(), message, self.http_status(), grpc_status)
     }
 }

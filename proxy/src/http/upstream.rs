@@ -10,17 +10,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_federation::{ClusterId, Hop, Label, PortName, ServiceName};
+use ferry_federation::{Carries, ClusterId, Hop, Label, PortName, ServiceName};
 use ferry_gateway::tunnel::{TunnelClient, TunnelError};
-use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::Body;
 use crate::balance::Attempt;
 use crate::route::{connect_local, tunnel_header};
+use ferry_gateway::http::handshake;
+pub(crate) use ferry_gateway::http::{Proto, Sender};
 
 /// Bounds of the wait for a gateway's status on a new tunnel stream.
 const STATUS_WAIT_MIN: Duration = Duration::from_millis(250);
@@ -29,53 +27,6 @@ const STATUS_WAIT_MAX: Duration = Duration::from_secs(2);
 const STATUS_WAIT_UNMEASURED: Duration = Duration::from_secs(2);
 /// Idle connections kept per hop and version.
 const MAX_IDLE_PER_HOP: usize = 64;
-
-/// The HTTP version spoken upstream: the one the application used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Proto {
-    H1,
-    H2,
-}
-
-/// One upstream connection's request side.
-pub(crate) enum Sender {
-    H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
-}
-
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    /// Waits until the connection can take a request.
-    pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    /// Sends `req`. On failure, the request comes back when none of it was written (a
-    /// pooled connection the server had just closed): it can go on another connection
-    /// whatever the method, with its body intact.
-    pub(crate) async fn send(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Body>>)> {
-        let sent = match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-        };
-        sent.map_err(|mut e| {
-            let unsent = e.take_message();
-            (e.into_error(), unsent)
-        })
-    }
-}
 
 /// What an idle connection can serve: a local endpoint's connection any request to that
 /// address, a tunnel stream only the service, port and endpoint it was admitted for.
@@ -166,14 +117,14 @@ pub(crate) async fn connect(
     fallback: bool,
 ) -> Result<Sender, ConnectError> {
     match hop {
-        Hop::Local(addr) => handshake(connect_local(*addr).await?, proto).await,
+        Hop::Local(addr) => Ok(handshake(connect_local(*addr).await?, proto).await?),
         Hop::Remote {
             cluster,
             port,
             gateways,
             endpoint,
         } => {
-            let header = tunnel_header(service, cluster, port, endpoint);
+            let header = tunnel_header(service, cluster, port, endpoint, Carries::Http);
             // Nothing of the request leaves before the gateway's status, so a gateway that
             // does not answer in a few round trips is given up for the next hop: a dead
             // one would otherwise hold the call until its connection times out.
@@ -193,36 +144,9 @@ pub(crate) async fn connect(
                         .map_err(|_| ConnectError::Timeout)??
                 }
             };
-            handshake(tokio::io::join(recv, send), proto).await
+            Ok(handshake(tokio::io::join(recv, send), proto).await?)
         }
     }
-}
-
-async fn handshake<IO>(io: IO, proto: Proto) -> Result<Sender, ConnectError>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let io = TokioIo::new(io);
-    Ok(match proto {
-        Proto::H1 => {
-            let (sender, conn) = http1::handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Sender::H1(sender)
-        }
-        Proto::H2 => {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            Sender::H2(sender)
-        }
-    })
 }
 
 /// A response body on its way to the application: once read to the end, its connection

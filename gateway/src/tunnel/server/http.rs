@@ -1,0 +1,345 @@
+//! Tunnel streams that carry HTTP (a node proxy's `http` or `grpc` port, header
+//! [`Carries::Http`], to a port this cluster declares `http` or `grpc`): the gateway serves
+//! the requests one by one instead of relaying bytes. Each request is admitted by the same
+//! pure `admit` as a stream (exported, linked, healthy), continues the caller's trace in a
+//! span of its own, goes to a healthy endpoint over a connection kept for the stream, and
+//! is counted (`ferry_requests_total{direction="inbound"}`) and access-logged. The endpoint
+//! sees the request the application sent (HTTP/1.1 or HTTP/2, upgrades spliced through).
+//!
+//! [`Carries::Http`]: ferry_federation::Carries::Http
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use ferry_federation::{admit, ClusterId, Identity, MeshSnapshot, Refusal, TunnelHeader};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt as _, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::Instrument as _;
+
+use crate::http::{
+    empty_body, error_response, grpc_status_of, handshake, is_upgrade, splice_upgraded, Body,
+    Proto, Sender,
+};
+use crate::requests::{Outcome, RequestMetrics};
+use crate::server::Shared;
+
+/// Idle endpoint connections a stream keeps (HTTP/2 callers may send several requests at
+/// once on one stream).
+const MAX_IDLE_PER_STREAM: usize = 4;
+
+/// What every request of one stream shares.
+struct Stream {
+    shared: Arc<Shared>,
+    caller: Arc<Identity>,
+    header: TunnelHeader,
+    grpc: bool,
+    /// The connection admission made to answer the stream's status, until a request uses it.
+    first: Mutex<Option<(SocketAddr, TcpStream)>>,
+    idle: Mutex<Vec<(SocketAddr, Sender)>>,
+}
+
+/// The gateway's inbound request metrics, shared by every stream.
+fn requests() -> &'static RequestMetrics {
+    static REQUESTS: std::sync::OnceLock<RequestMetrics> = std::sync::OnceLock::new();
+    REQUESTS.get_or_init(|| RequestMetrics::new("inbound"))
+}
+
+/// Serves the requests of an admitted stream until it ends or is cut. `early` are the
+/// bytes that came with the header (the start of the first request); `first` the endpoint
+/// connection admission made. `Err` names why the stream was cut.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve(
+    shared: &Arc<Shared>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    early: Vec<u8>,
+    first: TcpStream,
+    caller: &Arc<Identity>,
+    header: &TunnelHeader,
+    grpc: bool,
+) -> Result<(), Refusal> {
+    let first = first.peer_addr().ok().map(|addr| (addr, first));
+    let stream = Arc::new(Stream {
+        shared: shared.clone(),
+        caller: caller.clone(),
+        header: header.clone(),
+        grpc,
+        first: Mutex::new(first),
+        idle: Mutex::new(Vec::new()),
+    });
+    let service = service_fn(move |req: Request<Incoming>| {
+        let stream = stream.clone();
+        let span = tracing::info_span!("request", method = %req.method(), service = %stream.header.service);
+        if let Some(parent) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            crate::trace::continue_trace(&span, parent);
+        }
+        async move { Ok::<_, Infallible>(stream.handle(req).await) }.instrument(span)
+    });
+    let cut = Arc::new(Mutex::new(None));
+    let io = tokio::io::join(
+        std::io::Cursor::new(early).chain(recv),
+        CuttableSend {
+            inner: send,
+            cut: cut.clone(),
+        },
+    );
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if grpc {
+        builder = builder.http2_only();
+    }
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let on_cut = |refusal| *cut.lock().expect("cut lock") = Some(refusal);
+    match super::while_admitted(shared, caller, header, conn, on_cut).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(service = %header.service, error = %e, "tunnel HTTP stream ended");
+            Ok(())
+        }
+        // Dropping the connection dropped the stream: with `cut` set, it was reset.
+        Err(refusal) => Err(refusal),
+    }
+}
+
+impl Stream {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let snapshot = self.shared.snapshot();
+        let method = req.method().clone();
+        let outcome = match admit(
+            &snapshot,
+            &self.caller,
+            &self.header,
+            self.shared.next_pick(),
+        ) {
+            Err(refusal) => {
+                metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str())
+                    .increment(1);
+                Err(refusal)
+            }
+            Ok(endpoints) => {
+                if let Some(traceparent) =
+                    crate::trace::current_traceparent().and_then(|t| HeaderValue::from_str(&t).ok())
+                {
+                    req.headers_mut().insert("traceparent", traceparent);
+                }
+                self.forward(req, &endpoints).await
+            }
+        };
+        self.finish(&snapshot, method.as_str(), started, outcome)
+    }
+
+    /// Sends the request to an admitted endpoint: over a kept connection when there is one,
+    /// else a new one, trying the endpoints in admission's order.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        endpoints: &[SocketAddr],
+    ) -> Result<Response<Body>, Refusal> {
+        let proto = Proto::of(req.version());
+        // An upgrade (WebSocket) keeps its connection: it becomes a byte stream.
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let mut req = req.map(|b| b.boxed());
+        // A kept connection the endpoint had closed gives the request back unsent; each
+        // endpoint is tried on a fresh connection at most once.
+        let mut fresh_tries = 0;
+        loop {
+            let (addr, mut sender) = match self.kept(endpoints, proto) {
+                Some(kept) => kept,
+                None if fresh_tries < endpoints.len() => {
+                    fresh_tries += 1;
+                    match self.connect(endpoints, proto).await {
+                        Some(new) => new,
+                        None => return Err(Refusal::NoEndpoints),
+                    }
+                }
+                None => return Err(Refusal::NoEndpoints),
+            };
+            let ready = sender.ready().await;
+            let sent = match ready {
+                Ok(()) => sender.send(req).await,
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "kept endpoint connection closed");
+                    continue;
+                }
+            };
+            match sent {
+                Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    if let Some(client) = upgrade {
+                        let endpoint = hyper::upgrade::on(&mut response);
+                        tokio::spawn(splice_upgraded(client, endpoint, ()));
+                    }
+                    return Ok(response.map(|_| empty_body()));
+                }
+                Ok(response) => {
+                    if upgrade.is_none() {
+                        self.keep(addr, sender);
+                    }
+                    return Ok(response.map(|b| b.boxed()));
+                }
+                Err((e, Some(unsent))) => {
+                    tracing::debug!(%addr, error = %e, "request not sent; trying another connection");
+                    req = unsent;
+                }
+                Err((e, None)) => {
+                    tracing::debug!(%addr, error = %e, "endpoint failed during the request");
+                    return Err(Refusal::EndpointUnhealthy);
+                }
+            }
+        }
+    }
+
+    /// A kept connection to one of `endpoints` speaking `proto`, or the stream's first
+    /// connection (made ready for `proto`).
+    fn kept(&self, endpoints: &[SocketAddr], proto: Proto) -> Option<(SocketAddr, Sender)> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        idle.retain(|(addr, s)| !s.is_closed() && endpoints.contains(addr));
+        let at = idle.iter().position(|(_, s)| s.proto() == proto)?;
+        Some(idle.swap_remove(at))
+    }
+
+    fn keep(&self, addr: SocketAddr, sender: Sender) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        if idle.len() < MAX_IDLE_PER_STREAM && !sender.is_closed() {
+            idle.push((addr, sender));
+        }
+    }
+
+    /// A new connection to the first of `endpoints` that accepts one (the stream's first
+    /// connection when it is still unused and still admitted).
+    async fn connect(
+        &self,
+        endpoints: &[SocketAddr],
+        proto: Proto,
+    ) -> Option<(SocketAddr, Sender)> {
+        let first = self.first.lock().expect("first lock").take();
+        if let Some((addr, tcp)) = first.filter(|(addr, _)| endpoints.contains(addr)) {
+            match handshake(tcp, proto).await {
+                Ok(sender) => return Some((addr, sender)),
+                Err(e) => tracing::debug!(%addr, error = %e, "endpoint handshake failed"),
+            }
+        }
+        let tcp = super::connect_first(endpoints, &self.header.service).await?;
+        let addr = tcp.peer_addr().ok()?;
+        match handshake(tcp, proto).await {
+            Ok(sender) => Some((addr, sender)),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "endpoint handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Records the request's metrics and access log line, and makes a refusal an answer.
+    fn finish(
+        &self,
+        snapshot: &MeshSnapshot,
+        method: &str,
+        started: Instant,
+        outcome: Result<Response<Body>, Refusal>,
+    ) -> Response<Body> {
+        let (response, result) = match outcome {
+            Ok(response) => (response, "ok"),
+            Err(refusal) => (refusal_response(refusal, self.grpc), refusal.as_str()),
+        };
+        let grpc_status = self.grpc.then(|| grpc_status_of(&response)).flatten();
+        let status = response.status().as_u16();
+        let local: &ClusterId = &snapshot.cluster;
+        let took = started.elapsed();
+        // Admission read the header's service against the snapshot; a refused request's
+        // service may be one this cluster does not know, so it is not a label then.
+        if result == "ok" || snapshot.service(&self.header.service).is_some() {
+            requests().record(
+                &Outcome {
+                    service: &self.header.service,
+                    source: self.caller.cluster(),
+                    destination: Some(local),
+                    status,
+                    grpc_status,
+                    result,
+                },
+                took,
+            );
+        }
+        crate::access::http(&crate::access::HttpCall {
+            direction: "inbound",
+            source: &*self.caller,
+            service: &self.header.service,
+            destination: Some(local),
+            method,
+            status,
+            grpc_status,
+            duration: took,
+            result,
+        });
+        response
+    }
+}
+
+/// A refused request's answer: 503 / `UNAVAILABLE` when no endpoint could take it (another
+/// cluster may), 403 / `PERMISSION_DENIED` when the caller may not have it here.
+fn refusal_response(refusal: Refusal, grpc: bool) -> Response<Body> {
+    let unavailable = matches!(refusal, Refusal::NoEndpoints | Refusal::EndpointUnhealthy);
+    let (status, code, message) = match unavailable {
+        true => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            14,
+            "no endpoint of the service in this cluster took the request",
+        ),
+        false => (
+            StatusCode::FORBIDDEN,
+            7,
+            "the service is not exported to the calling cluster here",
+        ),
+    };
+    error_response(refusal.as_str(), message, status, grpc.then_some(code))
+}
+
+/// The stream's sending side; when the stream is cut (no longer admitted) it is reset with
+/// the refusal's code as it is dropped, not finished.
+struct CuttableSend {
+    inner: quinn::SendStream,
+    cut: Arc<Mutex<Option<Refusal>>>,
+}
+
+impl Drop for CuttableSend {
+    fn drop(&mut self) {
+        if let Some(refusal) = *self.cut.lock().expect("cut lock") {
+            let _ = self
+                .inner
+                .reset(quinn::VarInt::from_u32(u32::from(refusal.code())));
+        }
+    }
+}
+
+impl AsyncWrite for CuttableSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.inner), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.inner), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.inner), cx)
+    }
+}
