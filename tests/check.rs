@@ -66,8 +66,8 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
         assert!(finding["code"].as_str().unwrap().starts_with("FERRY"));
     }
     for code in [
-        "FERRY101", "FERRY102", "FERRY103", "FERRY104", "FERRY201", "FERRY301", "FERRY302",
-        "FERRY303", "FERRY304", "FERRY401", "FERRY402", "FERRY403",
+        "FERRY101", "FERRY102", "FERRY103", "FERRY104", "FERRY201", "FERRY203", "FERRY301",
+        "FERRY302", "FERRY303", "FERRY304", "FERRY401", "FERRY402", "FERRY403",
     ] {
         assert_eq!(status(&json, code), "ok", "{code}: {json:#}");
     }
@@ -120,6 +120,7 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
             "peer",
             "remote",
             "rtt_us",
+            "shares_root",
             "since_unix",
             "state"
         ]
@@ -149,9 +150,21 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
         from_east["remote"]["cert_sha256"].as_str().unwrap().len(),
         64
     );
+    // Each side's hello named its bundle's roots: the same one mesh root.
+    assert_eq!(
+        from_east["remote"]["roots_sha256"],
+        from_west["local"]["roots_sha256"]
+    );
+    assert_eq!(
+        from_east["local"]["roots_sha256"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(from_east["shares_root"], true);
     let table = ew.east_def.cli_ok(&["link", "status", "west"]);
     assert!(
-        table.contains("peer cluster CA") && table.contains("up for"),
+        table.contains("peer cluster CA")
+            && table.contains("up for")
+            && table.contains("1 of the peer's 1"),
         "{table}"
     );
     let unknown = ew.east_def.cli(&["link", "status", "nowhere"]);

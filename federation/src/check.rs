@@ -122,6 +122,10 @@ pub struct Facts<'a> {
     pub without_vip: Vec<String>,
     pub dns: DnsProbe,
     pub role_versions: Vec<RoleVersion>,
+    /// SHA-256 (hex) of each root of this cluster's bundle.
+    pub local_roots: Vec<String>,
+    /// The roots each peer's hello named (a peer missing here has not said).
+    pub peer_roots: std::collections::BTreeMap<crate::ClusterId, Vec<String>>,
 }
 
 struct Findings(Vec<Finding>);
@@ -287,6 +291,9 @@ fn links(facts: &Facts<'_>, f: &mut Findings) {
             "check that this cluster reaches the peer's gateway over UDP and that both bundles share a root (`ferry link status`); the peer's logs name a refused handshake",
         );
     }
+    for link in links {
+        shared_root(facts, link, f);
+    }
     for link in links.iter().filter(|l| !l.limited.is_empty()) {
         let limits: Vec<String> = link.limited.iter().map(|l| l.to_string()).collect();
         f.push(
@@ -297,6 +304,50 @@ fn links(facts: &Facts<'_>, f: &mut Findings) {
             "ask the peer to export less, or raise the bound under [federation] in this cluster's config",
         );
     }
+}
+
+/// FERRY203: the two bundles share a root, and the peer trusts every root of ours.
+fn shared_root(facts: &Facts<'_>, link: &crate::snapshot::LinkRecord, f: &mut Findings) {
+    const FIX: &str = "issue both clusters' CAs from one mesh root (`ferry trust init` once, `ferry trust issue` per cluster) and put that root in both bundle.crt files";
+    let Some(theirs) = facts.peer_roots.get(&link.peer) else {
+        if link.connected {
+            f.push(
+                Group::Links,
+                "FERRY203",
+                Status::Warn,
+                format!(
+                    "{} has not said which roots its bundle holds (an older Ferry?)",
+                    link.peer
+                ),
+                "upgrade the peer's gateways so `ferry link status` can compare the bundles",
+            );
+        }
+        return;
+    };
+    let shared = facts
+        .local_roots
+        .iter()
+        .filter(|r| theirs.contains(r))
+        .count();
+    let missing = facts.local_roots.len() - shared;
+    let (status, detail, fix) = match (shared, missing) {
+        (0, _) => (
+            Status::Fail,
+            format!("{}'s trust bundle shares no root with this cluster's", link.peer),
+            FIX,
+        ),
+        (_, 0) => (
+            Status::Ok,
+            format!("{} trusts this cluster's roots", link.peer),
+            "",
+        ),
+        (_, n) => (
+            Status::Warn,
+            format!("{}'s bundle lacks {n} of this cluster's roots: certificates issued under them are refused there", link.peer),
+            "add the new root to the peer's bundle.crt before issuing from it (a root rotation in progress?)",
+        ),
+    };
+    f.push(Group::Links, "FERRY203", status, detail, fix);
 }
 
 fn services(facts: &Facts<'_>, f: &mut Findings) {

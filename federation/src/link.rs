@@ -56,6 +56,9 @@ pub enum LinkEvent {
         session: u64,
         /// Its gateways.
         gateways: Vec<SocketAddr>,
+        /// SHA-256 (hex) of the roots of its trust bundle (checked: at most
+        /// [`MAX_PEER_ROOTS`], each 64 lowercase hex digits); empty if it did not say.
+        roots: Vec<String>,
     },
     /// The peer's exports changed; [`LinkSync::imports`] has the complete current set.
     Imports {
@@ -142,6 +145,8 @@ pub struct LinkSync {
     imports_live: bool,
     lease_deadline: Option<Instant>,
     events: VecDeque<LinkEvent>,
+    /// Our bundle's root fingerprints, for `Hello`.
+    roots: Vec<String>,
     // Bounds: what the peer's current exports and hello went over, and flow-control
     // refusals (rate, resync) seen in this connection.
     budget: FrameBudget,
@@ -149,6 +154,15 @@ pub struct LinkSync {
     gateway_limits: Vec<LimitExceeded>,
     flow_limits: BTreeSet<LimitExceeded>,
     limited: Vec<LimitExceeded>,
+}
+
+/// Roots a peer's hello may name.
+pub const MAX_PEER_ROOTS: usize = 16;
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl LinkSync {
@@ -165,6 +179,7 @@ impl LinkSync {
             peer,
             session,
             gateways,
+            roots: Vec::new(),
             config,
             connected: false,
             exports: Vec::new(),
@@ -188,6 +203,13 @@ impl LinkSync {
             flow_limits: BTreeSet::new(),
             limited: Vec::new(),
         }
+    }
+
+    /// Says which roots this cluster's trust bundle holds (SHA-256, hex), sent in every
+    /// `Hello` from the next connection on.
+    pub fn with_roots(mut self, roots: Vec<String>) -> Self {
+        self.roots = roots;
+        self
     }
 
     /// A connection to the peer is up: queues `Hello`, then a `Snapshot` of current exports.
@@ -266,6 +288,7 @@ impl LinkSync {
                 session,
                 gateways,
                 lease_ms,
+                roots,
             } => {
                 if cluster != self.peer {
                     return Err(LinkError::UnexpectedPeer {
@@ -275,6 +298,11 @@ impl LinkSync {
                 }
                 if lease_ms == 0 {
                     return Err(LinkError::ProtocolViolation("hello with a zero lease"));
+                }
+                if roots.len() > MAX_PEER_ROOTS || !roots.iter().all(|r| is_sha256_hex(r)) {
+                    return Err(LinkError::ProtocolViolation(
+                        "hello with more than 16 roots or a root fingerprint that is not 64 lowercase hex digits",
+                    ));
                 }
                 if self.peer_session.is_some_and(|s| s != session) {
                     // The peer restarted: its sequence numbers start over.
@@ -293,6 +321,7 @@ impl LinkSync {
                     peer: self.peer.clone(),
                     session,
                     gateways,
+                    roots,
                 });
             }
             LinkMessage::Snapshot { seq, services } => {
@@ -447,6 +476,7 @@ impl LinkSync {
             lease_ms: u64::try_from(self.config.lease.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
+            roots: self.roots.clone(),
         }
     }
 

@@ -94,6 +94,10 @@ pub enum LinkMessage {
         gateways: Vec<SocketAddr>,
         /// How long the receiver may keep the sender's exports without hearing from it.
         lease_ms: u64,
+        /// SHA-256 (hex) of each root in the sender's trust bundle, so each side can tell
+        /// whether the two bundles share a root (empty from a sender that does not say).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        roots: Vec<String>,
     },
     /// The sender's complete exports at `seq`.
     Snapshot {

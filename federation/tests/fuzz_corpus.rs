@@ -86,6 +86,7 @@ fn write_seeds() {
             session: 7,
             gateways: vec!["192.0.2.1:4433".parse().unwrap()],
             lease_ms: 5000,
+            roots: vec![],
         },
         LinkMessage::Snapshot {
             seq: 1,

@@ -156,6 +156,7 @@ fn link_message() -> impl Strategy<Value = LinkMessage> {
                 session,
                 gateways: vec![],
                 lease_ms,
+                roots: vec![],
             }),
         (seq.clone(), proptest::collection::vec(exported(), 0..4))
             .prop_map(|(seq, services)| LinkMessage::Snapshot { seq, services }),

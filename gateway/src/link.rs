@@ -174,6 +174,7 @@ fn imports_report(
     peer_gateways: &[std::net::SocketAddr],
     limited: &[LimitExceeded],
     conn: &quinn::Connection,
+    peer_roots: &[String],
 ) -> GatewayEvent {
     let (peer_cert, peer_ca) = crate::tls::peer_fingerprints(conn).unwrap_or_default();
     GatewayEvent::Imports {
@@ -186,6 +187,7 @@ fn imports_report(
             rtt: conn.rtt(),
             peer_cert,
             peer_ca,
+            peer_roots: peer_roots.to_vec(),
         },
     }
 }
@@ -209,6 +211,14 @@ async fn run_session(
         random_session(),
         cluster_gateways(&shared, &snapshot),
         shared.link_config,
+    )
+    .with_roots(
+        shared
+            .trust
+            .roots_der()
+            .iter()
+            .map(|root| crate::tls::sha256_hex(root))
+            .collect(),
     );
     let start = Instant::now().into_std();
     sync.handle_connected(start);
@@ -221,6 +231,7 @@ async fn run_session(
     let mut buf = vec![0u8; 16 * 1024];
     let mut report = tokio::time::interval(REPORT_EVERY);
     let mut peer_gateways = Vec::new();
+    let mut peer_roots = Vec::new();
     let mut removing = false;
     let mut withdrawn = false;
     let mut have_imports = false;
@@ -249,9 +260,13 @@ async fn run_session(
         while let Some(event) = sync.poll_event() {
             match event {
                 LinkEvent::PeerHello {
-                    gateways, session, ..
+                    gateways,
+                    session,
+                    roots,
+                    ..
                 } => {
                     peer_gateways = gateways;
+                    peer_roots = roots;
                     shared.note_peer_session(&peer, &conn, session);
                 }
                 LinkEvent::Imports { .. } => {
@@ -299,7 +314,7 @@ async fn run_session(
             tracing::debug!(services = sync.import_count(), "imports report");
             emit(
                 &shared,
-                imports_report(&peer, &sync, &peer_gateways, &limited, &conn),
+                imports_report(&peer, &sync, &peer_gateways, &limited, &conn, &peer_roots),
             )
             .await;
         }
@@ -367,7 +382,7 @@ async fn run_session(
     if report_due && !withdrawn && !removing {
         emit(
             &shared,
-            imports_report(&peer, &sync, &peer_gateways, &limited, &conn),
+            imports_report(&peer, &sync, &peer_gateways, &limited, &conn, &peer_roots),
         )
         .await;
     }

@@ -25,6 +25,8 @@ pub struct SessionInfo {
     pub peer_cert: String,
     /// SHA-256 of the CA that issued it: the peer's cluster CA (hex).
     pub peer_ca: String,
+    /// SHA-256 of each root of the peer's trust bundle (hex), as its hello said.
+    pub peer_roots: Vec<String>,
 }
 
 /// What the gateway tells its shell (which forwards it to the control plane).

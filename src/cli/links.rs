@@ -114,6 +114,19 @@ pub(super) async fn gateways(c: &mut Client, out: Output) -> anyhow::Result<()> 
     down(&links)
 }
 
+/// How many of the peer's roots this cluster's bundle holds too.
+fn shared_roots(l: &pb::LinkInfo) -> usize {
+    l.peer_roots_sha256
+        .iter()
+        .filter(|r| l.local_roots_sha256.contains(r))
+        .count()
+}
+
+/// Whether the two bundles share a root; `None` until the peer has said which it holds.
+fn shares_root(l: &pb::LinkInfo) -> Option<bool> {
+    (!l.peer_roots_sha256.is_empty()).then(|| shared_roots(l) > 0)
+}
+
 /// `ferry link status [<peer>]`: each link in full.
 pub(super) async fn status(c: &mut Client, out: Output, peer: Option<&str>) -> anyhow::Result<()> {
     let links = links(c, peer).await?;
@@ -131,8 +144,9 @@ pub(super) async fn status(c: &mut Client, out: Output, peer: Option<&str>) -> a
                         "exported_services": l.exported_services,
                         "rtt_us": l.rtt_us,
                         "gateways": l.gateways,
-                        "local": {"ca_sha256": l.local_ca_sha256, "bundle": l.bundle_sha256},
-                        "remote": {"cert_sha256": l.peer_cert_sha256, "ca_sha256": l.peer_ca_sha256},
+                        "local": {"ca_sha256": l.local_ca_sha256, "bundle": l.bundle_sha256, "roots_sha256": l.local_roots_sha256},
+                        "remote": {"cert_sha256": l.peer_cert_sha256, "ca_sha256": l.peer_ca_sha256, "roots_sha256": l.peer_roots_sha256},
+                        "shares_root": shares_root(l),
             })
         })?,
         Output::Table => {
@@ -174,12 +188,28 @@ pub(super) async fn status(c: &mut Client, out: Output, peer: Option<&str>) -> a
                         vec!["rtt".into(), rtt(l.rtt_us)],
                         vec!["peer gateways".into(), l.gateways.join(",")],
                         vec!["local cluster CA".into(), or_dash(&l.local_ca_sha256)],
+                        vec!["local trust bundle".into(), or_dash(&l.bundle_sha256)],
                         vec![
-                            "trust bundle (shared root)".into(),
-                            or_dash(&l.bundle_sha256),
+                            "local roots".into(),
+                            or_dash(&l.local_roots_sha256.join(", ")),
                         ],
                         vec!["peer gateway cert".into(), or_dash(&l.peer_cert_sha256)],
                         vec!["peer cluster CA".into(), or_dash(&l.peer_ca_sha256)],
+                        vec![
+                            "peer roots".into(),
+                            or_dash(&l.peer_roots_sha256.join(", ")),
+                        ],
+                        vec![
+                            "shared roots".into(),
+                            match shares_root(l) {
+                                None => "unknown (the peer has not said)".into(),
+                                Some(_) => format!(
+                                    "{} of the peer's {}",
+                                    shared_roots(l),
+                                    l.peer_roots_sha256.len()
+                                ),
+                            },
+                        ],
                     ],
                 );
             }

@@ -383,6 +383,7 @@ impl Control for ControlApi {
         };
         let local_ca = ferry_gateway::tls::sha256_hex(self.cp.trust.ca.cert_der());
         let bundle = fingerprint_hex(&self.cp.trust.fingerprint);
+        let local_roots = self.cp.trust.root_fingerprints();
         let exported = snapshot.services.iter().filter(|s| s.exported).count() as u32;
         let links = links
             .into_iter()
@@ -416,6 +417,8 @@ impl Control for ControlApi {
                     local_ca_sha256: local_ca.clone(),
                     bundle_sha256: bundle.clone(),
                     exported_services: exported,
+                    peer_roots_sha256: session.peer_roots,
+                    local_roots_sha256: local_roots.clone(),
                 }
             })
             .collect();
@@ -608,6 +611,12 @@ impl Control for ControlApi {
                     peer_ca: Some(req.peer_ca_sha256)
                         .filter(|s| hex(s))
                         .unwrap_or_default(),
+                    peer_roots: req
+                        .peer_roots_sha256
+                        .into_iter()
+                        .filter(|s| hex(s))
+                        .take(ferry_federation::link::MAX_PEER_ROOTS)
+                        .collect(),
                 },
             ),
             (false, false) => self.cp.note_session_down(&peer, "link connection lost"),

@@ -115,6 +115,13 @@ impl ControlPlane {
             without_vip: self.unallocated(),
             dns,
             role_versions,
+            local_roots: self.trust.root_fingerprints(),
+            peer_roots: snapshot
+                .links
+                .iter()
+                .map(|l| (l.peer.clone(), self.session(&l.peer).peer_roots))
+                .filter(|(_, roots)| !roots.is_empty())
+                .collect(),
         };
         check::evaluate(&facts)
     }

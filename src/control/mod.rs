@@ -93,6 +93,15 @@ impl ClusterTrust {
     pub fn trust_domain(&self) -> &TrustDomain {
         self.ca.trust_domain()
     }
+
+    /// SHA-256 (hex) of each root of the bundle: what link hellos carry.
+    pub fn root_fingerprints(&self) -> Vec<String> {
+        let roots = self.trust.roots_der();
+        roots
+            .iter()
+            .map(|r| ferry_gateway::tls::sha256_hex(r))
+            .collect()
+    }
 }
 
 /// State that lives only in memory: reported by gateways and health checks.

@@ -22,6 +22,8 @@ pub struct SessionView {
     /// SHA-256 of the peer gateway's leaf certificate and of its cluster CA (hex).
     pub peer_cert: String,
     pub peer_ca: String,
+    /// SHA-256 of each root of the peer's trust bundle (hex), from its hello.
+    pub peer_roots: Vec<String>,
     /// The last failure and when.
     pub last_error: Option<(SystemTime, String)>,
 }
@@ -35,6 +37,7 @@ pub struct SessionReport {
     pub rtt: Duration,
     pub peer_cert: String,
     pub peer_ca: String,
+    pub peer_roots: Vec<String>,
 }
 
 impl ControlPlane {
@@ -49,6 +52,9 @@ impl ControlPlane {
         if !report.peer_cert.is_empty() {
             view.peer_cert = report.peer_cert;
             view.peer_ca = report.peer_ca;
+        }
+        if !report.peer_roots.is_empty() {
+            view.peer_roots = report.peer_roots;
         }
     }
 

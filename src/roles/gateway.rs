@@ -127,6 +127,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     rtt_us: session.rtt.as_micros() as u64,
                     peer_cert_sha256: session.peer_cert,
                     peer_ca_sha256: session.peer_ca,
+                    peer_roots_sha256: session.peer_roots,
                 })
                 .await
                 .map(|_| ()),
@@ -142,6 +143,7 @@ async fn forward_events(mut c: Client, mut rx: mpsc::Receiver<GatewayEvent>) {
                     rtt_us: 0,
                     peer_cert_sha256: String::new(),
                     peer_ca_sha256: String::new(),
+                    peer_roots_sha256: Vec::new(),
                 })
                 .await
                 .map(|_| ()),

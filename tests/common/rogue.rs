@@ -59,6 +59,7 @@ impl RoguePeer {
             session: 7,
             gateways,
             lease_ms: 5000,
+            roots: vec![],
         };
         assert!(
             self.send(&hello).await,

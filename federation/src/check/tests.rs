@@ -7,6 +7,8 @@ use crate::{ClusterId, EndpointAddr, ServiceName};
 
 const DAY: i64 = 86_400;
 const NOW: i64 = 1_800_000_000;
+const ROOT: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const OTHER_ROOT: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
 fn snapshot() -> MeshSnapshot {
     MeshSnapshot {
@@ -77,6 +79,8 @@ fn facts(snapshot: &MeshSnapshot) -> Facts<'_> {
             role: "node n1".into(),
             version: 7,
         }],
+        local_roots: vec![ROOT.into()],
+        peer_roots: BTreeMap::new(),
     }
 }
 
@@ -95,11 +99,15 @@ fn a_healthy_cluster_passes_every_check_and_lists_them_all() {
     let mut s = snapshot();
     s.links.push(link("west", true));
     s.services.push(import("web.shop", 2));
-    let findings = evaluate(&facts(&s));
+    let mut healthy = facts(&s);
+    healthy
+        .peer_roots
+        .insert("west".parse().unwrap(), vec![ROOT.into()]);
+    let findings = evaluate(&healthy);
     assert!(passed(&findings), "{findings:#?}");
     for code in [
-        "FERRY101", "FERRY102", "FERRY103", "FERRY104", "FERRY201", "FERRY301", "FERRY302",
-        "FERRY303", "FERRY304", "FERRY401", "FERRY402", "FERRY403",
+        "FERRY101", "FERRY102", "FERRY103", "FERRY104", "FERRY201", "FERRY203", "FERRY301",
+        "FERRY302", "FERRY303", "FERRY304", "FERRY401", "FERRY402", "FERRY403",
     ] {
         assert_eq!(status_of(&findings, code), Status::Ok, "{code}");
     }
@@ -225,4 +233,43 @@ fn no_gateway_fails_only_when_there_are_links() {
     assert_eq!(status_of(&evaluate(&facts(&s)), "FERRY403"), Status::Warn);
     s.links.push(link("west", true));
     assert_eq!(status_of(&evaluate(&facts(&s)), "FERRY403"), Status::Fail);
+}
+
+#[test]
+fn links_share_a_root_with_this_cluster() {
+    let mut s = snapshot();
+    s.links.push(link("west", true));
+    let judge = |s: &MeshSnapshot, peer_roots: Option<Vec<&str>>, local: Vec<&str>| {
+        let mut f = facts(s);
+        f.local_roots = local.into_iter().map(String::from).collect();
+        if let Some(roots) = peer_roots {
+            f.peer_roots.insert(
+                "west".parse().unwrap(),
+                roots.into_iter().map(String::from).collect(),
+            );
+        }
+        let findings = evaluate(&f);
+        let found = findings.iter().find(|x| x.code == "FERRY203").cloned();
+        found.map(|x| (x.status, x.detail, x.fix))
+    };
+    let (status, detail, _) = judge(&s, Some(vec![ROOT]), vec![ROOT]).unwrap();
+    assert_eq!(status, Status::Ok, "{detail}");
+    let (status, detail, fix) = judge(&s, Some(vec![OTHER_ROOT]), vec![ROOT]).unwrap();
+    assert_eq!(status, Status::Fail);
+    assert!(
+        detail.contains("west") && detail.contains("no root"),
+        "{detail}"
+    );
+    assert!(fix.contains("ferry trust"), "{fix}");
+    let (status, detail, _) = judge(&s, Some(vec![ROOT]), vec![ROOT, OTHER_ROOT]).unwrap();
+    assert_eq!(status, Status::Warn, "a root the peer lacks: {detail}");
+    assert!(detail.contains("lacks 1"), "{detail}");
+    let (status, _, _) = judge(&s, None, vec![ROOT]).unwrap();
+    assert_eq!(status, Status::Warn, "an up link whose peer never said");
+    s.links[0].connected = false;
+    assert_eq!(
+        judge(&s, None, vec![ROOT]),
+        None,
+        "a down link is FERRY201's"
+    );
 }

@@ -43,6 +43,7 @@ fn hello(session: u64) -> LinkMessage {
         session,
         gateways: vec![],
         lease_ms: 5000,
+        roots: vec![],
     }
 }
 
@@ -83,7 +84,8 @@ fn connect_sends_hello_then_snapshot_then_heartbeats() {
                 cluster: cid("east"),
                 session: 9,
                 gateways: vec![],
-                lease_ms: 5000
+                lease_ms: 5000,
+                roots: vec![],
             },
             LinkMessage::Snapshot {
                 seq: 1,
@@ -150,7 +152,8 @@ fn snapshots_and_deltas_update_imports() {
         vec![LinkEvent::PeerHello {
             peer: cid("west"),
             session: 7,
-            gateways: vec![]
+            gateways: vec![],
+            roots: vec![],
         }]
     );
     snapshot_from_west(&mut l, t0, 3, vec![svc("a.ns", 1)]);
@@ -344,6 +347,7 @@ fn protocol_violations() {
         session: 1,
         gateways: vec![],
         lease_ms: 5000,
+        roots: vec![],
     };
     assert_eq!(
         l.handle_message(t0, wrong),
@@ -357,6 +361,7 @@ fn protocol_violations() {
         session: 1,
         gateways: vec![],
         lease_ms: 0,
+        roots: vec![],
     };
     assert!(matches!(
         l.handle_message(t0, zero),
@@ -562,6 +567,7 @@ fn a_peer_over_its_import_bounds_gets_only_what_fits() {
                 "192.0.2.1:1".parse().unwrap(),
             ],
             lease_ms: 5000,
+            roots: vec![],
         },
     )
     .unwrap();
@@ -573,6 +579,7 @@ fn a_peer_over_its_import_bounds_gets_only_what_fits() {
         peer: cid("west"),
         session: 1,
         gateways: vec!["192.0.2.1:1".parse().unwrap()],
+        roots: vec![],
     }));
     assert_eq!(refusals(&evs), ["gateway_address", "services"]);
     let names: Vec<String> = l.imports().iter().map(|s| s.name.to_string()).collect();
@@ -652,4 +659,49 @@ fn deltas_are_bounded_like_snapshots_and_touch_only_their_names() {
     snapshot_from_west(&mut l, t0, 7, vec![svc("c.ns", 1)]);
     assert_eq!(names(&l), ["c.ns"]);
     assert!(l.limited().is_empty());
+}
+
+#[test]
+fn hello_carries_the_roots_and_bad_root_lists_are_violations() {
+    let t0 = crate::testutil::t0();
+    let root = "ab".repeat(32);
+    let mut l = LinkSync::new(cid("east"), cid("west"), 9, vec![], LinkConfig::default())
+        .with_roots(vec![root.clone()]);
+    l.handle_connected(t0);
+    match l.poll_transmit() {
+        Some(LinkMessage::Hello { roots, .. }) => assert_eq!(roots, std::slice::from_ref(&root)),
+        other => panic!("expected our hello first, got {other:?}"),
+    }
+    let hello = |roots: Vec<String>| LinkMessage::Hello {
+        cluster: cid("west"),
+        session: 1,
+        gateways: vec![],
+        lease_ms: 5000,
+        roots,
+    };
+    l.handle_message(t0, hello(vec![root.clone(), "cd".repeat(32)]))
+        .unwrap();
+    assert!(events(&mut l).contains(&LinkEvent::PeerHello {
+        peer: cid("west"),
+        session: 1,
+        gateways: vec![],
+        roots: vec![root.clone(), "cd".repeat(32)],
+    }));
+    for bad in [
+        vec![root.clone(); MAX_PEER_ROOTS + 1],
+        vec!["AB".repeat(32)],
+        vec!["ab".repeat(33)],
+        vec!["not hex at all".into()],
+        vec![String::new()],
+    ] {
+        let mut l = LinkSync::new(cid("east"), cid("west"), 9, vec![], LinkConfig::default());
+        l.handle_connected(t0);
+        assert!(
+            matches!(
+                l.handle_message(t0, hello(bad.clone())),
+                Err(LinkError::ProtocolViolation(_))
+            ),
+            "{bad:?}"
+        );
+    }
 }

@@ -314,6 +314,7 @@ fn sample_messages() -> Vec<LinkMessage> {
             session: 7,
             gateways: vec!["192.0.2.1:4443".parse().unwrap()],
             lease_ms: 5000,
+            roots: vec![],
         },
         LinkMessage::Snapshot {
             seq: 1,
