@@ -27,6 +27,24 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 
+/// The Prometheus text a role's admin listener at `addr` serves.
+pub async fn get_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    use http_body_util::BodyExt as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut sender = ferry_gateway::http::handshake(tcp, ferry_gateway::http::Proto::H1).await?;
+    let req = Request::get("/metrics")
+        .header(hyper::header::HOST, addr.to_string())
+        .body(ferry_gateway::http::empty_body())?;
+    let response = sender.send(req).await.map_err(|(e, _)| e)?;
+    anyhow::ensure!(
+        response.status() == StatusCode::OK,
+        "{addr}/metrics answered {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Admin connections served at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 32;
 /// A request's head must arrive within this.

@@ -66,6 +66,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     ("ferry_dns_refused_total", Kind::Counter, "DNS queries refused, by reason."),
     ("ferry_dns_forwarded_total", Kind::Counter, "Queries for names outside the mesh forwarded upstream, by result."),
     ("ferry_dns_zone_names", Kind::Gauge, "Names in the mesh DNS zone."),
+    ("ferry_dns_snapshot_version", Kind::Gauge, "Version of the mesh snapshot the DNS server answers from."),
 ];
 
 /// Buckets of `ferry_request_duration_seconds`: 0.5 ms to 10 s.

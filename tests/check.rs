@@ -71,6 +71,22 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
     ] {
         assert_eq!(status(&json, code), "ok", "{code}: {json:#}");
     }
+    // Each role instance is judged on what it says it holds and runs: the gateway's and
+    // the node's own certificates, and the DNS server's snapshot (read off its /metrics).
+    let detail = |code: &str| -> String {
+        json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["code"] == code)
+            .map(|f| f["detail"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(detail("FERRY104"), "2 role certificates fresh", "{json:#}");
+    assert!(
+        detail("FERRY402").starts_with("3 roles on snapshot"),
+        "gateway, node and dns: {json:#}"
+    );
     // `ferry gateways` and `ferry link status`: live from the link sessions, the same
     // fingerprints seen from both sides.
     let rows: serde_json::Value =

@@ -136,6 +136,7 @@ pub async fn follow_snapshots(
             );
             metrics::gauge!("ferry_dns_zone_names").set(zone.len() as f64);
             handler.set_zone(zone);
+            metrics::gauge!("ferry_dns_snapshot_version").set(snapshot.version as f64);
         }
         if snapshots.changed().await.is_err() {
             return;

@@ -516,11 +516,6 @@ impl Control for ControlApi {
             .cp
             .issue_certificate(now, &identity, &req.csr_pem)
             .map_err(status)?;
-        let role = match &identity {
-            Identity::Node { node, .. } => format!("node {node}"),
-            _ => "gateway".to_string(),
-        };
-        self.cp.note_issued(role, now, leaf.not_after);
         Ok(Response::new(pb::IssueReply {
             chain_pem: leaf.chain_pem,
             bundle_pem: self.cp.trust.bundle_pem.clone(),
@@ -562,8 +557,11 @@ impl Control for ControlApi {
             .map_err(|_| bad(format!("invalid gateway address `{}`", req.addr)))?;
         let lease = reported_lease(req.lease_ms);
         self.cp.register_gateway(addr, lease).map_err(internal)?;
+        let instance = format!("gateway {addr}");
         self.cp
-            .note_role_version(format!("gateway {addr}"), req.snapshot_version, lease);
+            .note_role_cert(&instance, req.cert_not_before_unix, req.cert_not_after_unix);
+        self.cp
+            .note_role_version(instance, req.snapshot_version, lease);
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -684,8 +682,11 @@ impl Control for ControlApi {
             .filter_map(|f| Some((f.addr.parse().ok()?, f.error.chars().take(200).collect())))
             .collect();
         let lease = reported_lease(req.lease_ms);
+        let instance = format!("node {node}");
         self.cp
-            .note_role_version(format!("node {node}"), req.snapshot_version, lease);
+            .note_role_cert(&instance, req.cert_not_before_unix, req.cert_not_after_unix);
+        self.cp
+            .note_role_version(instance, req.snapshot_version, lease);
         self.cp
             .report_node_status(node.to_string(), failures, lease);
         Ok(Response::new(pb::Empty {}))

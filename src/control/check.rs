@@ -20,7 +20,8 @@ const DNS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the roles told the control plane about themselves.
 #[derive(Default)]
 pub(super) struct RoleReports {
-    /// The last certificate issued per role ("gateway", "node <name>").
+    /// The certificate each role instance ("gateway <addr>", "node <name>") last said it
+    /// holds.
     certs: BTreeMap<String, Validity>,
     /// The snapshot version each live role instance reported, under a lease.
     versions: BTreeMap<String, (u64, Instant)>,
@@ -33,17 +34,23 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 impl ControlPlane {
-    /// Notes a certificate issued to `role` ("gateway", "node <name>").
-    pub fn note_issued(&self, role: String, not_before: SystemTime, not_after: SystemTime) {
+    /// Notes the certificate a role instance ("gateway <addr>", "node <name>") says it
+    /// holds (Unix seconds; a report without one changes nothing).
+    pub fn note_role_cert(&self, instance: &str, not_before: u64, not_after: u64) {
+        if not_after == 0 {
+            return;
+        }
         let validity = Validity {
-            not_before: unix(not_before),
-            not_after: unix(not_after),
+            not_before: i64::try_from(not_before).unwrap_or(i64::MAX),
+            not_after: i64::try_from(not_after).unwrap_or(i64::MAX),
         };
-        self.roles
-            .lock()
-            .expect("role reports lock")
-            .certs
-            .insert(role, validity);
+        let mut roles = self.roles.lock().expect("role reports lock");
+        match roles.certs.get_mut(instance) {
+            Some(held) => *held = validity,
+            None => {
+                roles.certs.insert(instance.to_string(), validity);
+            }
+        }
     }
 
     /// Notes the snapshot version a role instance ("gateway <addr>", "node <name>") runs,
@@ -59,23 +66,18 @@ impl ControlPlane {
     /// Every check, judged now.
     pub async fn check(&self) -> Vec<Finding> {
         let dns = self.probe_dns().await;
+        let dns_version = self.dns_version_applied().await;
         let snapshot = self.snapshot();
         let now = SystemTime::now();
         let (role_certs, role_versions) = {
             let mut roles = self.roles.lock().expect("role reports lock");
             let at = Instant::now();
-            roles.versions.retain(|_, (_, until)| *until > at);
-            let alive = |role: &str| {
-                roles
-                    .versions
-                    .keys()
-                    .any(|instance| instance == role || instance.starts_with(&format!("{role} ")))
-            };
-            // A role that is gone keeps no certificate to judge.
-            let certs: Vec<RoleCert> = roles
-                .certs
+            let RoleReports { certs, versions } = &mut *roles;
+            versions.retain(|_, (_, until)| *until > at);
+            // A role instance that is gone keeps no certificate to judge.
+            certs.retain(|instance, _| versions.contains_key(instance));
+            let certs: Vec<RoleCert> = certs
                 .iter()
-                .filter(|(role, _)| alive(role))
                 .map(|(role, validity)| RoleCert {
                     role: role.clone(),
                     validity: validity.clone(),
@@ -91,6 +93,13 @@ impl ControlPlane {
                 .collect();
             (certs, versions)
         };
+        let mut role_versions: Vec<RoleVersion> = role_versions;
+        if let Some(version) = dns_version {
+            role_versions.push(RoleVersion {
+                role: "dns".into(),
+                version,
+            });
+        }
         let roots = pem_validities(&self.trust.bundle_pem);
         let ca_pem = self.trust.ca.cert_pem().to_string();
         let facts = Facts {
@@ -127,6 +136,30 @@ impl ControlPlane {
     }
 
     /// Asks the cluster's DNS server (the address it recorded) for `dns-version.<zone>`.
+    /// The snapshot version the DNS server answers from, read from its admin listener's
+    /// `/metrics` (`ferry dns`'s, or `ferry up`'s that runs it; found like its DNS address,
+    /// in the data directory); `None` when it does not say.
+    async fn dns_version_applied(&self) -> Option<u64> {
+        let recorded = crate::admin::recorded(&self.cfg.data_dir);
+        let (_, addr) = recorded
+            .iter()
+            .find(|(role, _)| *role == crate::admin::Role::Dns)
+            .or_else(|| {
+                recorded
+                    .iter()
+                    .find(|(role, _)| *role == crate::admin::Role::Up)
+            })?;
+        let addr = *addr;
+        let text = tokio::time::timeout(DNS_PROBE_TIMEOUT, crate::admin::get_metrics(addr))
+            .await
+            .ok()?
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferry_dns_snapshot_version "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
     async fn probe_dns(&self) -> DnsProbe {
         let file = self.cfg.data_dir.join(crate::roles::dns::ADDR_FILE);
         let Some(addr) = std::fs::read_to_string(file)

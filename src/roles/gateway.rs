@@ -73,6 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.role_socket(),
         advertised,
         snapshots.clone(),
+        tls.held.clone(),
     ));
     tokio::spawn(forward_events(c, rx));
     crate::admin::set_ready(crate::admin::Role::Gateway, true);
@@ -84,6 +85,7 @@ async fn register_loop(
     socket: PathBuf,
     addr: SocketAddr,
     snapshots: tokio::sync::watch::Receiver<std::sync::Arc<ferry_federation::MeshSnapshot>>,
+    held: identity::Held,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut client: Option<Client> = None;
@@ -97,6 +99,8 @@ async fn register_loop(
             addr: addr.to_string(),
             lease_ms: REGISTER_LEASE.as_millis() as u64,
             snapshot_version: snapshots.borrow().version,
+            cert_not_before_unix: held.get().0,
+            cert_not_after_unix: held.get().1,
         };
         if let Err(e) = c.register_gateway(req).await {
             tracing::debug!(error = %e, "gateway registration failed; retrying");

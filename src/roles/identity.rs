@@ -19,6 +19,38 @@ use crate::pb;
 pub struct RoleTls {
     pub identity: Arc<IdentityStore>,
     pub trust: Arc<TrustStore>,
+    /// The validity of the certificate it holds now.
+    pub held: Held,
+}
+
+/// The validity (Unix seconds: not before, not after) of the certificate a role holds
+/// now, kept current across renewals; the role reports it with its snapshot version, so
+/// `ferry check` judges each gateway's and node's own certificate (FERRY104).
+#[derive(Clone, Default)]
+pub struct Held(Arc<std::sync::Mutex<(u64, u64)>>);
+
+impl Held {
+    pub fn get(&self) -> (u64, u64) {
+        *self.0.lock().expect("held cert lock")
+    }
+
+    fn set(&self, chain_pem: &str) {
+        if let Some(validity) = leaf_validity(chain_pem) {
+            *self.0.lock().expect("held cert lock") = validity;
+        }
+    }
+}
+
+/// The validity of the first certificate (the leaf) in `chain_pem`.
+fn leaf_validity(chain_pem: &str) -> Option<(u64, u64)> {
+    let pem = x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes()).next()?;
+    let pem = pem.ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let validity = cert.validity();
+    Some((
+        u64::try_from(validity.not_before.timestamp()).ok()?,
+        u64::try_from(validity.not_after.timestamp()).ok()?,
+    ))
 }
 
 async fn request(
@@ -52,7 +84,10 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
     if let Some(root) = earliest_not_after(&reply.bundle_pem) {
         metrics::gauge!("ferry_root_expiry_timestamp_seconds").set(root as f64);
     }
+    let held = Held::default();
+    held.set(&reply.chain_pem);
     let renew = identity.clone();
+    let renewed = held.clone();
     tokio::spawn(async move {
         let mut not_after = reply.not_after_unix;
         loop {
@@ -66,6 +101,7 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
             match request(&socket, role, &node).await {
                 Ok((reply, key_pem)) => match renew.replace(&reply.chain_pem, &key_pem) {
                     Ok(()) => {
+                        renewed.set(&reply.chain_pem);
                         not_after = reply.not_after_unix;
                         expiry.set(not_after as f64);
                         tracing::info!("certificate renewed");
@@ -76,7 +112,11 @@ pub async fn obtain(socket: PathBuf, role: &'static str, node: String) -> anyhow
             }
         }
     });
-    Ok(RoleTls { identity, trust })
+    Ok(RoleTls {
+        identity,
+        trust,
+        held,
+    })
 }
 
 /// The earliest end of validity (Unix seconds) among the certificates in `pem`.

@@ -38,6 +38,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> anyhow::Result<
         cfg.node_name.to_string(),
         failures,
         versions,
+        tls.held.clone(),
     ));
     proxy.run(stop, cfg.drain_timeout).await;
     reporter.abort();
@@ -50,6 +51,7 @@ async fn report_failures(
     node: String,
     mut failures: watch::Receiver<ListenFailures>,
     snapshots: watch::Receiver<Arc<ferry_federation::MeshSnapshot>>,
+    held: identity::Held,
 ) {
     // The first reconciliation's result.
     if failures.changed().await.is_ok() {
@@ -83,6 +85,8 @@ async fn report_failures(
                 .collect(),
             lease_ms: REPORT_LEASE.as_millis() as u64,
             snapshot_version: snapshots.borrow().version,
+            cert_not_before_unix: held.get().0,
+            cert_not_after_unix: held.get().1,
         };
         if c.report_node_status(req).await.is_err() {
             client = None;
