@@ -6,18 +6,14 @@
 //! retry budget; the policy's timeout covers the whole request. What the proxy answers
 //! itself is an [`errors::ProxyError`].
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_federation::traffic::{
-    backoff, may_retry, Attempt as AttemptFacts, Failure, RetryBudget,
-};
-use ferry_federation::{ClusterId, Hop, NoRoute, Plan, Refusal, ServiceName, TrafficPolicy};
+use ferry_federation::{ClusterId, Hop, NoRoute, ServiceName};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,27 +28,20 @@ use crate::metrics::Outcome;
 use crate::route::{route, Routed, Unrouted};
 
 mod errors;
+mod forward;
 mod upstream;
 
 use errors::ProxyError;
-use upstream::{Pool, PooledBody, Proto};
+use upstream::Pool;
 
+use ferry_gateway::http::is_upgrade;
 pub(crate) use ferry_gateway::http::Body;
-use ferry_gateway::http::{empty_body, is_upgrade, splice_upgraded};
-
-/// Requests that may come back unsent (a pooled connection closed under them) before the
-/// call gives up.
-const MAX_UNSENT: usize = 4;
-
-/// Retry budgets, one per service called.
-#[derive(Default)]
-pub(crate) struct Budgets(Mutex<HashMap<ServiceName, RetryBudget>>);
 
 /// What the HTTP layer keeps across connections.
 #[derive(Default)]
 pub(crate) struct HttpState {
     pool: Arc<Pool>,
-    budgets: Budgets,
+    budgets: forward::Budgets,
 }
 
 /// Serves one application connection on an HTTP (`grpc == false`) or gRPC port.
@@ -144,7 +133,7 @@ async fn handle(
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     prepare_headers(&mut parts.headers, peer, upgrade.is_some());
-    let request = Head {
+    let request = forward::Head {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
@@ -158,236 +147,23 @@ async fn handle(
         let outcome = Err(ProxyError::CircuitOpen);
         return finish(&shared, local, None, &route.service, &asked, outcome);
     }
-    let call = forward(&shared, &route, policy, hops, request, body, grpc);
-    let (hop, outcome) = match policy.and_then(|p| p.timeout) {
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(outcome) => outcome,
-            Err(_) => (None, Err(ProxyError::Timeout)),
-        },
-        None => call.await,
+    let upstream = upstream::Live {
+        pool: &shared.http.pool,
+        tunnel: &shared.tunnel,
     };
+    let ctx = forward::Ctx {
+        balancer: &shared.balancer,
+        budgets: &shared.http.budgets,
+        upstream: &upstream,
+    };
+    let payload = forward::Payload {
+        empty: body.is_end_stream(),
+        body: body.boxed(),
+    };
+    let call = forward::forward(ctx, &route, policy, hops, request, payload, grpc);
+    let (hop, outcome) = forward::within_timeout(policy.and_then(|p| p.timeout), call).await;
     let service = &route.service;
     finish(&shared, local, hop.as_ref(), service, &asked, outcome)
-}
-
-/// The parts of a request kept to send it again.
-struct Head {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    /// The application's side of an upgrade it asked for.
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
-}
-
-impl Head {
-    /// The request to send with `body`; `again` keeps a copy of the headers for a later
-    /// attempt, otherwise they move into the request (see [`Head::restore`]).
-    fn build(&mut self, body: Body, again: bool) -> Request<Body> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = match again {
-            true => self.headers.clone(),
-            false => std::mem::take(&mut self.headers),
-        };
-        req
-    }
-
-    /// Takes back the headers of a request that came back unsent, and returns its body.
-    fn restore(&mut self, unsent: Request<Body>) -> Body {
-        let (parts, body) = unsent.into_parts();
-        self.headers = parts.headers;
-        body
-    }
-}
-
-/// Sends the request to the hops in order until one answers. Connections that cannot be
-/// made move on to the next hop with the request intact; an answer that failed is sent
-/// again only as the policy, the request's safety and the budget allow. Returns the hop
-/// that answered, with the answer.
-async fn forward(
-    shared: &Arc<Shared>,
-    route: &Plan,
-    policy: Option<&TrafficPolicy>,
-    hops: Vec<Hop>,
-    mut head: Head,
-    body: Incoming,
-    grpc: bool,
-) -> (Option<Hop>, Result<Response<Body>, ProxyError>) {
-    let proto = Proto::of(head.version);
-    let empty = body.is_end_stream();
-    let facts = AttemptFacts {
-        idempotent: grpc
-            || matches!(
-                head.method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::OPTIONS
-                    | Method::TRACE
-                    | Method::PUT
-                    | Method::DELETE
-            ),
-        body_sent: !empty,
-        replayable: empty,
-    };
-    let mut body = Some(body.boxed());
-    let retries = policy.map_or(0, |p| p.retries);
-    let mut retried = 0u32;
-    let mut failed_to_connect = 0usize;
-    shared.http.budgets.deposit(&route.service);
-    let mut next = 0usize;
-    let mut last = ProxyError::Unreachable;
-    while !hops.is_empty() {
-        let hop = &hops[next % hops.len()];
-        next += 1;
-        let attempt = shared.balancer.start(&route.service, hop, Instant::now());
-        // An upgraded connection is never given back: it gets one of its own.
-        let pooled = match head.upgrade {
-            Some(_) => None,
-            None => shared.http.pool.take(&route.service, hop, proto),
-        };
-        let sender = match pooled {
-            Some(sender) => Ok(sender),
-            None => {
-                let fallback = hops.len() > 1;
-                upstream::connect(&shared.tunnel, hop, &route.service, proto, fallback).await
-            }
-        };
-        let sender = match sender {
-            Ok(mut s) => s
-                .ready()
-                .await
-                .map(|()| s)
-                .map_err(upstream::ConnectError::from),
-            Err(e) => Err(e),
-        };
-        let mut sender = match sender {
-            Ok(s) => s,
-            Err(e) => {
-                attempt.failed(Instant::now());
-                tracing::debug!(%hop, error = %e, "upstream unreachable; trying the next");
-                failed_to_connect += 1;
-                if failed_to_connect >= hops.len() + retried as usize {
-                    return (None, Err(ProxyError::Unreachable));
-                }
-                continue;
-            }
-        };
-        let Some(this_body) = body.take().or_else(|| empty.then(empty_body)) else {
-            // The body went with an earlier attempt and cannot be sent again.
-            return (None, Err(last));
-        };
-        let again = retried < u32::from(retries);
-        let failure = match sender.send(head.build(this_body, again)).await {
-            Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                attempt.answered(Instant::now());
-                let Some(client_side) = head.upgrade.take() else {
-                    // An upgrade nobody asked for.
-                    return (Some(hop.clone()), Err(ProxyError::Upstream));
-                };
-                let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(client_side, upstream_side, attempt));
-                let response = response.map(|_| empty_body());
-                return (Some(hop.clone()), Ok(response));
-            }
-            Ok(response) if empty && not_forwarded(hop, &response) => {
-                // The remote gateway had no endpoint for it: like a hop that cannot be
-                // reached, the next one gets the (bodyless) request, retries untouched.
-                attempt.failed(Instant::now());
-                tracing::debug!(%hop, "the remote gateway had no endpoint; trying the next");
-                failed_to_connect += 1;
-                if failed_to_connect >= hops.len() + retried as usize {
-                    return (Some(hop.clone()), Ok(response.map(|b| b.boxed())));
-                }
-                continue;
-            }
-            Ok(response) => {
-                let failure = answer_failure(&response, grpc);
-                match failure {
-                    None => attempt.answered(Instant::now()),
-                    Some(_) => attempt.failed(Instant::now()),
-                }
-                let retry = failure.filter(|f| {
-                    retried < u32::from(retries)
-                        && may_retry(policy, facts, *f)
-                        && shared.http.budgets.withdraw(&route.service)
-                });
-                let Some(failure) = retry else {
-                    // The server's answer, good or failed, goes to the caller as it is.
-                    let pool = shared.http.pool.clone();
-                    let response = response.map(|b| {
-                        PooledBody::new(b, pool, (&route.service, hop, proto), sender, attempt)
-                            .boxed()
-                    });
-                    return (Some(hop.clone()), Ok(response));
-                };
-                failure
-            }
-            Err((e, Some(unsent))) => {
-                // Nothing was written: the same request goes on another connection (a
-                // pooled one the server had closed is the usual cause, not the hop).
-                tracing::debug!(%hop, error = %e, "request not sent; trying another connection");
-                body = Some(head.restore(unsent));
-                failed_to_connect += 1;
-                if failed_to_connect >= hops.len() + retried as usize + MAX_UNSENT {
-                    return (None, Err(ProxyError::Unreachable));
-                }
-                next -= 1;
-                continue;
-            }
-            Err((e, None)) => {
-                attempt.failed(Instant::now());
-                tracing::debug!(%hop, error = %e, "upstream failed during the request");
-                last = ProxyError::Upstream;
-                if !(retried < u32::from(retries)
-                    && may_retry(policy, facts, Failure::Reset)
-                    && shared.http.budgets.withdraw(&route.service))
-                {
-                    return (Some(hop.clone()), Err(ProxyError::Upstream));
-                }
-                Failure::Reset
-            }
-        };
-        retried += 1;
-        tracing::debug!(service = %route.service, %hop, ?failure, retry = retried, "retrying");
-        tokio::time::sleep(backoff(retried, fastrand::u32(..))).await;
-    }
-    (None, Err(ProxyError::Unreachable))
-}
-
-/// Whether a remote hop's gateway answered itself that no endpoint there could take the
-/// request (503 with `ferry-error`; a gRPC port answers `UNAVAILABLE` with it): nothing
-/// reached a server.
-fn not_forwarded(hop: &Hop, response: &Response<Incoming>) -> bool {
-    matches!(hop, Hop::Remote { .. })
-        && response
-            .headers()
-            .get(ferry_gateway::http::FERRY_ERROR)
-            .is_some_and(|reason| {
-                reason == Refusal::NoEndpoints.as_str()
-                    || reason == Refusal::EndpointUnhealthy.as_str()
-            })
-}
-
-/// What makes an answer a failure to retry on: a 5xx, or gRPC `UNAVAILABLE` in the
-/// headers of a trailers-only response.
-fn answer_failure(response: &Response<Incoming>, grpc: bool) -> Option<Failure> {
-    if response.status().is_server_error() {
-        return Some(Failure::Status(response.status().as_u16()));
-    }
-    if grpc {
-        let code = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())?;
-        if code == ferry_federation::traffic::retry::GRPC_UNAVAILABLE {
-            return Some(Failure::Grpc(code));
-        }
-    }
-    None
 }
 
 /// Removes hop-by-hop headers (and those `Connection` names), continues or starts the
@@ -537,26 +313,6 @@ fn finish(
         result,
     });
     response
-}
-
-impl Budgets {
-    fn deposit(&self, service: &ServiceName) {
-        let now = Instant::now();
-        let mut budgets = self.0.lock().expect("budget lock");
-        budgets
-            .entry(service.clone())
-            .or_insert_with(|| RetryBudget::new(now))
-            .deposit(now);
-    }
-
-    fn withdraw(&self, service: &ServiceName) -> bool {
-        let now = Instant::now();
-        let mut budgets = self.0.lock().expect("budget lock");
-        budgets
-            .entry(service.clone())
-            .or_insert_with(|| RetryBudget::new(now))
-            .withdraw(now)
-    }
 }
 
 #[cfg(test)]

@@ -15,10 +15,13 @@ use ferry_gateway::tunnel::{TunnelClient, TunnelError};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::forward::{SendFailed, Upstream};
+use super::Body;
 use crate::balance::Attempt;
 use crate::route::{connect_local, tunnel_header};
 use ferry_gateway::http::handshake;
 pub(crate) use ferry_gateway::http::{Proto, Sender};
+use http_body_util::BodyExt as _;
 
 /// Bounds of the wait for a gateway's status on a new tunnel stream.
 const STATUS_WAIT_MIN: Duration = Duration::from_millis(250);
@@ -146,6 +149,58 @@ pub(crate) async fn connect(
             };
             Ok(handshake(tokio::io::join(recv, send), proto).await?)
         }
+    }
+}
+
+/// The proxy's upstream: its pool of idle connections and its dialer.
+pub(crate) struct Live<'a> {
+    pub(crate) pool: &'a Arc<Pool>,
+    pub(crate) tunnel: &'a TunnelClient,
+}
+
+impl Upstream for Live<'_> {
+    type Conn = Sender;
+    type Body = Incoming;
+
+    fn take(&self, service: &ServiceName, hop: &Hop, proto: Proto) -> Option<Sender> {
+        self.pool.take(service, hop, proto)
+    }
+
+    async fn connect(
+        &self,
+        hop: &Hop,
+        service: &ServiceName,
+        proto: Proto,
+        fallback: bool,
+    ) -> Result<Sender, ConnectError> {
+        connect(self.tunnel, hop, service, proto, fallback).await
+    }
+
+    async fn ready(&self, conn: &mut Sender) -> Result<(), ConnectError> {
+        Ok(conn.ready().await?)
+    }
+
+    async fn send(
+        &self,
+        conn: &mut Sender,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, SendFailed> {
+        conn.send(req)
+            .await
+            .map_err(|(e, unsent)| (Box::new(e) as _, unsent))
+    }
+
+    fn answer(
+        &self,
+        response: http::Response<Incoming>,
+        service: &ServiceName,
+        hop: &Hop,
+        conn: Sender,
+        attempt: Attempt,
+    ) -> http::Response<Body> {
+        let proto = conn.proto();
+        let pool = self.pool.clone();
+        response.map(|b| PooledBody::new(b, pool, (service, hop, proto), conn, attempt).boxed())
     }
 }
 
