@@ -215,6 +215,13 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// A bodiless GET.
+    async fn get(&self, policy: Option<&TrafficPolicy>, hops: &[Hop]) -> Ended {
+        self.call(policy, hops, head(Method::GET), empty()).await
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_5xx_is_sent_again_to_the_next_hop_after_a_short_backoff() {
     let (a, b) = (hop(1), hop(2));
@@ -225,14 +232,7 @@ async fn a_5xx_is_sent_again_to_the_next_hop_after_a_short_backoff() {
     ));
     let p = policy(2, &[RetryOn::ServerError], None);
     let started = Virtual::now();
-    let ended = h
-        .call(
-            Some(&p),
-            &[a.clone(), b.clone()],
-            head(Method::GET),
-            empty(),
-        )
-        .await;
+    let ended = h.get(Some(&p), &[a.clone(), b.clone()]).await;
     assert_eq!(ended, (Some(b.to_string()), Ok(200)));
     assert_eq!(h.upstream.sent(), [a.to_string(), b.to_string()]);
     assert!(
@@ -251,14 +251,7 @@ async fn without_a_policy_that_asks_a_5xx_goes_back_as_it_is() {
         Step::Answer(200),
     ));
     for p in [None, Some(policy(2, &[RetryOn::Reset], None))] {
-        let ended = h
-            .call(
-                p.as_ref(),
-                &[a.clone(), b.clone()],
-                head(Method::GET),
-                empty(),
-            )
-            .await;
+        let ended = h.get(p.as_ref(), &[a.clone(), b.clone()]).await;
         assert_eq!(ended, (Some(a.to_string()), Ok(503)));
     }
     // Retried on 5xx only when idempotent: a POST's 503 is the answer.
@@ -303,9 +296,7 @@ async fn connections_that_cannot_be_made_move_on_without_a_retry_or_a_wait() {
             .hop(&a, &[], Step::Refuse)
             .hop(&b, &[], Step::Refuse),
     );
-    let ended = h
-        .call(None, &[a.clone(), b.clone()], head(Method::GET), empty())
-        .await;
+    let ended = h.get(None, &[a.clone(), b.clone()]).await;
     assert_eq!(ended, (None, Err(ProxyError::Unreachable)));
     assert!(h.upstream.sent().is_empty());
 }
@@ -321,14 +312,7 @@ async fn a_reset_is_retried_only_when_the_request_is_safe_to_send_again() {
     let p = policy(2, &[RetryOn::Reset], None);
     // A GET without a body: sent again, to b.
     let h = Harness::new(fake());
-    let ended = h
-        .call(
-            Some(&p),
-            &[a.clone(), b.clone()],
-            head(Method::GET),
-            empty(),
-        )
-        .await;
+    let ended = h.get(Some(&p), &[a.clone(), b.clone()]).await;
     assert_eq!(ended, (Some(b.to_string()), Ok(200)));
     // A POST whose body went out: never again; the caller gets a 502.
     let h = Harness::new(fake());
@@ -363,9 +347,7 @@ async fn an_unsent_request_goes_on_a_new_connection_to_the_same_hop() {
     assert_eq!(started.elapsed(), Duration::ZERO);
     // A connection that keeps closing under the request is given up, not looped on.
     let h = Harness::new(Fake::default().hop(&a, &[], Step::Unsent));
-    let ended = h
-        .call(None, std::slice::from_ref(&a), head(Method::GET), empty())
-        .await;
+    let ended = h.get(None, std::slice::from_ref(&a)).await;
     assert_eq!(ended, (None, Err(ProxyError::Unreachable)));
 }
 
@@ -379,14 +361,7 @@ async fn the_timeout_covers_the_whole_request_retries_included() {
     );
     let p = policy(3, &[RetryOn::ServerError], Some(Duration::from_secs(2)));
     let started = Virtual::now();
-    let ended = h
-        .call(
-            Some(&p),
-            &[a.clone(), b.clone()],
-            head(Method::GET),
-            empty(),
-        )
-        .await;
+    let ended = h.get(Some(&p), &[a.clone(), b.clone()]).await;
     assert_eq!(ended, (None, Err(ProxyError::Timeout)));
     assert_eq!(
         started.elapsed(),
@@ -404,14 +379,7 @@ async fn retries_stay_inside_the_budget_under_a_failing_endpoint() {
     let p = policy(1, &[RetryOn::ServerError], None);
     let calls = 1000;
     for _ in 0..calls {
-        let ended = h
-            .call(
-                Some(&p),
-                std::slice::from_ref(&a),
-                head(Method::GET),
-                empty(),
-            )
-            .await;
+        let ended = h.get(Some(&p), std::slice::from_ref(&a)).await;
         assert_eq!(ended, (Some(a.to_string()), Ok(503)));
     }
     let retries = h.upstream.sent().len() - calls;
