@@ -54,10 +54,17 @@ pub(super) async fn serve(
 ) {
     let _active = Active::new(&shared);
     let _ = client.set_nodelay(true);
+    // The caller's address as `x-forwarded-for` appends it, made once per connection.
+    let ip = HeaderValue::from_str(&peer.ip().to_string())
+        .expect("an IP address is a valid header value");
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
+        let ip = ip.clone();
         // One span per request, continuing the caller's trace.
-        let span = tracing::info_span!("request", method = %req.method());
+        let span = match ferry_gateway::trace::request_spans() {
+            true => tracing::info_span!("request", method = %req.method()),
+            false => tracing::Span::none(),
+        };
         if let Some(parent) = req
             .headers()
             .get("traceparent")
@@ -65,7 +72,7 @@ pub(super) async fn serve(
         {
             ferry_gateway::trace::continue_trace(&span, parent);
         }
-        async move { Ok::<_, Infallible>(handle(shared, addr, peer, grpc, req).await) }
+        async move { Ok::<_, Infallible>(handle(shared, addr, (peer, &ip), grpc, req).await) }
             .instrument(span)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -84,7 +91,7 @@ pub(super) async fn serve(
 async fn handle(
     shared: Arc<Shared>,
     addr: SocketAddr,
-    peer: SocketAddr,
+    (peer, ip): (SocketAddr, &HeaderValue),
     grpc: bool,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -132,7 +139,7 @@ async fn handle(
     // stream both ways once the endpoint agrees (101).
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    prepare_headers(&mut parts.headers, peer, upgrade.is_some());
+    prepare_headers(&mut parts.headers, ip, upgrade.is_some());
     let request = forward::Head {
         method: parts.method,
         uri: parts.uri,
@@ -168,7 +175,7 @@ async fn handle(
 
 /// Removes hop-by-hop headers (and those `Connection` names), continues or starts the
 /// W3C trace, and records the caller's address.
-fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
+fn prepare_headers(headers: &mut HeaderMap, ip: &HeaderValue, upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -203,12 +210,16 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, upgrade: bool) {
         .unwrap_or_else(|| traceparent(parent));
     headers.insert("traceparent", value);
     let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {ip}"),
-        None => ip,
+    let value = match headers.get(&xff).map(|v| v.to_str()) {
+        None => Ok(ip.clone()),
+        Some(Ok(before)) => {
+            let ip = ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{before}, {ip}"))
+        }
+        // A value that is not text is replaced, not appended to.
+        Some(Err(_)) => Ok(ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = value {
         headers.insert(xff, v);
     }
 }
@@ -369,7 +380,7 @@ mod tests {
         headers.insert("expect", HeaderValue::from_static("100-continue"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         headers.insert("x-app", HeaderValue::from_static("kept"));
-        prepare_headers(&mut headers, "10.0.0.7:5000".parse().unwrap(), false);
+        prepare_headers(&mut headers, &HeaderValue::from_static("10.0.0.7"), false);
         for gone in ["connection", "x-private", "keep-alive", "expect"] {
             assert!(!headers.contains_key(gone), "{gone} kept");
         }

@@ -80,7 +80,12 @@ pub(super) async fn serve(
     });
     let service = service_fn(move |req: Request<Incoming>| {
         let stream = stream.clone();
-        let span = tracing::info_span!("request", method = %req.method(), service = %stream.header.service);
+        let span = match crate::trace::request_spans() {
+            true => {
+                tracing::info_span!("request", method = %req.method(), service = %stream.header.service)
+            }
+            false => tracing::Span::none(),
+        };
         if let Some(parent) = req
             .headers()
             .get("traceparent")
