@@ -4,7 +4,7 @@
 //! Handles are kept per service and outcome, so a request records its metrics without
 //! building label strings or looking the key up in the recorder.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //!
 //! It must not decide policy, and it never blocks: one short lock per call.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,7 @@ pub(crate) struct Balancer {
 impl Balancer {
     pub(crate) fn new(outlier: OutlierConfig, max_in_flight: u32) -> Arc<Balancer> {
         Arc::new(Balancer {
-            stats: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::default()),
             outlier,
             max_in_flight,
         })

@@ -167,7 +167,9 @@ async fn handle(
         empty: body.is_end_stream(),
         body: body.boxed(),
     };
-    let call = forward::forward(ctx, &route, policy, hops, request, payload, grpc);
+    let call = std::pin::pin!(forward::forward(
+        ctx, &route, policy, hops, request, payload, grpc
+    ));
     let (hop, outcome) = forward::within_timeout(policy.and_then(|p| p.timeout), call).await;
     let service = &route.service;
     finish(&shared, local, hop.as_ref(), service, &asked, outcome)

@@ -4,7 +4,7 @@
 //! [`Upstream`]: the proxy's pool and dialer ([`super::upstream::Live`]) or, in the tests
 //! below, a scripted fake on a paused clock.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -146,11 +146,16 @@ pub(crate) struct Payload {
     pub(crate) empty: bool,
 }
 
-/// `call` under the policy's timeout, if it sets one.
-pub(crate) async fn within_timeout(
+/// `call` under the policy's timeout, if it sets one. `call` is pinned where the caller
+/// keeps it: the attempt loop's future is large, and moving it (or holding it twice, with
+/// and without a timeout) would cost a copy of it per request.
+pub(crate) async fn within_timeout<F>(
     limit: Option<Duration>,
-    call: impl Future<Output = (Option<Hop>, Result<Response<Body>, ProxyError>)>,
-) -> (Option<Hop>, Result<Response<Body>, ProxyError>) {
+    call: std::pin::Pin<&mut F>,
+) -> (Option<Hop>, Result<Response<Body>, ProxyError>)
+where
+    F: Future<Output = (Option<Hop>, Result<Response<Body>, ProxyError>)>,
+{
     match limit {
         Some(limit) => match tokio::time::timeout(limit, call).await {
             Ok(outcome) => outcome,

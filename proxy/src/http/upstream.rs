@@ -3,7 +3,7 @@
 //! per hop and HTTP version and used for one request at a time, so concurrent requests
 //! ride separate QUIC streams and never wait behind each other.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -173,7 +173,9 @@ impl Upstream for Live<'_> {
         proto: Proto,
         fallback: bool,
     ) -> Result<Sender, ConnectError> {
-        connect(self.tunnel, hop, service, proto, fallback).await
+        // Boxed: a new connection (a QUIC dial at worst) is rare next to pooled ones, and
+        // its large future would otherwise make every request's future large to move.
+        Box::pin(connect(self.tunnel, hop, service, proto, fallback)).await
     }
 
     async fn ready(&self, conn: &mut Sender) -> Result<(), ConnectError> {

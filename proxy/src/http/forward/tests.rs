@@ -206,7 +206,15 @@ impl Harness {
             upstream: &self.upstream,
         };
         let route = plan();
-        let call = forward(ctx, &route, policy, hops.to_vec(), head, payload, false);
+        let call = std::pin::pin!(forward(
+            ctx,
+            &route,
+            policy,
+            hops.to_vec(),
+            head,
+            payload,
+            false
+        ));
         let (hop, outcome) = within_timeout(policy.and_then(|p| p.timeout), call).await;
         (
             hop.map(|h| h.to_string()),
@@ -389,5 +397,27 @@ async fn retries_stay_inside_the_budget_under_a_failing_endpoint() {
     assert!(
         retries >= allowed - 1,
         "the budget is used, not starved: {retries} of {allowed}"
+    );
+}
+
+/// The attempt loop's future is large; the timeout around it holds it by reference, so a
+/// request moves it once (at most), not once per wrapper.
+#[test]
+fn the_timeout_holds_the_attempt_loop_by_reference() {
+    let h = Harness::new(Fake::default());
+    let ctx = Ctx {
+        balancer: &h.balancer,
+        budgets: &h.budgets,
+        upstream: &h.upstream,
+    };
+    let route = plan();
+    let call = forward(ctx, &route, None, vec![], head(Method::GET), empty(), false);
+    let loop_size = std::mem::size_of_val(&call);
+    let call = std::pin::pin!(call);
+    let timed = within_timeout(Some(Duration::from_secs(1)), call);
+    assert!(
+        std::mem::size_of_val(&timed) < 512 && loop_size > 512,
+        "timeout wrapper {} bytes around a {loop_size}-byte loop",
+        std::mem::size_of_val(&timed)
     );
 }
