@@ -170,4 +170,39 @@ async fn idle_relayed_connections_are_closed() {
             "{addr}: closed after {took:?}"
         );
     }
+
+    // A tunnel stream of HTTP requests (the gateway serves it request by request) is
+    // closed the same way once no request has been in progress for the idle timeout.
+    let web = common::http::HttpBackend::start("west", false).await;
+    common::http::add_web(&west_def, &[&web], true);
+    east_def.wait_imported("web.shop", "west").await;
+    let peer = east_def.node_client().await;
+    let mut header = common::tunnel_header("web.shop", "http", None);
+    header.carries = ferry_federation::Carries::Http;
+    let west: ferry_federation::ClusterId = "west".parse().unwrap();
+    let (mut send, mut recv) = peer
+        .open(&west, &west_def.gateways(), &header)
+        .await
+        .unwrap();
+    send.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    recv.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(Some(_)) = recv.read(&mut chunk).await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the HTTP stream is still open 10 s into silence"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "HTTP stream closed after {took:?}"
+    );
 }

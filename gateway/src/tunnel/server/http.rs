@@ -47,6 +47,52 @@ struct Stream {
     /// The connection admission made to answer the stream's status, until a request uses it.
     first: Mutex<Option<(SocketAddr, TcpStream)>>,
     idle: Mutex<Vec<(SocketAddr, Sender)>>,
+    /// Requests whose answer is not yet done, and when the last one ended: a stream with
+    /// none for the gateway's relay idle timeout is closed, as an idle relayed one is.
+    busy: Mutex<(usize, tokio::time::Instant)>,
+}
+
+/// One request in progress on a stream, until its answer's body is done or dropped.
+struct Busy(Arc<Stream>);
+
+impl Busy {
+    fn new(stream: &Arc<Stream>) -> Busy {
+        stream.busy.lock().expect("busy lock").0 += 1;
+        Busy(stream.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut busy = self.0.busy.lock().expect("busy lock");
+        *busy = (busy.0.saturating_sub(1), tokio::time::Instant::now());
+    }
+}
+
+/// A response body that keeps its request counted as busy until it is done.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The gateway's inbound request metrics, shared by every stream.
@@ -77,7 +123,9 @@ pub(super) async fn serve(
         grpc,
         first: Mutex::new(first),
         idle: Mutex::new(Vec::new()),
+        busy: Mutex::new((0, tokio::time::Instant::now())),
     });
+    let watched = stream.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let stream = stream.clone();
         let span = match crate::trace::request_spans() {
@@ -93,7 +141,12 @@ pub(super) async fn serve(
         {
             crate::trace::continue_trace(&span, parent);
         }
-        async move { Ok::<_, Infallible>(stream.handle(req).await) }.instrument(span)
+        async move {
+            let busy = Busy::new(&stream);
+            let response = stream.handle(req).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }.boxed()))
+        }
+        .instrument(span)
     });
     let cut = Arc::new(Mutex::new(None));
     let io = tokio::io::join(
@@ -108,6 +161,7 @@ pub(super) async fn serve(
         builder = builder.http2_only();
     }
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = until_idle(conn, &watched, shared.relay_idle);
     let on_cut = |refusal| *cut.lock().expect("cut lock") = Some(refusal);
     match super::while_admitted(shared, caller, header, conn, on_cut).await {
         Ok(Ok(())) => Ok(()),
@@ -117,6 +171,33 @@ pub(super) async fn serve(
         }
         // Dropping the connection dropped the stream: with `cut` set, it was reset.
         Err(refusal) => Err(refusal),
+    }
+}
+
+/// Serves `conn` until it ends, or until no request has been in progress for `idle`.
+async fn until_idle<F, E>(conn: F, stream: &Stream, idle: std::time::Duration) -> Result<(), E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    loop {
+        let (in_progress, since) = *stream.busy.lock().expect("busy lock");
+        // While a request is in progress, look again in `idle`; else when it would be quiet.
+        let check_at = match in_progress {
+            0 => since + idle,
+            _ => tokio::time::Instant::now() + idle,
+        };
+        tokio::select! {
+            done = &mut conn => return done,
+            _ = tokio::time::sleep_until(check_at) => {
+                let (in_progress, since) = *stream.busy.lock().expect("busy lock");
+                if in_progress == 0 && tokio::time::Instant::now() >= since + idle {
+                    metrics::counter!("ferry_gateway_streams_idle_closed_total").increment(1);
+                    tracing::debug!(service = %stream.header.service, "HTTP tunnel stream idle; closed");
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
