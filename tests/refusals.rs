@@ -347,6 +347,19 @@ async fn a_peer_on_an_http_stream_reaches_only_what_the_stream_was_admitted_for(
         assert!(answer.contains("\"name\":\"web\""), "{answer}");
     }
     assert_eq!((web.served(), secret.served()), (2, 0));
+    // An upgrade asked on a stream of requests is answered, not spliced: upgrades go on a
+    // byte stream of their own, which admission keeps cutting while it flows.
+    send.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: web\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_response(&mut recv).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("upgrade_on_request_stream"),
+        "{answer}"
+    );
+    assert_eq!(web.served(), 2);
 
     // Not HTTP: a 400 and the end of this stream; the gateway goes on serving others.
     let (mut bad_send, mut bad_recv) = peer.open(&west, &west_gw, &http).await.unwrap();

@@ -207,7 +207,11 @@ impl LinkSync {
 
     /// Says which roots this cluster's trust bundle holds (SHA-256, hex), sent in every
     /// `Hello` from the next connection on.
-    pub fn with_roots(mut self, roots: Vec<String>) -> Self {
+    /// Duplicates are sent once, and at most [`MAX_PEER_ROOTS`] (what a peer accepts).
+    pub fn with_roots(mut self, mut roots: Vec<String>) -> Self {
+        roots.sort();
+        roots.dedup();
+        roots.truncate(MAX_PEER_ROOTS);
         self.roots = roots;
         self
     }

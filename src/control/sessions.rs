@@ -63,6 +63,8 @@ impl ControlPlane {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let view = sessions.0.entry(peer.clone()).or_default();
         view.up_since = None;
+        // The next session's hello says afresh which roots the peer holds.
+        view.peer_roots.clear();
         view.last_error = Some((SystemTime::now(), why.to_string()));
     }
 

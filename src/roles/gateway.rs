@@ -95,12 +95,14 @@ async fn register_loop(
             client = client::connect(&socket).await.ok();
         }
         let Some(c) = client.as_mut() else { continue };
+        // One read: a renewal between two would pair one certificate's start with another's end.
+        let cert = held.get();
         let req = pb::RegisterGatewayRequest {
             addr: addr.to_string(),
             lease_ms: REGISTER_LEASE.as_millis() as u64,
             snapshot_version: snapshots.borrow().version,
-            cert_not_before_unix: held.get().0,
-            cert_not_after_unix: held.get().1,
+            cert_not_before_unix: cert.0,
+            cert_not_after_unix: cert.1,
         };
         if let Err(e) = c.register_gateway(req).await {
             tracing::debug!(error = %e, "gateway registration failed; retrying");

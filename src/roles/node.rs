@@ -73,6 +73,7 @@ async fn report_failures(
             client = client::connect(&socket).await.ok();
         }
         let Some(c) = client.as_mut() else { continue };
+        let cert = held.get();
         let req = pb::NodeStatusRequest {
             node: node.clone(),
             failures: failures
@@ -85,8 +86,8 @@ async fn report_failures(
                 .collect(),
             lease_ms: REPORT_LEASE.as_millis() as u64,
             snapshot_version: snapshots.borrow().version,
-            cert_not_before_unix: held.get().0,
-            cert_not_after_unix: held.get().1,
+            cert_not_before_unix: cert.0,
+            cert_not_after_unix: cert.1,
         };
         if c.report_node_status(req).await.is_err() {
             client = None;

@@ -44,13 +44,15 @@ pub(crate) trait Upstream: Sync {
     /// An idle connection to `hop` for `service`, if one is kept.
     fn take(&self, service: &ServiceName, hop: &Hop, proto: Proto) -> Option<Self::Conn>;
 
-    /// A new connection to `hop`; `fallback` says another hop could take the call.
+    /// A new connection to `hop`; `fallback` says another hop could take the call;
+    /// `upgrade` that it is for a request to switch protocols (never pooled).
     fn connect(
         &self,
         hop: &Hop,
         service: &ServiceName,
         proto: Proto,
         fallback: bool,
+        upgrade: bool,
     ) -> impl Future<Output = Result<Self::Conn, ConnectError>> + Send;
 
     /// Waits until `conn` can take a request.
@@ -214,8 +216,9 @@ pub(crate) async fn forward<U: Upstream>(
             Some(conn) => Ok(conn),
             None => {
                 let fallback = hops.len() > 1;
+                let upgrade = head.upgrade.is_some();
                 ctx.upstream
-                    .connect(hop, &route.service, proto, fallback)
+                    .connect(hop, &route.service, proto, fallback, upgrade)
                     .await
             }
         };
@@ -239,7 +242,9 @@ pub(crate) async fn forward<U: Upstream>(
             // The body went with an earlier attempt and cannot be sent again.
             return (None, Err(last));
         };
-        let again = retried < u32::from(retries);
+        // Headers are kept for another attempt when one may follow: a retry, or a bodiless
+        // request a remote gateway may hand back unplaced (see `not_forwarded`).
+        let again = retried < u32::from(retries) || (empty && matches!(hop, Hop::Remote { .. }));
         let sent = ctx
             .upstream
             .send(&mut conn, head.build(this_body, again))
@@ -319,11 +324,19 @@ pub(crate) async fn forward<U: Upstream>(
     (None, Err(ProxyError::Unreachable))
 }
 
-/// Whether a remote hop's gateway answered itself that no endpoint there could take the
-/// request (503 with `ferry-error`; a gRPC port answers `UNAVAILABLE` with it): nothing
-/// reached a server.
+/// Whether a remote hop's gateway answered itself that no endpoint there took the request:
+/// 503 (or gRPC `UNAVAILABLE`) with `ferry-error` naming no endpoint or the named
+/// endpoint unhealthy. The gateway says so only when nothing of the request reached an
+/// endpoint, and never passes an endpoint's own `ferry-error` on.
 fn not_forwarded<B>(hop: &Hop, response: &Response<B>) -> bool {
+    let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE
+        || (response.status() == StatusCode::OK
+            && response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|s| s == "14"));
     matches!(hop, Hop::Remote { .. })
+        && unavailable
         && response.headers().get(FERRY_ERROR).is_some_and(|reason| {
             reason == Refusal::NoEndpoints.as_str() || reason == Refusal::EndpointUnhealthy.as_str()
         })

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_federation::{Carries, ClusterId, Hop, Label, PortName, ServiceName};
+use ferry_federation::{Carries, ClusterId, Hop, Label, PortName, Refusal, ServiceName};
 use ferry_gateway::tunnel::{TunnelClient, TunnelError};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -111,13 +111,17 @@ pub(crate) enum ConnectError {
 }
 
 /// Opens a new connection to `hop` for `service`; `fallback` says another hop could take
-/// the call instead (then a gateway slow to admit is given up early).
+/// the call instead (then a gateway slow to admit is given up early). A remote hop's
+/// connection is a tunnel stream the gateway serves request by request, or, for an
+/// `upgrade`, a byte stream (the upgraded connection is relayed under admission and the
+/// idle timeout like any TCP stream).
 pub(crate) async fn connect(
     tunnel: &TunnelClient,
     hop: &Hop,
     service: &ServiceName,
     proto: Proto,
     fallback: bool,
+    upgrade: bool,
 ) -> Result<Sender, ConnectError> {
     match hop {
         Hop::Local(addr) => Ok(handshake(connect_local(*addr).await?, proto).await?),
@@ -127,25 +131,41 @@ pub(crate) async fn connect(
             gateways,
             endpoint,
         } => {
-            let header = tunnel_header(service, cluster, port, endpoint, Carries::Http);
+            let carries = match upgrade {
+                true => Carries::Bytes,
+                false => Carries::Http,
+            };
             // Nothing of the request leaves before the gateway's status, so a gateway that
             // does not answer in a few round trips is given up for the next hop: a dead
             // one would otherwise hold the call until its connection times out.
-            let open = tunnel.open(cluster, gateways, &header);
-            let (send, recv) = match fallback {
-                false => open.await?,
-                true => {
-                    let wait = tunnel
-                        .rtts()
-                        .get(cluster)
-                        .map_or(STATUS_WAIT_UNMEASURED, |rtt| {
-                            (*rtt * 3 + Duration::from_millis(200))
-                                .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
-                        });
-                    tokio::time::timeout(wait, open)
-                        .await
-                        .map_err(|_| ConnectError::Timeout)??
+            let open = |carries| async move {
+                let header = tunnel_header(service, cluster, port, endpoint, carries);
+                let open = tunnel.open(cluster, gateways, &header);
+                match fallback {
+                    false => Ok(open.await?),
+                    true => {
+                        let wait =
+                            tunnel
+                                .rtts()
+                                .get(cluster)
+                                .map_or(STATUS_WAIT_UNMEASURED, |rtt| {
+                                    (*rtt * 3 + Duration::from_millis(200))
+                                        .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
+                                });
+                        Ok(tokio::time::timeout(wait, open)
+                            .await
+                            .map_err(|_| ConnectError::Timeout)??)
+                    }
                 }
+            };
+            let (send, recv) = match open(carries).await {
+                // A gateway older than the stream kind refuses its header: the requests
+                // then go as bytes, relayed as before.
+                Err(ConnectError::Tunnel(TunnelError::Refused {
+                    refusal: Refusal::BadHeader,
+                    ..
+                })) if carries == Carries::Http => open(Carries::Bytes).await?,
+                opened => opened?,
             };
             Ok(handshake(tokio::io::join(recv, send), proto).await?)
         }
@@ -172,10 +192,11 @@ impl Upstream for Live<'_> {
         service: &ServiceName,
         proto: Proto,
         fallback: bool,
+        upgrade: bool,
     ) -> Result<Sender, ConnectError> {
         // Boxed: a new connection (a QUIC dial at worst) is rare next to pooled ones, and
         // its large future would otherwise make every request's future large to move.
-        Box::pin(connect(self.tunnel, hop, service, proto, fallback)).await
+        Box::pin(connect(self.tunnel, hop, service, proto, fallback, upgrade)).await
     }
 
     async fn ready(&self, conn: &mut Sender) -> Result<(), ConnectError> {

@@ -4,7 +4,9 @@
 //! pure `admit` as a stream (exported, linked, healthy), continues the caller's trace in a
 //! span of its own, goes to a healthy endpoint over a connection kept for the stream, and
 //! is counted (`ferry_requests_total{direction="inbound"}`) and access-logged. The endpoint
-//! sees the request the application sent (HTTP/1.1 or HTTP/2, upgrades spliced through).
+//! sees the request the application sent (HTTP/1.1 or HTTP/2). Upgrades (WebSocket) do not
+//! come this way: the node proxy sends each on a byte stream of its own, which stays under
+//! admission and the idle timeout while it flows.
 //!
 //! [`Carries::Http`]: ferry_federation::Carries::Http
 
@@ -28,8 +30,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use crate::http::{
-    empty_body, error_response, grpc_status_of, handshake, is_upgrade, splice_upgraded, Body,
-    Proto, Sender,
+    error_response, grpc_status_of, handshake, is_upgrade, Body, Proto, Sender, FERRY_ERROR,
 };
 use crate::requests::{Outcome, RequestMetrics};
 use crate::server::Shared;
@@ -37,6 +38,61 @@ use crate::server::Shared;
 /// Idle endpoint connections a stream keeps (HTTP/2 callers may send several requests at
 /// once on one stream).
 const MAX_IDLE_PER_STREAM: usize = 4;
+
+/// Requests one stream may have in progress at once (HTTP/2; HTTP/1.1 has one).
+const MAX_REQUESTS_PER_STREAM: u32 = 16;
+
+/// Why the gateway answered a request itself.
+#[derive(Clone, Copy, Debug)]
+enum Unanswered {
+    /// Admission refused it, or no admitted endpoint took a connection: nothing of it
+    /// reached an endpoint.
+    Refused(Refusal),
+    /// The endpoint's connection failed after the request went out: it may have been served.
+    EndpointFailed,
+    /// An upgrade (WebSocket) asked on a stream of HTTP requests: upgrades go on a byte
+    /// stream of their own, which stays under admission and the idle timeout as it flows.
+    Upgrade,
+}
+
+impl Unanswered {
+    fn reason(self) -> &'static str {
+        match self {
+            Unanswered::Refused(r) => r.as_str(),
+            Unanswered::EndpointFailed => "upstream_reset",
+            Unanswered::Upgrade => "upgrade_on_request_stream",
+        }
+    }
+
+    /// The answer: 503 / `UNAVAILABLE` when no endpoint could take it (another cluster
+    /// may), 403 / `PERMISSION_DENIED` when the caller may not have it here, 502 /
+    /// `UNAVAILABLE` when the endpoint failed under it, 400 for an upgrade.
+    fn response(self, grpc: bool) -> Response<Body> {
+        let (status, code, message) = match self {
+            Unanswered::Refused(Refusal::NoEndpoints | Refusal::EndpointUnhealthy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                "no endpoint of the service in this cluster took the request",
+            ),
+            Unanswered::Refused(_) => (
+                StatusCode::FORBIDDEN,
+                7,
+                "the service is not exported to the calling cluster here",
+            ),
+            Unanswered::EndpointFailed => (
+                StatusCode::BAD_GATEWAY,
+                14,
+                "the endpoint's connection failed during the request",
+            ),
+            Unanswered::Upgrade => (
+                StatusCode::BAD_REQUEST,
+                13,
+                "upgrades go on a tunnel stream of their own",
+            ),
+        };
+        error_response(self.reason(), message, status, grpc.then_some(code))
+    }
+}
 
 /// What every request of one stream shares.
 struct Stream {
@@ -157,6 +213,11 @@ pub(super) async fn serve(
         },
     );
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each request in progress may hold an endpoint connection of its own: a peer's HTTP/2
+    // stream gets a few at once, not hyper's default of 200.
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_REQUESTS_PER_STREAM);
     if grpc {
         builder = builder.http2_only();
     }
@@ -215,7 +276,7 @@ impl Stream {
             Err(refusal) => {
                 metrics::counter!("ferry_gateway_refusals_total", "reason" => refusal.as_str())
                     .increment(1);
-                Err(refusal)
+                Err(Unanswered::Refused(refusal))
             }
             Ok(endpoints) => {
                 if let Some(traceparent) =
@@ -233,12 +294,19 @@ impl Stream {
     /// else a new one, trying the endpoints in admission's order.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         endpoints: &[SocketAddr],
-    ) -> Result<Response<Body>, Refusal> {
+    ) -> Result<Response<Body>, Unanswered> {
+        if is_upgrade(&req) {
+            return Err(Unanswered::Upgrade);
+        }
         let proto = Proto::of(req.version());
-        // An upgrade (WebSocket) keeps its connection: it becomes a byte stream.
-        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        // A named endpoint that takes no connection is that endpoint's failure, as at
+        // stream admission; otherwise no endpoint of the service took it.
+        let unreachable = Unanswered::Refused(match self.header.endpoint {
+            Some(_) => Refusal::EndpointUnhealthy,
+            None => Refusal::NoEndpoints,
+        });
         let mut req = req.map(|b| b.boxed());
         // A kept connection the endpoint had closed gives the request back unsent; each
         // endpoint is tried on a fresh connection at most once.
@@ -250,10 +318,10 @@ impl Stream {
                     fresh_tries += 1;
                     match self.connect(endpoints, proto).await {
                         Some(new) => new,
-                        None => return Err(Refusal::NoEndpoints),
+                        None => return Err(unreachable),
                     }
                 }
-                None => return Err(Refusal::NoEndpoints),
+                None => return Err(unreachable),
             };
             let ready = sender.ready().await;
             let sent = match ready {
@@ -264,17 +332,11 @@ impl Stream {
                 }
             };
             match sent {
-                Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    if let Some(client) = upgrade {
-                        let endpoint = hyper::upgrade::on(&mut response);
-                        tokio::spawn(splice_upgraded(client, endpoint, ()));
-                    }
-                    return Ok(response.map(|_| empty_body()));
-                }
-                Ok(response) => {
-                    if upgrade.is_none() {
-                        self.keep(addr, sender);
-                    }
+                Ok(mut response) => {
+                    self.keep(addr, sender);
+                    // `ferry-error` is what a mesh hop says of its own answers: an
+                    // endpoint's is not passed on as one.
+                    response.headers_mut().remove(FERRY_ERROR);
                     return Ok(response.map(|b| b.boxed()));
                 }
                 Err((e, Some(unsent))) => {
@@ -283,7 +345,7 @@ impl Stream {
                 }
                 Err((e, None)) => {
                     tracing::debug!(%addr, error = %e, "endpoint failed during the request");
-                    return Err(Refusal::EndpointUnhealthy);
+                    return Err(Unanswered::EndpointFailed);
                 }
             }
         }
@@ -336,11 +398,11 @@ impl Stream {
         snapshot: &MeshSnapshot,
         method: &str,
         started: Instant,
-        outcome: Result<Response<Body>, Refusal>,
+        outcome: Result<Response<Body>, Unanswered>,
     ) -> Response<Body> {
         let (response, result) = match outcome {
             Ok(response) => (response, "ok"),
-            Err(refusal) => (refusal_response(refusal, self.grpc), refusal.as_str()),
+            Err(unanswered) => (unanswered.response(self.grpc), unanswered.reason()),
         };
         let grpc_status = self.grpc.then(|| grpc_status_of(&response)).flatten();
         let status = response.status().as_u16();
@@ -374,25 +436,6 @@ impl Stream {
         });
         response
     }
-}
-
-/// A refused request's answer: 503 / `UNAVAILABLE` when no endpoint could take it (another
-/// cluster may), 403 / `PERMISSION_DENIED` when the caller may not have it here.
-fn refusal_response(refusal: Refusal, grpc: bool) -> Response<Body> {
-    let unavailable = matches!(refusal, Refusal::NoEndpoints | Refusal::EndpointUnhealthy);
-    let (status, code, message) = match unavailable {
-        true => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            14,
-            "no endpoint of the service in this cluster took the request",
-        ),
-        false => (
-            StatusCode::FORBIDDEN,
-            7,
-            "the service is not exported to the calling cluster here",
-        ),
-    };
-    error_response(refusal.as_str(), message, status, grpc.then_some(code))
 }
 
 /// The stream's sending side; when the stream is cut (no longer admitted) it is reset with

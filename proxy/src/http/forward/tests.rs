@@ -25,6 +25,8 @@ enum Step {
     Reset,
     /// Fails before any of the request was written (a pooled connection just closed).
     Unsent,
+    /// A remote gateway's own answer: 503 with `ferry-error` and this reason.
+    Gateway(&'static str),
 }
 
 #[derive(Default)]
@@ -34,6 +36,8 @@ struct Fake {
     then: Mutex<HashMap<String, Step>>,
     /// The hops requests were sent to, in order.
     sent: Mutex<Vec<String>>,
+    /// The headers of each request sent.
+    headers: Mutex<Vec<HeaderMap>>,
 }
 
 struct FakeConn {
@@ -80,6 +84,7 @@ impl Upstream for Fake {
         _: &ServiceName,
         _: Proto,
         _: bool,
+        _: bool,
     ) -> Result<FakeConn, ConnectError> {
         let hop = hop.to_string();
         match self.next(&hop) {
@@ -102,10 +107,16 @@ impl Upstream for Fake {
         let failed = |what: &str| -> Box<dyn std::error::Error + Send + Sync> { what.into() };
         if conn.step != Step::Unsent {
             self.sent.lock().unwrap().push(conn.hop.clone());
+            self.headers.lock().unwrap().push(req.headers().clone());
         }
         match conn.step {
             Step::Answer(status) => Ok(Response::builder()
                 .status(status)
+                .body(empty_body())
+                .unwrap()),
+            Step::Gateway(reason) => Ok(Response::builder()
+                .status(503)
+                .header(FERRY_ERROR, reason)
                 .body(empty_body())
                 .unwrap()),
             Step::Hang => std::future::pending().await,
@@ -124,6 +135,15 @@ impl Upstream for Fake {
         _: Attempt,
     ) -> Response<Body> {
         response
+    }
+}
+
+fn remote(cluster: &str) -> Hop {
+    Hop::Remote {
+        cluster: cluster.parse().unwrap(),
+        port: "http".parse().unwrap(),
+        gateways: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 4433))],
+        endpoint: None,
     }
 }
 
@@ -398,6 +418,61 @@ async fn retries_stay_inside_the_budget_under_a_failing_endpoint() {
         retries >= allowed - 1,
         "the budget is used, not starved: {retries} of {allowed}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_gateway_with_no_endpoint_hands_a_bodiless_request_on_whole() {
+    let (west, north) = (remote("west"), remote("north"));
+    let h = Harness::new(
+        Fake::default()
+            .hop(&west, &[], Step::Gateway("no_endpoints"))
+            .hop(&north, &[], Step::Answer(200)),
+    );
+    let mut get = head(Method::GET);
+    get.headers
+        .insert("x-app", http::HeaderValue::from_static("kept"));
+    // No policy, no retries: still north's, with every header, and no retry spent.
+    let ended = h
+        .call(None, &[west.clone(), north.clone()], get, empty())
+        .await;
+    assert_eq!(ended, (Some(north.to_string()), Ok(200)));
+    let headers = h.upstream.headers.lock().unwrap().clone();
+    assert_eq!(headers.len(), 2);
+    assert_eq!(
+        headers[1]["x-app"], "kept",
+        "the next hop gets the headers too"
+    );
+    // The last hop's own answer is the caller's.
+    let h = Harness::new(Fake::default().hop(&west, &[], Step::Gateway("no_endpoints")));
+    let ended = h.get(None, std::slice::from_ref(&west)).await;
+    assert_eq!(ended, (Some(west.to_string()), Ok(503)));
+    // What may have reached a server is not sent again: a failed endpoint, a request
+    // with a body, or a local hop's (an application's) `ferry-error`.
+    for (hops, step, payload) in [
+        (
+            vec![west.clone(), north.clone()],
+            Step::Gateway("upstream_reset"),
+            empty(),
+        ),
+        (
+            vec![west.clone(), north.clone()],
+            Step::Gateway("no_endpoints"),
+            with_body(),
+        ),
+        (
+            vec![hop(1), north.clone()],
+            Step::Gateway("no_endpoints"),
+            empty(),
+        ),
+    ] {
+        let h = Harness::new(Fake::default().hop(&hops[0], &[], step).hop(
+            &north,
+            &[],
+            Step::Answer(200),
+        ));
+        let ended = h.call(None, &hops, head(Method::GET), payload).await;
+        assert_eq!(ended, (Some(hops[0].to_string()), Ok(503)), "{step:?}");
+    }
 }
 
 /// The attempt loop's future is large; the timeout around it holds it by reference, so a
