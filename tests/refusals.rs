@@ -384,7 +384,33 @@ async fn a_peer_on_an_http_stream_reaches_only_what_the_stream_was_admitted_for(
         .unwrap();
     assert!(read_response(&mut recv).await.starts_with("HTTP/1.1 200"));
 
-    // Unexported while the stream is open: the stream is cut within 2 s.
+    // An HTTP/2 stream with a slow request in progress (hyper serves each HTTP/2 request
+    // in a task of its own): the cut ends that request too, well before its answer.
+    let (h2_send, h2_recv) = peer.open(&west, &west_gw, &http).await.unwrap();
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tokio::io::join(h2_recv, h2_send)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(h2_conn);
+    let slow = hyper::Request::get("http://web/slow")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let slow = tokio::spawn(async move { h2.send_request(slow).await.map(|r| r.status()) });
+    let before = web.served();
+    let started = Instant::now();
+    wait_for(
+        "the slow request reaches the endpoint",
+        Duration::from_secs(5),
+        || {
+            let web = web.served.clone();
+            async move { web.load(std::sync::atomic::Ordering::SeqCst) > before }
+        },
+    )
+    .await;
+
+    // Unexported while the streams are open: they are cut within 2 s.
     west_def.cli_ok(&["unexport", "web.shop"]);
     let cut = tokio::time::timeout(Duration::from_secs(2), async {
         let mut buf = [0u8; 64];
@@ -397,6 +423,28 @@ async fn a_peer_on_an_http_stream_reaches_only_what_the_stream_was_admitted_for(
     })
     .await;
     assert!(cut.is_ok(), "the open HTTP stream outlived the unexport");
+    let slow = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the slow request ends")
+        .unwrap();
+    assert!(slow.is_err(), "{slow:?}");
+    // West's gateway ended it then: counted as cut (not_exported), not served at 2 s.
+    let cut_requests = [
+        ("direction", "inbound"),
+        ("service", "web.shop"),
+        ("result", "not_exported"),
+    ];
+    let west_metrics = west_def.scrape("up").await;
+    assert_eq!(
+        sample(&west_metrics, "ferry_requests_total", &cut_requests),
+        1.0,
+        "{west_metrics}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "the cut came after the slow answer would have: {:?}",
+        started.elapsed()
+    );
     let refused = peer.open(&west, &west_gw, &http).await;
     assert!(
         matches!(

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt as _, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
@@ -106,6 +106,41 @@ struct Stream {
     /// Requests whose answer is not yet done, and when the last one ended: a stream with
     /// none for the gateway's relay idle timeout is closed, as an idle relayed one is.
     busy: Mutex<(usize, tokio::time::Instant)>,
+    /// Set when the stream is no longer admitted.
+    cut: Arc<Cut>,
+}
+
+/// Why a stream was cut, once it is: its sending side is reset and its receiving side
+/// stopped with the refusal's code, and requests in progress on it are dropped (their
+/// endpoint connections with them).
+#[derive(Default)]
+struct Cut {
+    refusal: Mutex<Option<Refusal>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Cut {
+    fn set(&self, refusal: Refusal) {
+        *self.refusal.lock().expect("cut lock") = Some(refusal);
+        self.notify.notify_waiters();
+    }
+
+    fn code(&self) -> Option<quinn::VarInt> {
+        let refusal = *self.refusal.lock().expect("cut lock");
+        refusal.map(|r| quinn::VarInt::from_u32(u32::from(r.code())))
+    }
+
+    /// Resolves once the stream is cut.
+    async fn cancelled(&self) -> Refusal {
+        loop {
+            // Registered before the check, so a cut between the two still wakes it.
+            let notified = self.notify.notified();
+            if let Some(refusal) = *self.refusal.lock().expect("cut lock") {
+                return refusal;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// One request in progress on a stream, until its answer's body is done or dropped.
@@ -172,6 +207,7 @@ pub(super) async fn serve(
     grpc: bool,
 ) -> Result<(), Refusal> {
     let first = first.peer_addr().ok().map(|addr| (addr, first));
+    let cut = Arc::new(Cut::default());
     let stream = Arc::new(Stream {
         shared: shared.clone(),
         caller: caller.clone(),
@@ -180,6 +216,7 @@ pub(super) async fn serve(
         first: Mutex::new(first),
         idle: Mutex::new(Vec::new()),
         busy: Mutex::new((0, tokio::time::Instant::now())),
+        cut: cut.clone(),
     });
     let watched = stream.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -204,9 +241,11 @@ pub(super) async fn serve(
         }
         .instrument(span)
     });
-    let cut = Arc::new(Mutex::new(None));
     let io = tokio::io::join(
-        std::io::Cursor::new(early).chain(recv),
+        std::io::Cursor::new(early).chain(CuttableRecv {
+            inner: recv,
+            cut: cut.clone(),
+        }),
         CuttableSend {
             inner: send,
             cut: cut.clone(),
@@ -223,14 +262,15 @@ pub(super) async fn serve(
     }
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let conn = until_idle(conn, &watched, shared.relay_idle);
-    let on_cut = |refusal| *cut.lock().expect("cut lock") = Some(refusal);
+    let on_cut = |refusal| cut.set(refusal);
     match super::while_admitted(shared, caller, header, conn, on_cut).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::debug!(service = %header.service, error = %e, "tunnel HTTP stream ended");
             Ok(())
         }
-        // Dropping the connection dropped the stream: with `cut` set, it was reset.
+        // Dropping the connection dropped the stream: with `cut` set, it was reset and
+        // stopped; requests still in progress end at their next poll.
         Err(refusal) => Err(refusal),
     }
 }
@@ -284,7 +324,11 @@ impl Stream {
                 {
                     req.headers_mut().insert("traceparent", traceparent);
                 }
-                self.forward(req, &endpoints).await
+                // A cut drops the request in progress (and its endpoint connection).
+                tokio::select! {
+                    outcome = self.forward(req, &endpoints) => outcome,
+                    refusal = self.cut.cancelled() => Err(Unanswered::Refused(refusal)),
+                }
             }
         };
         self.finish(&snapshot, method.as_str(), started, outcome)
@@ -442,15 +486,13 @@ impl Stream {
 /// the refusal's code as it is dropped, not finished.
 struct CuttableSend {
     inner: quinn::SendStream,
-    cut: Arc<Mutex<Option<Refusal>>>,
+    cut: Arc<Cut>,
 }
 
 impl Drop for CuttableSend {
     fn drop(&mut self) {
-        if let Some(refusal) = *self.cut.lock().expect("cut lock") {
-            let _ = self
-                .inner
-                .reset(quinn::VarInt::from_u32(u32::from(refusal.code())));
+        if let Some(code) = self.cut.code() {
+            let _ = self.inner.reset(code);
         }
     }
 }
@@ -470,5 +512,30 @@ impl AsyncWrite for CuttableSend {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         AsyncWrite::poll_shutdown(Pin::new(&mut self.inner), cx)
+    }
+}
+
+/// The stream's receiving side; when the stream is cut it is stopped with the refusal's
+/// code as it is dropped, so the caller learns why.
+struct CuttableRecv {
+    inner: quinn::RecvStream,
+    cut: Arc<Cut>,
+}
+
+impl Drop for CuttableRecv {
+    fn drop(&mut self) {
+        if let Some(code) = self.cut.code() {
+            let _ = self.inner.stop(code);
+        }
+    }
+}
+
+impl AsyncRead for CuttableRecv {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.inner), cx, buf)
     }
 }
