@@ -129,8 +129,9 @@ async fn serve_stream(
     if let Some(traceparent) = &header.traceparent {
         crate::trace::continue_trace(&span, traceparent);
     }
-    let protocol = shared
-        .snapshot()
+    // One snapshot decides both what the stream is served as and whether it is admitted.
+    let snapshot = shared.snapshot();
+    let protocol = snapshot
         .service(&header.service)
         .and_then(|s| s.ports.iter().find(|p| p.name == header.port))
         .map(|p| p.protocol);
@@ -142,10 +143,11 @@ async fn serve_stream(
     // The span covers admission up to the status: a pooled stream may carry calls for
     // minutes, and a span open that long would reach the collector only at its end.
     let relayed_early = if l7.is_some() { &[][..] } else { &early[..] };
-    let admitted = admit_and_connect(&shared, send, recv, &caller, &header, relayed_early)
+    let stream = (send, recv);
+    let admitted = admit_and_connect(&shared, &snapshot, stream, &caller, &header, relayed_early)
         .instrument(span)
         .await;
-    let Some((send, recv, tcp, snapshot)) = admitted else {
+    let Some((send, recv, tcp)) = admitted else {
         return;
     };
     let Some(grpc) = l7 else {
@@ -166,19 +168,13 @@ async fn serve_stream(
 /// stream was refused or went away.
 async fn admit_and_connect(
     shared: &Arc<Shared>,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    snapshot: &ferry_federation::MeshSnapshot,
+    (send, recv): (quinn::SendStream, quinn::RecvStream),
     caller: &Identity,
     header: &TunnelHeader,
     early: &[u8],
-) -> Option<(
-    quinn::SendStream,
-    quinn::RecvStream,
-    TcpStream,
-    Arc<ferry_federation::MeshSnapshot>,
-)> {
-    let snapshot = shared.snapshot();
-    let endpoints = match admit(&snapshot, caller, header, shared.next_pick()) {
+) -> Option<(quinn::SendStream, quinn::RecvStream, TcpStream)> {
+    let endpoints = match admit(snapshot, caller, header, shared.next_pick()) {
         Ok(e) => e,
         Err(r) => {
             refuse(send, recv, caller, Some(header), r).await;
@@ -202,7 +198,7 @@ async fn admit_and_connect(
     if !early.is_empty() && tcp.write_all(early).await.is_err() {
         return None;
     }
-    Some((send, recv, tcp, snapshot))
+    Some((send, recv, tcp))
 }
 
 /// A connection to the first of `endpoints` that accepts one (never this process's admin

@@ -110,68 +110,6 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// Opens a new connection to `hop` for `service`; `fallback` says another hop could take
-/// the call instead (then a gateway slow to admit is given up early). A remote hop's
-/// connection is a tunnel stream the gateway serves request by request, or, for an
-/// `upgrade`, a byte stream (the upgraded connection is relayed under admission and the
-/// idle timeout like any TCP stream).
-pub(crate) async fn connect(
-    tunnel: &TunnelClient,
-    hop: &Hop,
-    service: &ServiceName,
-    proto: Proto,
-    fallback: bool,
-    upgrade: bool,
-) -> Result<Sender, ConnectError> {
-    match hop {
-        Hop::Local(addr) => Ok(handshake(connect_local(*addr).await?, proto).await?),
-        Hop::Remote {
-            cluster,
-            port,
-            gateways,
-            endpoint,
-        } => {
-            let carries = match upgrade {
-                true => Carries::Bytes,
-                false => Carries::Http,
-            };
-            // Nothing of the request leaves before the gateway's status, so a gateway that
-            // does not answer in a few round trips is given up for the next hop: a dead
-            // one would otherwise hold the call until its connection times out.
-            let open = |carries| async move {
-                let header = tunnel_header(service, cluster, port, endpoint, carries);
-                let open = tunnel.open(cluster, gateways, &header);
-                match fallback {
-                    false => Ok(open.await?),
-                    true => {
-                        let wait =
-                            tunnel
-                                .rtts()
-                                .get(cluster)
-                                .map_or(STATUS_WAIT_UNMEASURED, |rtt| {
-                                    (*rtt * 3 + Duration::from_millis(200))
-                                        .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
-                                });
-                        Ok(tokio::time::timeout(wait, open)
-                            .await
-                            .map_err(|_| ConnectError::Timeout)??)
-                    }
-                }
-            };
-            let (send, recv) = match open(carries).await {
-                // A gateway older than the stream kind refuses its header: the requests
-                // then go as bytes, relayed as before.
-                Err(ConnectError::Tunnel(TunnelError::Refused {
-                    refusal: Refusal::BadHeader,
-                    ..
-                })) if carries == Carries::Http => open(Carries::Bytes).await?,
-                opened => opened?,
-            };
-            Ok(handshake(tokio::io::join(recv, send), proto).await?)
-        }
-    }
-}
-
 /// The proxy's upstream: its pool of idle connections and its dialer.
 pub(crate) struct Live<'a> {
     pub(crate) pool: &'a Arc<Pool>,
@@ -186,6 +124,11 @@ impl Upstream for Live<'_> {
         self.pool.take(service, hop, proto)
     }
 
+    /// Opens a new connection to `hop` for `service`; `fallback` says another hop could take
+    /// the call instead (then a gateway slow to admit is given up early). A remote hop's
+    /// connection is a tunnel stream the gateway serves request by request, or, for an
+    /// `upgrade`, a byte stream (the upgraded connection is relayed under admission and the
+    /// idle timeout like any TCP stream).
     async fn connect(
         &self,
         hop: &Hop,
@@ -194,9 +137,58 @@ impl Upstream for Live<'_> {
         fallback: bool,
         upgrade: bool,
     ) -> Result<Sender, ConnectError> {
+        let tunnel = self.tunnel;
         // Boxed: a new connection (a QUIC dial at worst) is rare next to pooled ones, and
         // its large future would otherwise make every request's future large to move.
-        Box::pin(connect(self.tunnel, hop, service, proto, fallback, upgrade)).await
+        Box::pin(async move {
+            match hop {
+                Hop::Local(addr) => Ok(handshake(connect_local(*addr).await?, proto).await?),
+                Hop::Remote {
+                    cluster,
+                    port,
+                    gateways,
+                    endpoint,
+                } => {
+                    let carries = match upgrade {
+                        true => Carries::Bytes,
+                        false => Carries::Http,
+                    };
+                    // Nothing of the request leaves before the gateway's status, so a gateway that
+                    // does not answer in a few round trips is given up for the next hop: a dead
+                    // one would otherwise hold the call until its connection times out.
+                    let open = |carries| async move {
+                        let header = tunnel_header(service, cluster, port, endpoint, carries);
+                        let open = tunnel.open(cluster, gateways, &header);
+                        match fallback {
+                            false => Ok(open.await?),
+                            true => {
+                                let wait = tunnel.rtts().get(cluster).map_or(
+                                    STATUS_WAIT_UNMEASURED,
+                                    |rtt| {
+                                        (*rtt * 3 + Duration::from_millis(200))
+                                            .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
+                                    },
+                                );
+                                Ok(tokio::time::timeout(wait, open)
+                                    .await
+                                    .map_err(|_| ConnectError::Timeout)??)
+                            }
+                        }
+                    };
+                    let (send, recv) = match open(carries).await {
+                        // A gateway older than the stream kind refuses its header: the requests
+                        // then go as bytes, relayed as before.
+                        Err(ConnectError::Tunnel(TunnelError::Refused {
+                            refusal: Refusal::BadHeader,
+                            ..
+                        })) if carries == Carries::Http => open(Carries::Bytes).await?,
+                        opened => opened?,
+                    };
+                    Ok(handshake(tokio::io::join(recv, send), proto).await?)
+                }
+            }
+        })
+        .await
     }
 
     async fn ready(&self, conn: &mut Sender) -> Result<(), ConnectError> {
