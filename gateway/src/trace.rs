@@ -24,9 +24,9 @@ fn exporting() -> bool {
 }
 
 /// Whether each HTTP request gets a span of its own: when spans are exported, or when
-/// debug logs are on somewhere. Otherwise a request's log lines carry its connection's
-/// span, and a request costs no span (with the log formatter, one allocation and field
-/// formatting each).
+/// debug logs are on somewhere. Otherwise a request costs no span (with the log formatter,
+/// one allocation and field formatting each; the node proxy's HTTP connections then get
+/// none either), and its log lines name what they are about themselves.
 pub fn request_spans() -> bool {
     exporting() || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
 }

@@ -82,47 +82,54 @@ impl Balancer {
         now: Instant,
     ) -> Vec<Hop> {
         let mut stats = self.stats.lock().expect("balancer lock");
+        if stats.len() > SWEEP_ABOVE {
+            stats.retain(|_, s| s.in_flight > 0 || now.duration_since(s.last_used) < FORGET_AFTER);
+        }
+        let load = |hop: &Hop| match stats.get(&HopKey::of(service, hop)) {
+            Some(s) => Load {
+                cost: s.ewma.cost(now, s.in_flight),
+                ejected: s.outlier.is_ejected(now),
+                full: s.in_flight >= self.max_in_flight,
+            },
+            None => Load {
+                cost: PeakEwma::new(now).cost(now, 0),
+                ejected: false,
+                full: false,
+            },
+        };
         let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
+        if let [group] = decision.groups.as_slice() {
+            if let [hop] = group.as_slice() {
+                // One candidate (one endpoint, or one cluster): nothing to draw; it is
+                // tried unless it is full.
+                if !load(hop).full {
+                    order.push(hop.clone());
+                }
+                return order;
+            }
+        }
         // A group whose every hop is ejected goes after the others (a dead nearest cluster
         // is not tried first on every call), but stays: ejection never removes the last
-        // candidates.
-        let ejected = |group: &Vec<Hop>| {
-            group.iter().all(|hop| {
-                stats
-                    .get(&HopKey::of(service, hop))
-                    .is_some_and(|s| s.outlier.is_ejected(now))
-            })
-        };
-        let (mut groups, demoted): (Vec<&Vec<Hop>>, Vec<&Vec<Hop>>) =
-            decision.groups.iter().partition(|g| !ejected(g));
-        groups.extend(demoted);
-        for group in groups {
-            let mut left: Vec<&Hop> = group.iter().collect();
+        // candidates. The sort is stable: groups keep their order otherwise.
+        let mut groups: Vec<(bool, &Vec<Hop>)> = decision
+            .groups
+            .iter()
+            .map(|group| (group.iter().all(|hop| load(hop).ejected), group))
+            .collect();
+        groups.sort_by_key(|(ejected, _)| *ejected);
+        let (mut left, mut loads): (Vec<&Hop>, Vec<Load>) = (Vec::new(), Vec::new());
+        for (_, group) in groups {
+            left.clear();
+            left.extend(group);
             while !left.is_empty() {
-                let loads: Vec<Load> = left
-                    .iter()
-                    .map(|hop| match stats.get(&HopKey::of(service, hop)) {
-                        Some(s) => Load {
-                            cost: s.ewma.cost(now, s.in_flight),
-                            ejected: s.outlier.is_ejected(now),
-                            full: s.in_flight >= self.max_in_flight,
-                        },
-                        None => Load {
-                            cost: PeakEwma::new(now).cost(now, 0),
-                            ejected: false,
-                            full: false,
-                        },
-                    })
-                    .collect();
+                loads.clear();
+                loads.extend(left.iter().map(|hop| load(hop)));
                 // None: what is left of the group is full.
                 let Some(i) = pick(&loads, fastrand::u32(..), fastrand::u32(..)) else {
                     break;
                 };
                 order.push(left.swap_remove(i).clone());
             }
-        }
-        if stats.len() > SWEEP_ABOVE {
-            stats.retain(|_, s| s.in_flight > 0 || now.duration_since(s.last_used) < FORGET_AFTER);
         }
         order
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_federation::{ClusterId, Hop, NoRoute, ServiceName};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, UPGRADE};
 use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -175,9 +175,62 @@ async fn handle(
     finish(&shared, local, hop.as_ref(), service, &asked, outcome)
 }
 
+/// Header names the proxy reads or writes on every request, made once.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Removes hop-by-hop headers (and those `Connection` names), continues or starts the
 /// W3C trace, and records the caller's address.
 fn prepare_headers(headers: &mut HeaderMap, ip: &HeaderValue, upgrade: bool) {
+    // One pass over the names first: most requests carry no hop-by-hop header, and each
+    // lookup or removal by name costs a hash.
+    let (mut hop_by_hop, mut traced, mut forwarded) = (false, false, false);
+    for name in headers.keys() {
+        hop_by_hop |= name == CONNECTION
+            || name == UPGRADE
+            || name == EXPECT
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION;
+        traced |= name == TRACEPARENT;
+        forwarded |= name == X_FORWARDED_FOR;
+    }
+    if hop_by_hop {
+        remove_hop_by_hop(headers, upgrade);
+    }
+    let parent = match traced {
+        true => headers
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent),
+        false => None,
+    };
+    // The request's own span when spans are exported; else a new span id under the
+    // caller's trace (or a new trace).
+    let value = ferry_gateway::trace::current_traceparent()
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+        .unwrap_or_else(|| traceparent(parent));
+    headers.insert(TRACEPARENT.clone(), value);
+    let value = match forwarded.then(|| headers.get(&X_FORWARDED_FOR)).flatten() {
+        None => Some(ip.clone()),
+        Some(before) => match before.to_str() {
+            Ok(before) => {
+                let ip = ip.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{before}, {ip}")).ok()
+            }
+            // A value that is not text is replaced, not appended to.
+            Err(_) => Some(ip.clone()),
+        },
+    };
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names; an `upgrade`
+/// keeps `Upgrade` and says `Connection: upgrade`.
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -186,53 +239,31 @@ fn prepare_headers(headers: &mut HeaderMap, ip: &HeaderValue, upgrade: bool) {
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
         .collect();
     for name in named {
-        if !(upgrade && name == http::header::UPGRADE) {
+        if !(upgrade && name == UPGRADE) {
             headers.remove(name);
         }
     }
     // `Expect: 100-continue` was answered here (hyper sends the 100 when the body is
     // read); the upstream gets the body without waiting.
-    for hop in ["keep-alive", "proxy-connection", "expect"] {
+    for hop in [&KEEP_ALIVE, &PROXY_CONNECTION, &EXPECT] {
         headers.remove(hop);
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(CONNECTION);
-        headers.remove(http::header::UPGRADE);
-    }
-    let parent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent);
-    // The request's own span when spans are exported; else a new span id under the
-    // caller's trace (or a new trace).
-    let value = ferry_gateway::trace::current_traceparent()
-        .and_then(|t| HeaderValue::from_str(&t).ok())
-        .unwrap_or_else(|| traceparent(parent));
-    headers.insert("traceparent", value);
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).map(|v| v.to_str()) {
-        None => Ok(ip.clone()),
-        Some(Ok(before)) => {
-            let ip = ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{before}, {ip}"))
-        }
-        // A value that is not text is replaced, not appended to.
-        Some(Err(_)) => Ok(ip.clone()),
-    };
-    if let Ok(v) = value {
-        headers.insert(xff, v);
+        headers.remove(UPGRADE);
     }
 }
 
 /// A version-00 `traceparent` with a new span id under the caller's trace (`parent`: its
 /// trace id and flags), or starting a sampled trace when there is none.
 fn traceparent(parent: Option<(&str, &str)>) -> HeaderValue {
-    fn hex(out: &mut [u8], mut v: u128) {
-        for b in out.iter_mut().rev() {
-            *b = b"0123456789abcdef"[(v & 0xf) as usize];
-            v >>= 4;
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
         }
     }
     // 00-<trace id: 32>-<span id: 16>-<flags: 2>
@@ -243,11 +274,11 @@ fn traceparent(parent: Option<(&str, &str)>) -> HeaderValue {
             out[53..55].copy_from_slice(flags.as_bytes());
         }
         None => {
-            hex(&mut out[3..35], fastrand::u128(1..));
+            hex(&mut out[3..35], &fastrand::u128(1..).to_be_bytes());
             out[53..55].copy_from_slice(b"01");
         }
     }
-    hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    hex(&mut out[36..52], &fastrand::u64(1..).to_be_bytes());
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
@@ -298,7 +329,8 @@ fn finish(
     let (response, result) = match outcome {
         Ok(r) => (r, "ok"),
         Err(e) => {
-            tracing::warn!(%service, reason = e.reason(), "request failed in the proxy");
+            let client = asked.peer;
+            tracing::warn!(%service, %client, reason = e.reason(), "request failed in the proxy");
             (e.response(grpc), e.reason())
         }
     };
@@ -368,6 +400,19 @@ mod tests {
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_request_with_no_hop_by_hop_header_keeps_its_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("web"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        prepare_headers(&mut headers, &HeaderValue::from_static("10.0.0.7"), false);
+        assert_eq!(headers.len(), 4, "{headers:?}");
+        assert_eq!(headers["x-app"], "kept");
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.7");
+        let trace = headers["traceparent"].to_str().unwrap();
+        assert!(parse_traceparent(trace).is_some(), "{trace}");
     }
 
     #[test]

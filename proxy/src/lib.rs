@@ -236,7 +236,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAdd
                 let shared = shared.clone();
                 let port = port_of(&shared.snapshots.borrow(), addr);
                 // One span per proxied connection: the service it was made to, and by whom.
+                // On HTTP ports only while request spans are made (spans exported or debug
+                // logs on): entered at every poll of a connection that carries many
+                // requests, it would cost each of them, and their log lines name the
+                // service and the caller themselves.
+                let http = matches!(port, Some((_, Protocol::Http | Protocol::Grpc)));
                 let span = match &port {
+                    _ if http && !ferry_gateway::trace::request_spans() => tracing::Span::none(),
                     Some((service, _)) => {
                         tracing::info_span!("proxy", %service, vip = %addr, client = %peer)
                     }

@@ -5,6 +5,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -236,7 +237,7 @@ macro_rules! string_newtype_impls {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.to_string()
             }
         }
         impl AsRef<str> for $name {
@@ -258,14 +259,16 @@ macro_rules! label_newtype {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        // Shared text: names are cloned into every plan, hop and metric key per call, and a
+        // clone is a reference count, not an allocation.
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `s` and wraps it.
             pub fn new(s: impl Into<String>) -> Result<Self, InvalidName> {
                 let s = s.into();
                 check_label($kind, &s, $max, $rule, $start)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
         }
         string_newtype_impls!($name);
@@ -378,8 +381,8 @@ impl FromStr for ServiceName {
             Start::LetterOrDigit,
         )?;
         Ok(Self {
-            name: Label(name.to_owned()),
-            namespace: Label(namespace.to_owned()),
+            name: Label(name.into()),
+            namespace: Label(namespace.into()),
         })
     }
 }

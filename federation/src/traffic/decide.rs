@@ -91,13 +91,13 @@ pub fn decide(
             reason: Reason::Endpoint,
         });
     }
-    let by_cluster = group_by_cluster(plan, call.local);
+    let by_cluster = || group_by_cluster(plan, call.local);
     let nowhere = |allowed: String| Unroutable::NoAllowedEndpoint {
         service: plan.service.clone(),
         allowed,
     };
     let Some(policy) = policy else {
-        return Ok(failover(by_cluster, call));
+        return Ok(failover(plan, call));
     };
     for (i, route) in policy.routes.iter().enumerate() {
         let matched = call
@@ -107,9 +107,9 @@ pub fn decide(
         if matched {
             // A canary call goes where its route says or nowhere: it must not quietly
             // test the stable version instead.
-            return match by_cluster.get(&route.cluster) {
+            return match by_cluster().remove(&route.cluster) {
                 Some(hops) => Ok(Decision {
-                    groups: vec![hops.clone()],
+                    groups: vec![hops],
                     reason: Reason::Route(i),
                 }),
                 None => Err(nowhere(format!("route {route}"))),
@@ -117,23 +117,23 @@ pub fn decide(
         }
     }
     match &policy.split {
-        Split::Failover => Ok(failover(by_cluster, call)),
-        Split::LocalOnly => match by_cluster.get(call.local) {
+        Split::Failover => Ok(failover(plan, call)),
+        Split::LocalOnly => match by_cluster().remove(call.local) {
             Some(hops) => Ok(Decision {
-                groups: vec![hops.clone()],
+                groups: vec![hops],
                 reason: Reason::LocalOnly,
             }),
             None => Err(nowhere(policy.split.to_string())),
         },
-        Split::Pinned(cluster) => match by_cluster.get(cluster) {
+        Split::Pinned(cluster) => match by_cluster().remove(cluster) {
             Some(hops) => Ok(Decision {
-                groups: vec![hops.clone()],
+                groups: vec![hops],
                 reason: Reason::Pinned,
             }),
             None => Err(nowhere(policy.split.to_string())),
         },
         Split::Weights(weights) => {
-            weighted(by_cluster, weights, call).ok_or_else(|| nowhere(policy.split.to_string()))
+            weighted(by_cluster(), weights, call).ok_or_else(|| nowhere(policy.split.to_string()))
         }
     }
 }
@@ -142,16 +142,20 @@ pub fn decide(
 fn group_by_cluster(plan: &Plan, local: &ClusterId) -> BTreeMap<ClusterId, Vec<Hop>> {
     let mut by_cluster: BTreeMap<ClusterId, Vec<Hop>> = BTreeMap::new();
     for hop in &plan.hops {
-        let cluster = match hop {
-            Hop::Local(_) => local,
-            Hop::Remote { cluster, .. } => cluster,
-        };
         by_cluster
-            .entry(cluster.clone())
+            .entry(cluster_of(hop, local).clone())
             .or_default()
             .push(hop.clone());
     }
     by_cluster
+}
+
+/// The cluster a hop is in (a local endpoint is in this one).
+fn cluster_of<'a>(hop: &'a Hop, local: &'a ClusterId) -> &'a ClusterId {
+    match hop {
+        Hop::Local(_) => local,
+        Hop::Remote { cluster, .. } => cluster,
+    }
 }
 
 /// Clusters nearest first: this one, then by measured round trip, unmeasured last, ties
@@ -172,7 +176,22 @@ fn nearest_first<'a>(
     clusters.into_iter().cloned().collect()
 }
 
-fn failover(mut by_cluster: BTreeMap<ClusterId, Vec<Hop>>, call: &CallFacts<'_>) -> Decision {
+fn failover(plan: &Plan, call: &CallFacts<'_>) -> Decision {
+    // Every hop in one cluster (local endpoints only, or one exporting peer: most calls):
+    // one group, in plan order, with nothing to sort.
+    let one_cluster = plan.hops.first().is_some_and(|first| {
+        let first = cluster_of(first, call.local);
+        plan.hops
+            .iter()
+            .all(|hop| cluster_of(hop, call.local) == first)
+    });
+    if one_cluster {
+        return Decision {
+            groups: vec![plan.hops.clone()],
+            reason: Reason::Failover,
+        };
+    }
+    let mut by_cluster = group_by_cluster(plan, call.local);
     let order = nearest_first(by_cluster.keys(), call);
     Decision {
         groups: order.iter().filter_map(|c| by_cluster.remove(c)).collect(),

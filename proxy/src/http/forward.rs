@@ -329,14 +329,16 @@ pub(crate) async fn forward<U: Upstream>(
 /// endpoint unhealthy. The gateway says so only when nothing of the request reached an
 /// endpoint, and never passes an endpoint's own `ferry-error` on.
 fn not_forwarded<B>(hop: &Hop, response: &Response<B>) -> bool {
+    if !matches!(hop, Hop::Remote { .. }) {
+        return false;
+    }
     let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE
         || (response.status() == StatusCode::OK
             && response
                 .headers()
                 .get("grpc-status")
                 .is_some_and(|s| s == "14"));
-    matches!(hop, Hop::Remote { .. })
-        && unavailable
+    unavailable
         && response.headers().get(FERRY_ERROR).is_some_and(|reason| {
             reason == Refusal::NoEndpoints.as_str() || reason == Refusal::EndpointUnhealthy.as_str()
         })
