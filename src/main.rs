@@ -6,9 +6,6 @@ use clap::Parser;
 use ferry::cli::{Cli, Command, TrustCommand};
 use ferry::config::Config;
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli
         .config

@@ -149,7 +149,7 @@ async fn handle(
     };
     let hops = shared
         .balancer
-        .order(&route.service, &decision, Instant::now());
+        .order(&route.service, &decision, asked.started);
     if hops.is_empty() {
         let outcome = Err(ProxyError::CircuitOpen);
         return finish(&shared, local, None, &route.service, &asked, outcome);
@@ -345,7 +345,8 @@ fn finish(
         grpc_status,
         result,
     };
-    shared.requests.record(&outcome, started.elapsed());
+    let took = started.elapsed();
+    shared.requests.record(&outcome, took);
     ferry_gateway::access::http(&ferry_gateway::access::HttpCall {
         direction: "outbound",
         source: &asked.peer,
@@ -354,7 +355,7 @@ fn finish(
         method: asked.method.as_str(),
         status: outcome.status,
         grpc_status,
-        duration: started.elapsed(),
+        duration: took,
         result,
     });
     response

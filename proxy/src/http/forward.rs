@@ -83,8 +83,7 @@ pub(crate) trait Upstream: Sync {
 pub(crate) struct Budgets(Mutex<HashMap<ServiceName, RetryBudget>>);
 
 impl Budgets {
-    fn deposit(&self, service: &ServiceName) {
-        let now = Instant::now();
+    fn deposit(&self, service: &ServiceName, now: Instant) {
         let mut budgets = self.0.lock().expect("budget lock");
         budgets
             .entry(service.clone())
@@ -200,13 +199,20 @@ pub(crate) async fn forward<U: Upstream>(
     let retries = policy.map_or(0, |p| p.retries);
     let mut retried = 0u32;
     let mut failed_to_connect = 0usize;
-    ctx.budgets.deposit(&route.service);
+    // One clock reading serves the deposit and the first attempt; later attempts read it
+    // again (they start after a failure or a backoff).
+    let started = Instant::now();
+    ctx.budgets.deposit(&route.service, started);
     let mut next = 0usize;
     let mut last = ProxyError::Unreachable;
     while !hops.is_empty() {
         let hop = &hops[next % hops.len()];
+        let now = match next {
+            0 => started,
+            _ => Instant::now(),
+        };
         next += 1;
-        let attempt = ctx.balancer.start(&route.service, hop, Instant::now());
+        let attempt = ctx.balancer.start(&route.service, hop, now);
         // An upgraded connection is never given back: it gets one of its own.
         let pooled = match head.upgrade {
             Some(_) => None,
