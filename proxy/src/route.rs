@@ -41,11 +41,21 @@ pub(crate) fn route(
     // The pick rotates each remote cluster's gateways; the balancer orders the hops.
     let pick = shared.pick.fetch_add(1, Ordering::Relaxed);
     let plan = plan(snapshot, &target, pick).map_err(Unrouted::Plan)?;
-    let remote = plan.hops.iter().any(|h| matches!(h, Hop::Remote { .. }));
-    let rtt = if remote {
-        shared.tunnel.rtts()
-    } else {
-        Default::default()
+    // Round trips order clusters, so they are read only when the hops span more than one
+    // (reading them takes a lock per peer connection).
+    fn cluster(hop: &Hop) -> Option<&ClusterId> {
+        match hop {
+            Hop::Local(_) => None,
+            Hop::Remote { cluster, .. } => Some(cluster),
+        }
+    }
+    let several = plan
+        .hops
+        .windows(2)
+        .any(|w| cluster(&w[0]) != cluster(&w[1]));
+    let rtt = match several {
+        true => shared.tunnel.rtts(),
+        false => Default::default(),
     };
     let facts = CallFacts {
         local: &snapshot.cluster,
