@@ -198,6 +198,8 @@ fn splits_group_hops_local_first_then_nearest() {
     let rtt = rtts(&[("west", 30), ("north", 5), ("south", 5)]);
     let all = plan(false, &["west", "east", "north", "south"]);
     let none_local = plan(true, &["west", "east", "north"]);
+    let local_only = plan(false, &[]);
+    let one_peer = plan(true, &["west"]);
     let with = |split: &str| {
         let mut p = policy("web.shop");
         p.split = split.parse().unwrap();
@@ -213,6 +215,9 @@ fn splits_group_hops_local_first_then_nearest() {
             Ok(&["home", "north", "south", "west", "east"]),
         ),
         (&none_local, None, Ok(&["north", "west", "east"])),
+        // Hops in one cluster: one group, whether home or a peer.
+        (&local_only, None, Ok(&["home"])),
+        (&one_peer, Some(with("failover")), Ok(&["west"])),
         (&all, Some(with("local-only")), Ok(&["home"])),
         (&none_local, Some(with("local-only")), Err("local-only")),
         (&all, Some(with("pinned=west")), Ok(&["west"])),
@@ -250,6 +255,16 @@ fn splits_group_hops_local_first_then_nearest() {
             }
             (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
         }
+    }
+}
+
+#[test]
+fn failover_within_one_cluster_keeps_the_plan_order() {
+    let rtt = rtts(&[]);
+    for plan in [plan(false, &[]), plan(true, &["west"])] {
+        let decision = decide(&plan, None, &facts(&rtt, &[], 0)).unwrap();
+        assert_eq!(decision.groups, vec![plan.hops.clone()]);
+        assert_eq!(decision.reason, Reason::Failover);
     }
 }
 
