@@ -10,6 +10,9 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// How often histogram samples are folded into their buckets, and by which thread.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const UPKEEP_THREAD: &str = "ferry-metrics";
 
 /// A metric's Prometheus type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +199,15 @@ pub fn init(
             .expect("the bucket list is not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
+        // Histograms keep each sample until an upkeep folds it into the buckets: without
+        // one (nobody scraping `/metrics`), every request would hold memory for good.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name(UPKEEP_THREAD.into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
         if metrics::set_global_recorder(recorder).is_ok() {
             for (name, kind, help) in CATALOGUE {
                 match kind {
@@ -347,6 +359,18 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn histogram_samples_are_folded_by_a_thread_of_their_own() {
+        // Without it a process nobody scrapes keeps every request's duration sample.
+        init(None, "warn", crate::cli::LogFormat::Text, None).unwrap();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|comm| comm.trim().to_string())
+            .collect();
+        assert!(names.iter().any(|n| n == UPKEEP_THREAD), "{names:?}");
     }
 
     #[test]
