@@ -97,6 +97,12 @@ impl Balancer {
                 full: false,
             },
         };
+        // Only the ejection record: no latency estimate to compute.
+        let ejected = |hop: &Hop| {
+            stats
+                .get(&HopKey::of(service, hop))
+                .is_some_and(|s| s.outlier.is_ejected(now))
+        };
         let mut order = Vec::with_capacity(decision.groups.iter().map(Vec::len).sum());
         if let [group] = decision.groups.as_slice() {
             if let [hop] = group.as_slice() {
@@ -114,7 +120,7 @@ impl Balancer {
         let mut groups: Vec<(bool, &Vec<Hop>)> = decision
             .groups
             .iter()
-            .map(|group| (group.iter().all(|hop| load(hop).ejected), group))
+            .map(|group| (group.iter().all(ejected), group))
             .collect();
         groups.sort_by_key(|(ejected, _)| *ejected);
         let (mut left, mut loads): (Vec<&Hop>, Vec<Load>) = (Vec::new(), Vec::new());
