@@ -365,11 +365,19 @@ mod tests {
     fn histogram_samples_are_folded_by_a_thread_of_their_own() {
         // Without it a process nobody scrapes keeps every request's duration sample.
         init(None, "warn", crate::cli::LogFormat::Text, None).unwrap();
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|comm| comm.trim().to_string())
-            .collect();
+        let names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|comm| comm.trim().to_string())
+                .collect()
+        };
+        // A new thread names itself once it runs: give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !names().iter().any(|n| n == UPKEEP_THREAD) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let names = names();
         assert!(names.iter().any(|n| n == UPKEEP_THREAD), "{names:?}");
     }
 
