@@ -14,3 +14,4 @@ pub mod server;
 pub mod tls;
 pub mod trace;
 pub mod tunnel;
+pub mod udp;

@@ -455,7 +455,7 @@ pub fn endpoint(
         config,
         server,
         udp_socket(addr)?,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(crate::udp::FerryRuntime),
     )
 }
 

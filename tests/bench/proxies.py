@@ -43,6 +43,9 @@ FERRY_THREADS = ENV.get("FERRY_THREADS", "1")
 STREAM_MODULE = ENV.get("NGINX_STREAM_MODULE", "/usr/lib/nginx/modules/ngx_stream_module.so")
 STAMP = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 OUT = ENV.get("OUT", f"/tmp/ferry-proxies-bench-{STAMP}.json")
+# Profiling: set up and warm every path, write {netns, paths: {path: {web, pids}}} to this
+# file and wait for SIGTERM instead of measuring.
+HOLD = ENV.get("HOLD", "")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LABEL = {
     "direct": "direct",
@@ -767,6 +770,13 @@ def main():
         for p in PATHS:
             for _ in range(50):
                 http_get(*b.paths[p]["web"])
+        if HOLD:
+            # Profiling: leave every path up (in the namespace) until this process is stopped.
+            held = {p: {"web": b.paths[p]["web"], "pids": tree(b.paths[p]["pids"])} for p in PATHS}
+            with open(HOLD, "w") as f:
+                json.dump({"netns": ENV["NETNS"], "paths": held}, f, indent=1)
+            log(f"holding: paths in {HOLD} (netns {ENV['NETNS']}); stop with SIGTERM or Ctrl-C")
+            signal.pause()
         for rnd in range(1, ROUNDS + 1):
             res = {}
             for p in PATHS:

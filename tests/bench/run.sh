@@ -18,7 +18,9 @@
 #      BODY_BYTES (64), FERRY_HEALTH_INTERVAL (10m: probes run when a service is added,
 #      then keep out of the measured windows), FERRY_THREADS (1: `ferry --threads`, as
 #      nginx runs 1 worker and HAProxy 1 thread), OUT (JSON path, default
-#      /tmp/ferry-proxies-bench-<date>.json), KEEP_TMP=1 (keep configs and logs),
+#      /tmp/ferry-proxies-bench-<date>.json), KEEP_TMP=1 (keep configs and logs), HOLD=<file> (set
+#      up and warm the paths, write their addresses and pids to <file>, wait for Ctrl-C: for
+#      profiling with perf or strace inside the namespace),
 #      SKIP_BUILD=1 (use the existing target/release/ferry), SKIP_INSTALL=1.
 # Needs root (apt-get, ip netns). Every process runs inside the namespace
 # ferrybench-<pid>, which is deleted on exit, with whatever is left in it.
