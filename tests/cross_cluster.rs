@@ -74,3 +74,38 @@ async fn call_crosses_clusters_bytes_match() {
         .wait_service_gone("echo.shop", Duration::from_secs(5))
         .await; // echo.shop withdrawn from east
 }
+
+/// A fresh link's first session is taken. The issuer records the link when it spends the
+/// token and its gateway (here it dials first: `east` < `west`) may call before the joiner
+/// has recorded the link from the issuer's answer; the joiner's gateway waits for its own
+/// record instead of refusing the session as `unknown_peer` and having it redialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_link_is_taken_at_its_first_session() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.37.0.0/16");
+    let west_def = mesh.cluster("west", "127.38.0.0/16");
+    let _east = east_def.up().await;
+    let _west = west_def.up().await;
+    link(&east_def, &west_def);
+    for (def, peer) in [(&east_def, "west"), (&west_def, "east")] {
+        wait_until(
+            def,
+            "the new link connected",
+            Duration::from_secs(20),
+            |d| {
+                d.links()
+                    .iter()
+                    .any(|l| l["peer"] == peer && l["connected"] == true)
+            },
+        )
+        .await;
+    }
+    for def in [&east_def, &west_def] {
+        assert_eq!(
+            def.metric("ferry_gateway_refusals_total", "reason=\"unknown_peer\""),
+            0,
+            "{} refused a link session of the new link",
+            def.name
+        );
+    }
+}

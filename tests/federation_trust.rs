@@ -567,3 +567,54 @@ async fn a_peer_churning_its_exports_cannot_monopolize_the_control_plane() {
         "a command took {slowest_command:?} during the churn"
     );
 }
+
+/// A gateway of a cluster from the same root that is not linked: its link connections wait
+/// at most `LINK_GRACE` for a link that may be on its way (a join in progress), and only
+/// `MAX_LINK_WAITS` of them at a time; the rest are refused at once. All are refused in the
+/// end and counted, and nothing it sends is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_gateway_waits_a_bounded_grace_then_is_refused() {
+    use ferry_gateway::server::{LINK_GRACE, MAX_LINK_WAITS};
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.113.0.0/16");
+    let north_def = mesh.cluster("north", "127.114.0.0/16");
+    let _east = east_def.up().await;
+    let _north = north_def.up().await;
+    let identity = common::rogue::gateway_identity(&north_def).await;
+    let gateway = east_def.gateways()[0];
+
+    let dials = MAX_LINK_WAITS + 4;
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..dials {
+        let identity = identity.clone();
+        calls.spawn(async move {
+            let peer = common::rogue::RoguePeer::connect(identity, "east", gateway).await;
+            let closed = peer.conn.closed().await;
+            (started.elapsed(), closed.to_string())
+        });
+    }
+    let mut refused_at_once = 0;
+    while let Some(done) = calls.join_next().await {
+        let (after, why) = done.unwrap();
+        assert!(
+            why.contains("unknown_peer"),
+            "refused as unknown_peer: {why}"
+        );
+        assert!(
+            after < LINK_GRACE + Duration::from_secs(3),
+            "refused within the grace: {after:?}"
+        );
+        if after < LINK_GRACE / 2 {
+            refused_at_once += 1;
+        }
+    }
+    assert!(
+        refused_at_once >= dials - MAX_LINK_WAITS,
+        "past {MAX_LINK_WAITS} waiting at once, the rest are refused at once ({refused_at_once} of {dials})"
+    );
+    assert!(
+        east_def.metric("ferry_gateway_refusals_total", "reason=\"unknown_peer\"") >= dials as u64,
+        "every refusal is counted"
+    );
+}

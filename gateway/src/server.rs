@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     /// The peer session (process incarnation) each link connection has announced, by the
     /// connection's stable id.
     pub peer_sessions: Mutex<HashMap<usize, u64>>,
+    /// Link connections from clusters not (yet) linked that may wait for the link at once.
+    pub link_waits: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -123,6 +125,21 @@ impl Shared {
         }
         list.push((kind, conn.clone()));
         true
+    }
+
+    /// Whether `peer` becomes linked within [`LINK_GRACE`]. A link is recorded on both
+    /// sides of a join at different moments: the issuer records it when it spends the token,
+    /// and its gateway may dial before the joiner has recorded it from the answer. Waiting
+    /// here (at most [`MAX_LINK_WAITS`] connections at a time, the rest are refused at once)
+    /// saves that first session a refusal, a warning and a redial.
+    pub async fn await_link(&self, peer: &ClusterId) -> bool {
+        let Ok(_permit) = self.link_waits.try_acquire() else {
+            return false;
+        };
+        let mut rx = self.snapshots.clone();
+        let linked =
+            tokio::time::timeout(LINK_GRACE, rx.wait_for(|s| s.link(peer).is_some())).await;
+        matches!(linked, Ok(Ok(_)))
     }
 
     pub fn has_link_session(&self, peer: &ClusterId) -> bool {
@@ -247,6 +264,7 @@ impl Gateway {
                 pick: std::sync::atomic::AtomicU64::new(0),
                 relay_idle: DEFAULT_RELAY_IDLE,
                 peer_sessions: Mutex::new(HashMap::new()),
+                link_waits: tokio::sync::Semaphore::new(MAX_LINK_WAITS),
             }),
         })
     }
@@ -346,6 +364,12 @@ fn refuse_crowded(conn: &quinn::Connection) {
 /// How long a relayed stream may be silent both ways by default.
 pub const DEFAULT_RELAY_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How long a link connection from a gateway of a cluster not linked here waits for the
+/// link to be recorded before it is refused (`unknown_peer`).
+pub const LINK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Link connections that may wait for [`LINK_GRACE`] at once.
+pub const MAX_LINK_WAITS: usize = 8;
+
 /// Connections the gateway holds at most, from all peers together.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Handshakes in progress above which new unvalidated addresses get a QUIC Retry first.
@@ -410,7 +434,9 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let cluster = identity.cluster().clone();
         let linked = shared.snapshot().link(&cluster).is_some();
         if alpn == ALPN_LINK {
-            if !linked || !matches!(identity, Identity::Gateway { .. }) {
+            let is_gateway = matches!(identity, Identity::Gateway { .. });
+            let linked = linked || (is_gateway && shared.await_link(&cluster).await);
+            if !linked || !is_gateway {
                 let reason = if linked {
                     "not_a_gateway"
                 } else {
