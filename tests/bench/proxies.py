@@ -33,7 +33,7 @@ HEALTH_INTERVAL = ENV.get("FERRY_HEALTH_INTERVAL", "10m")
 # web port declared http: the node proxy parses, routes and pools per request).
 MODE = ENV.get("MODE", "tcp")
 ALL_PATHS = {"tcp": ["direct", "haproxy", "nginx-stream", "ferry-local", "ferry-cross"],
-             "http": ["direct", "nginx-http", "ferry-local", "ferry-cross"]}.get(MODE, [])
+             "http": ["direct", "nginx-http", "nginx-mtls", "ferry-local", "ferry-cross"]}.get(MODE, [])
 # The proxy every ratio is taken against.
 BASE = "nginx-stream" if MODE == "tcp" else "nginx-http"
 PATHS = ENV.get("PATHS", " ".join(ALL_PATHS)).split()
@@ -52,6 +52,7 @@ LABEL = {
     "haproxy": "HAProxy (mode tcp, nbthread 1)",
     "nginx-stream": "nginx stream (1 worker)",
     "nginx-http": "nginx proxy_pass (upstream keepalive, 1 worker)",
+    "nginx-mtls": "nginx pair over mutual TLS 1.3 (edge -> border, 1 worker each)",
     "ferry-local": f"Ferry local hop ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''})",
     "ferry-cross": f"Ferry cross-cluster ({FERRY_THREADS} thread{'s' if FERRY_THREADS != '1' else ''} per cluster)",
 }
@@ -334,6 +335,75 @@ listen iperf
         wait_until("nginx http listener", lambda: http_get("127.0.0.1", pw), 15, p, f"{d}/error.log")
         self.paths["nginx-http"] = {"web": ("127.0.0.1", pw), "iperf": None, "pids": [p.pid]}
         log(f"nginx http: web 127.0.0.1:{pw}")
+
+    def start_nginx_mtls(self):
+        """The cross-cluster path users would build from nginx: an edge nginx that proxies
+        over mutual TLS 1.3 (client certificate, verified server name, pooled upstream
+        connections with session reuse) to a border nginx that checks the client certificate
+        and proxies to the origin. Two processes, one worker each, like east and west."""
+        d = os.path.join(self.tmp, "nginx-mtls")
+        edge, border = os.path.join(d, "edge"), os.path.join(d, "border")
+        for sub in (edge, border):
+            os.makedirs(sub, exist_ok=True)
+        pki = os.path.join(d, "pki")
+        os.makedirs(pki, exist_ok=True)
+
+        def ossl(what, *args):
+            run(f"nginx mtls: openssl {what}", ["openssl", *args])
+        ossl("CA", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{pki}/ca.key", "-out", f"{pki}/ca.pem", "-days", "2", "-subj", "/CN=bench mesh CA")
+        for name, ext in (("border", "subjectAltName=DNS:border.bench\nextendedKeyUsage=serverAuth"),
+                          ("edge", "subjectAltName=DNS:edge.bench\nextendedKeyUsage=clientAuth")):
+            ossl(f"{name} key and CSR", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{pki}/{name}.key", "-out", f"{pki}/{name}.csr", "-subj", f"/CN={name}.bench")
+            with open(f"{pki}/{name}.ext", "w") as f:
+                f.write(ext + "\n")
+            ossl(f"{name} certificate", "x509", "-req", "-in", f"{pki}/{name}.csr", "-CA", f"{pki}/ca.pem",
+                 "-CAkey", f"{pki}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{pki}/{name}.ext",
+                 "-out", f"{pki}/{name}.pem")
+        pe, pb = free_port(), free_port()
+        temp = ("client_body_temp_path {0}/body; proxy_temp_path {0}/proxy; fastcgi_temp_path {0}/fastcgi;\n"
+                "    uwsgi_temp_path {0}/uwsgi; scgi_temp_path {0}/scgi;")
+        keep = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+        border_conf = self.nginx_common(border) + f"""http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    {temp.format(border)}
+    upstream origin {{ server 127.0.0.1:{self.web_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{pb} ssl backlog=4096;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {pki}/border.pem; ssl_certificate_key {pki}/border.key;
+        ssl_client_certificate {pki}/ca.pem; ssl_verify_client on;
+        location / {{ proxy_pass http://origin; {keep} }}
+    }}
+}}
+"""
+        edge_conf = self.nginx_common(edge) + f"""http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    {temp.format(edge)}
+    upstream border {{ server 127.0.0.1:{pb}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{pe} backlog=4096;
+        location / {{
+            proxy_pass https://border; {keep}
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate {pki}/edge.pem; proxy_ssl_certificate_key {pki}/edge.key;
+            proxy_ssl_trusted_certificate {pki}/ca.pem; proxy_ssl_verify on;
+            proxy_ssl_name border.bench; proxy_ssl_server_name on; proxy_ssl_session_reuse on;
+        }}
+    }}
+}}
+"""
+        pb_proc = start_nginx("nginx mtls border", border, border_conf)
+        pe_proc = start_nginx("nginx mtls edge", edge, edge_conf)
+        wait_until("nginx mtls edge -> border -> origin answers", lambda: http_get("127.0.0.1", pe), 15, pe_proc,
+                   f"{edge}/error.log")
+        self.paths["nginx-mtls"] = {"web": ("127.0.0.1", pe), "iperf": None, "pids": [pe_proc.pid, pb_proc.pid]}
+        log(f"nginx mtls: edge 127.0.0.1:{pe} -> border 127.0.0.1:{pb} (TLS 1.3, client certificates)")
 
     # ------------------------------------------------------------ ferry
     def ferry(self, what, cfg, *args, timeout=30, check=True):
@@ -679,6 +749,16 @@ def report(rounds, rss, paths, started, env_info):
             ratio2(BASE),
             cpu_ratio,
         ]) + " |")
+    if "ferry-cross" in paths and "nginx-mtls" in paths and "direct" in paths:
+        # The encrypted two-process path users would build instead of Ferry's.
+        fe = med(per_round_diff("ferry-cross", "direct", "wrk1", "p50_us"))
+        ng = med(per_round_diff("nginx-mtls", "direct", "wrk1", "p50_us"))
+        lines.append("")
+        lines.append(f"Ferry cross-cluster against the nginx mutual-TLS pair (two processes each): added p50 at "
+                     f"one connection {fmt(fe)} µs vs {fmt(ng)} µs "
+                     f"(×{fmt(fe / ng if fe is not None and ng else None, 2)}); CPU per request at 16 connections "
+                     f"×{fmt(med(per_round_ratio('ferry-cross', 'nginx-mtls', 'wrk16', 'cpu_us_per_req')), 2)} "
+                     f"(median of per-round ratios).")
     lines.append("")
     lines.append("New connection vs open connection (µs, median over rounds of each round's median; "
                  "TTFB = connect + send a GET + first response byte):")
@@ -702,7 +782,7 @@ def report(rounds, rss, paths, started, env_info):
     lines.append("Figures are medians over rounds, [min–max] where shown; ratios are medians of the per-round "
                  "ratios. CPU is utime+stime of the proxy process(es) from /proc (nginx: master+worker; "
                  "Ferry: the whole `ferry up` process, which also runs control plane, gateway and DNS; "
-                 "cross-cluster: east+west) over each run, divided by requests (wrk) or GB received (iperf3). "
+                 "cross-cluster: east+west; nginx mTLS pair: edge+border) over each run, divided by requests (wrk) or GB received (iperf3). "
                  "Peak RSS is VmHWM at the end, summed over those processes. Client, origins and proxies "
                  "share the same cores (no pinning), in one network namespace on loopback.")
     return "\n".join(lines)
@@ -764,6 +844,8 @@ def main():
             b.start_nginx_stream()
         if "nginx-http" in PATHS:
             b.start_nginx_http()
+        if "nginx-mtls" in PATHS:
+            b.start_nginx_mtls()
         if want_ferry:
             b.start_ferry("ferry-local" in PATHS, "ferry-cross" in PATHS)
         # Warm every path (pooled QUIC connections, caches) outside the measured runs.
@@ -818,16 +900,18 @@ def main():
         warnings = scan_logs(b.ferry_logs + [os.path.join(tmp, x, y) for x, y in
                                              (("haproxy", "haproxy.log"), ("nginx-stream", "error.log"),
                                               ("nginx-http", "error.log"),
+                                              ("nginx-mtls/edge", "error.log"),
+                                              ("nginx-mtls/border", "error.log"),
                                               ("origin", "error.log"))])
         logs_dir = os.path.splitext(OUT)[0] + "-logs"
         os.makedirs(logs_dir, exist_ok=True)
         for f in b.ferry_logs:
             shutil.copy(f, logs_dir)
-        for sub in ("haproxy", "nginx-stream", "nginx-http", "origin"):
+        for sub in ("haproxy", "nginx-stream", "nginx-http", "nginx-mtls/edge", "nginx-mtls/border", "origin"):
             for name in ("haproxy.log", "error.log", "iperf3.log"):
                 src = os.path.join(tmp, sub, name)
                 if os.path.exists(src):
-                    shutil.copy(src, os.path.join(logs_dir, f"{sub}-{name}"))
+                    shutil.copy(src, os.path.join(logs_dir, f"{sub.replace('/', '-')}-{name}"))
         with open(OUT, "w") as f:
             json.dump({"started": started.isoformat(), "elapsed_s": elapsed, "env": env_info,
                        "settings": {"rounds": ROUNDS, "wrk_secs": WRK_SECS, "iperf_secs": IPERF_SECS,

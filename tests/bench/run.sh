@@ -7,14 +7,16 @@
 # new-connection time to first byte) and writes the raw per-round figures as JSON.
 #
 #   tests/bench/run.sh                                   # 3 rounds, 5 s per run (~5 min)
-#   MODE=http tests/bench/run.sh                         # HTTP: direct, nginx proxy_pass, Ferry http ports
+#   MODE=http tests/bench/run.sh                         # HTTP: direct, nginx proxy_pass, nginx mTLS pair, Ferry http ports
 #   ROUNDS=1 WRK_SECS=1 IPERF_SECS=1 tests/bench/run.sh  # smoke test
 #
 # Env: MODE (tcp: L4 relays, Ferry's web port declared tcp; http: nginx proxy_pass with
 #      upstream keepalive and Ferry's web port declared http, no iperf3), ROUNDS (3),
 #      WRK_SECS (5), IPERF_SECS (5), TTFB_N (200 connections per path and round), PATHS
 #      (default: every path of the mode; tcp "direct haproxy nginx-stream ferry-local
-#      ferry-cross", http "direct nginx-http ferry-local ferry-cross"),
+#      ferry-cross", http "direct nginx-http nginx-mtls ferry-local ferry-cross"; nginx-mtls is
+#      an edge nginx proxying over mutual TLS 1.3 to a border nginx: the encrypted
+#      two-process path to compare Ferry's cross-cluster one with),
 #      BODY_BYTES (64), FERRY_HEALTH_INTERVAL (10m: probes run when a service is added,
 #      then keep out of the measured windows), FERRY_THREADS (1: `ferry --threads`, as
 #      nginx runs 1 worker and HAProxy 1 thread), OUT (JSON path, default
@@ -44,7 +46,7 @@ stream_module() {
 
 install_missing() {
     local missing=() pair cmd pkg
-    for pair in haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3 python3:python3 ip:iproute2; do
+    for pair in haproxy:haproxy nginx:nginx wrk:wrk iperf3:iperf3 python3:python3 ip:iproute2 openssl:openssl; do
         cmd="${pair%%:*}" pkg="${pair#*:}"
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
     done
@@ -61,16 +63,16 @@ install_missing() {
     local rc=0 out
     out="$({
         DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream wrk iperf3
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     } 2>&1)" || rc=$?
     [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
-    [ "$rc" -eq 0 ] || die "apt-get install haproxy nginx libnginx-mod-stream wrk iperf3 failed:"$'\n'"$(tail -20 <<<"$out")"
+    [ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed:"$'\n'"$(tail -20 <<<"$out")"
     if [ -d /run/systemd/system ]; then
         systemctl disable --now nginx.service haproxy.service >/dev/null 2>&1 || true
     fi
 }
 [ -n "${SKIP_INSTALL:-}" ] || install_missing
-for cmd in haproxy nginx wrk iperf3 python3 ip; do
+for cmd in haproxy nginx wrk iperf3 python3 ip openssl; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found (unset SKIP_INSTALL to install it)"
 done
 NGINX_STREAM_MODULE="$(stream_module)" || die "ngx_stream_module.so not found (apt-get install libnginx-mod-stream)"
