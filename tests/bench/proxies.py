@@ -828,6 +828,10 @@ def main():
                  + (" + uncommitted changes" if sh(f"{git} status --porcelain -- src proxy gateway federation "
                                                   "dns proto Cargo.toml Cargo.lock") else "")
                  + ", release build")
+    if ENV.get("SKIP_BUILD"):
+        # Not built by this run: the binary may predate HEAD.
+        built = datetime.datetime.fromtimestamp(os.path.getmtime(FERRY_BIN)).astimezone()
+        ferry_rev += f" (binary not rebuilt by this run: built {built:%Y-%m-%d %H:%M %Z}, may predate HEAD)"
     t_start = time.time()
     keep = bool(ENV.get("KEEP_TMP"))
     tmp = tempfile.mkdtemp(prefix="ferry-proxies-bench.")

@@ -131,9 +131,19 @@ impl TunnelClient {
     /// estimate, so a cluster that just went away is still known to be near or far). A
     /// cluster never dialled is not in it.
     pub fn rtts(&self) -> BTreeMap<ClusterId, Duration> {
+        self.rtts_of(|_| true)
+    }
+
+    /// [`rtts`](Self::rtts) for one cluster: reads only its connections.
+    pub fn rtt(&self, cluster: &ClusterId) -> Option<Duration> {
+        self.rtts_of(|c| c == cluster).remove(cluster)
+    }
+
+    fn rtts_of(&self, wanted: impl Fn(&ClusterId) -> bool) -> BTreeMap<ClusterId, Duration> {
         let slots: Vec<(ClusterId, Slot)> = {
             let pool = self.pool.lock().expect("pool lock");
             pool.iter()
+                .filter(|((cluster, _), _)| wanted(cluster))
                 .map(|((cluster, _), slot)| (cluster.clone(), slot.clone()))
                 .collect()
         };

@@ -162,13 +162,11 @@ impl Upstream for Live<'_> {
                         match fallback {
                             false => Ok(open.await?),
                             true => {
-                                let wait = tunnel.rtts().get(cluster).map_or(
-                                    STATUS_WAIT_UNMEASURED,
-                                    |rtt| {
-                                        (*rtt * 3 + Duration::from_millis(200))
+                                let wait =
+                                    tunnel.rtt(cluster).map_or(STATUS_WAIT_UNMEASURED, |rtt| {
+                                        (rtt * 3 + Duration::from_millis(200))
                                             .clamp(STATUS_WAIT_MIN, STATUS_WAIT_MAX)
-                                    },
-                                );
+                                    });
                                 Ok(tokio::time::timeout(wait, open)
                                     .await
                                     .map_err(|_| ConnectError::Timeout)??)
