@@ -14,14 +14,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; a role gets the config `main` loaded (once, so the telemetry setup
+/// and the role read the same file contents).
+async fn run(cli: Cli, config: Option<anyhow::Result<Config>>) -> anyhow::Result<()> {
+    let config = || config.unwrap_or_else(|| load_config(&cli));
     match &cli.command {
         Command::Demo { keep } => ferry::demo::run(*keep).await,
-        Command::Up => ferry::up::up(load_config(&cli)?).await,
-        Command::Control => ferry::up::control(load_config(&cli)?).await,
-        Command::Gateway => ferry::up::gateway(load_config(&cli)?).await,
-        Command::Node => ferry::up::node(load_config(&cli)?).await,
-        Command::Dns => ferry::up::dns(load_config(&cli)?).await,
+        Command::Up => ferry::up::up(config()?).await,
+        Command::Control => ferry::up::control(config()?).await,
+        Command::Gateway => ferry::up::gateway(config()?).await,
+        Command::Node => ferry::up::node(config()?).await,
+        Command::Dns => ferry::up::dns(config()?).await,
         Command::Trust(TrustCommand::Init { trust_domain, out }) => {
             let td = trust_domain
                 .parse()
@@ -124,9 +127,11 @@ fn main() -> ExitCode {
     };
     // A role exports spans when its config names a collector (the exporter needs the
     // runtime); a config that does not load is reported by the role itself.
-    let export = (!quiet)
-        .then(|| load_config(&cli).ok())
-        .flatten()
+    let is_role = role_name(&cli.command) != "cli";
+    let config = is_role.then(|| load_config(&cli));
+    let export = config
+        .as_ref()
+        .and_then(|loaded| loaded.as_ref().ok())
         .and_then(|cfg| {
             Some(ferry::telemetry::Export {
                 endpoint: cfg.otlp_endpoint.clone()?,
@@ -148,7 +153,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let outcome = runtime.block_on(async {
-        let outcome = run(cli).await;
+        let outcome = run(cli, config).await;
         ferry::telemetry::flush().await;
         outcome
     });
