@@ -119,6 +119,19 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
         let text = def.cli_ok(&["link", "status", peer, "-o", "json"]);
         serde_json::from_str::<serde_json::Value>(&text).unwrap()[0].clone()
     };
+    // West's own view of the session reaches its snapshot a moment after east has
+    // imported (its report waits out the publisher's gap after the join's republish).
+    wait_until(
+        &ew.west_def,
+        "west sees the link session up",
+        Duration::from_secs(10),
+        |west| {
+            west.links()
+                .iter()
+                .any(|l| l["peer"] == "east" && l["connected"] == true)
+        },
+    )
+    .await;
     let from_east = link_status(&ew.east_def, "west");
     let from_west = link_status(&ew.west_def, "east");
     let keys = sorted_keys(&from_east);
