@@ -127,8 +127,7 @@ fn main() -> ExitCode {
     };
     // A role exports spans when its config names a collector (the exporter needs the
     // runtime); a config that does not load is reported by the role itself.
-    let is_role = role_name(&cli.command) != "cli";
-    let config = is_role.then(|| load_config(&cli));
+    let config = (!quiet).then(|| load_config(&cli));
     let export = config
         .as_ref()
         .and_then(|loaded| loaded.as_ref().ok())

@@ -105,8 +105,8 @@ pub(crate) struct Shared {
     /// The peer session (process incarnation) each link connection has announced, by the
     /// connection's stable id.
     pub peer_sessions: Mutex<HashMap<usize, u64>>,
-    /// Link connections from clusters not (yet) linked that may wait for the link at once.
-    pub link_waits: tokio::sync::Semaphore,
+    /// The clusters not (yet) linked with a link connection waiting for the link.
+    pub link_waits: Mutex<std::collections::HashSet<ClusterId>>,
 }
 
 impl Shared {
@@ -127,19 +127,33 @@ impl Shared {
         true
     }
 
-    /// Whether `peer` becomes linked within [`LINK_GRACE`]. A link is recorded on both
-    /// sides of a join at different moments: the issuer records it when it spends the token,
-    /// and its gateway may dial before the joiner has recorded it from the answer. Waiting
-    /// here (at most [`MAX_LINK_WAITS`] connections at a time, the rest are refused at once)
-    /// saves that first session a refusal, a warning and a redial.
-    pub async fn await_link(&self, peer: &ClusterId) -> bool {
-        let Ok(_permit) = self.link_waits.try_acquire() else {
-            return false;
-        };
+    /// Whether `peer` becomes linked within [`LINK_GRACE`] (false at once if `conn` closes).
+    /// A link is recorded on both sides of a join at different moments: the issuer records
+    /// it when it spends the token, and its gateway may dial before the joiner has recorded
+    /// it from the answer. Waiting here saves that first session a refusal, a warning and a
+    /// redial. One connection per cluster waits, and [`MAX_LINK_WAITS`] clusters at most;
+    /// the rest are refused at once, so a cluster that keeps dialling holds one wait.
+    pub async fn await_link(&self, peer: &ClusterId, conn: &quinn::Connection) -> bool {
+        {
+            let mut waiting = self.link_waits.lock().expect("link waits lock");
+            if waiting.len() >= MAX_LINK_WAITS || !waiting.insert(peer.clone()) {
+                return false;
+            }
+        }
+        struct Waiting<'a>(&'a Shared, &'a ClusterId);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                let mut waiting = self.0.link_waits.lock().expect("link waits lock");
+                waiting.remove(self.1);
+            }
+        }
+        let _waiting = Waiting(self, peer);
         let mut rx = self.snapshots.clone();
-        let linked =
-            tokio::time::timeout(LINK_GRACE, rx.wait_for(|s| s.link(peer).is_some())).await;
-        matches!(linked, Ok(Ok(_)))
+        let linked = rx.wait_for(|s| s.link(peer).is_some());
+        tokio::select! {
+            linked = tokio::time::timeout(LINK_GRACE, linked) => matches!(linked, Ok(Ok(_))),
+            _ = conn.closed() => false,
+        }
     }
 
     pub fn has_link_session(&self, peer: &ClusterId) -> bool {
@@ -264,7 +278,7 @@ impl Gateway {
                 pick: std::sync::atomic::AtomicU64::new(0),
                 relay_idle: DEFAULT_RELAY_IDLE,
                 peer_sessions: Mutex::new(HashMap::new()),
-                link_waits: tokio::sync::Semaphore::new(MAX_LINK_WAITS),
+                link_waits: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -367,7 +381,7 @@ pub const DEFAULT_RELAY_IDLE: std::time::Duration = std::time::Duration::from_se
 /// How long a link connection from a gateway of a cluster not linked here waits for the
 /// link to be recorded before it is refused (`unknown_peer`).
 pub const LINK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-/// Link connections that may wait for [`LINK_GRACE`] at once.
+/// Clusters whose link connections may wait for [`LINK_GRACE`] at once (one each).
 pub const MAX_LINK_WAITS: usize = 8;
 
 /// Connections the gateway holds at most, from all peers together.
@@ -435,7 +449,7 @@ async fn handle_connection(shared: Arc<Shared>, conn: quinn::Connection) {
         let linked = shared.snapshot().link(&cluster).is_some();
         if alpn == ALPN_LINK {
             let is_gateway = matches!(identity, Identity::Gateway { .. });
-            let linked = linked || (is_gateway && shared.await_link(&cluster).await);
+            let linked = linked || (is_gateway && shared.await_link(&cluster, &conn).await);
             if !linked || !is_gateway {
                 let reason = if linked {
                     "not_a_gateway"

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -64,6 +65,9 @@ pub struct UdpSocket {
     state: UdpSocketState,
     /// Set while the send buffer is full: what the senders wait on.
     blocked: Mutex<Option<WritableFd>>,
+    /// Whether `blocked` is set, read without the lock on every send.
+    is_blocked: AtomicBool,
+    log_limit: crate::server::LogLimiter,
 }
 
 impl UdpSocket {
@@ -74,6 +78,8 @@ impl UdpSocket {
             io: register(socket, Interest::READABLE)?,
             state,
             blocked: Mutex::new(None),
+            is_blocked: AtomicBool::new(false),
+            log_limit: Default::default(),
         })
     }
 
@@ -84,6 +90,9 @@ impl UdpSocket {
 
     /// Whether the send buffer was last seen full, and so what to wait on for room.
     fn writable_fd(&self) -> Option<WritableFd> {
+        if !self.is_blocked.load(Ordering::Acquire) {
+            return None;
+        }
         self.blocked().clone()
     }
 }
@@ -121,30 +130,63 @@ impl AsyncUdpSocket for UdpSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let mut blocked = self.blocked();
-        match &*blocked {
-            None => match self.state.send(self.io.get_ref().into(), transmit) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Registering reports the current state: room freed since the failed send
-                    // is not missed.
-                    let dup = self.io.get_ref().try_clone()?;
-                    *blocked = Some(Arc::new(register(dup, Interest::WRITABLE)?));
-                    Err(e)
-                }
-                sent => sent,
-            },
-            // Sent only while the registration says writable; a send that finds the buffer
-            // still full clears that, so the waiters sleep until the next edge.
-            Some(fd) => match fd.try_io(Interest::WRITABLE, |dup| {
-                self.state.send(dup.into(), transmit)
-            }) {
-                Ok(()) => {
-                    *blocked = None;
-                    Ok(())
-                }
-                failed => failed,
-            },
+        // Not blocked (the usual case): straight to the socket, no lock, so the connections
+        // of a multi-threaded runtime send side by side.
+        let tried = !self.is_blocked.load(Ordering::Acquire);
+        if tried {
+            match self.state.send(self.io.get_ref().into(), transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                sent => return sent,
+            }
         }
+        let mut blocked = self.blocked();
+        let fd = match &*blocked {
+            Some(fd) => fd.clone(),
+            None => {
+                // Nobody waits for room. Unless the send was just tried, a send got through
+                // since this one saw the wait: try it. Then register the wait; registering
+                // reports the current state, so room freed since the failed send is not
+                // missed.
+                if !tried {
+                    match self.state.send(self.io.get_ref().into(), transmit) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        sent => return sent,
+                    }
+                }
+                match self
+                    .io
+                    .get_ref()
+                    .try_clone()
+                    .and_then(|dup| register(dup, Interest::WRITABLE))
+                {
+                    Ok(fd) => {
+                        *blocked = Some(Arc::new(fd));
+                        self.is_blocked.store(true, Ordering::Release);
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Err(e) => {
+                        // No descriptor or watch left to wait with. quinn ends a connection
+                        // on any send error but WouldBlock, and waiting without a
+                        // registration would spin: the datagram counts as lost instead, and
+                        // loss recovery sends it again.
+                        if self.log_limit.allow() {
+                            tracing::warn!(error = %e, "UDP send buffer full and no way to wait for room; datagram dropped (further drops for 10 s are not logged)");
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        // Sent only while the registration says writable; a send that finds the buffer still
+        // full clears that, so the waiters sleep until the next edge.
+        let sent = fd.try_io(Interest::WRITABLE, |dup| {
+            self.state.send(dup.into(), transmit)
+        });
+        if sent.is_ok() {
+            *blocked = None;
+            self.is_blocked.store(false, Ordering::Release);
+        }
+        sent
     }
 
     fn poll_recv(
@@ -161,7 +203,9 @@ impl AsyncUdpSocket for UdpSocket {
             };
             match ready.try_io(|io| self.state.recv(io.get_ref().into(), bufs, meta)) {
                 Ok(Ok(got)) => {
-                    if got < offered {
+                    // `recvmmsg` fills every slot it can; elsewhere quinn-udp reads one
+                    // datagram a call, so a short read says nothing there.
+                    if cfg!(any(target_os = "linux", target_os = "android")) && got < offered {
                         ready.clear_ready();
                     }
                     return Poll::Ready(Ok(got));
