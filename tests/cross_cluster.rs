@@ -86,7 +86,19 @@ async fn a_new_link_is_taken_at_its_first_session() {
     let west_def = mesh.cluster("west", "127.38.0.0/16");
     let _east = east_def.up().await;
     let _west = west_def.up().await;
-    link(&east_def, &west_def);
+    // `link join` answers once the session is up.
+    let token = east_def.token_for("west", &[]);
+    let out = west_def.cli_with_input(&["link", "join"], &format!("{token}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("linked with east") && said.contains("link session up"),
+        "{said}"
+    );
     for (def, peer) in [(&east_def, "west"), (&west_def, "east")] {
         wait_until(
             def,
@@ -108,4 +120,34 @@ async fn a_new_link_is_taken_at_its_first_session() {
             def.name
         );
     }
+}
+
+/// When no session comes up (here the joiner runs no gateway to take the issuer's dial),
+/// `link join` still records the link, and says there is no session and where to look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_join_says_when_no_session_comes_up() {
+    let mesh = Mesh::new("example.org");
+    let east_def = mesh.cluster("east", "127.115.0.0/16");
+    let west_def = mesh.cluster("west", "127.116.0.0/16");
+    let _east = east_def.up().await;
+    let mut west = west_def.up_apart().await;
+    // up_apart: control, gateway, node; without the gateway nothing answers east's dial.
+    west.kill_one(1);
+    let token = east_def.token_for("west", &[]);
+    let out = west_def.cli_with_input(&["link", "join"], &format!("{token}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("linked with east")
+            && said.contains("no link session yet; `ferry link status east`"),
+        "{said}"
+    );
+    assert!(
+        west_def.links().iter().any(|l| l["peer"] == "east"),
+        "the link is recorded"
+    );
 }

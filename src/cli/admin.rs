@@ -256,6 +256,14 @@ pub async fn run_admin(cli: &Cli) -> anyhow::Result<()> {
                     info.peer,
                     info.gateways.join(", ")
                 );
+                if info.connected {
+                    println!("link session up");
+                } else {
+                    println!(
+                        "no link session yet; `ferry link status {}` shows its last error and `ferry check` what to do",
+                        info.peer
+                    );
+                }
             }
         }
         Command::Link(LinkCommand::List) => {

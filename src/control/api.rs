@@ -22,6 +22,9 @@ use super::scope::{CallKind, Scope};
 use super::{unix_now, unix_now_ms, ControlPlane};
 use crate::pb::{self, control_server::Control};
 
+/// How long `link join` waits for the first link session before it answers.
+const JOIN_SESSION_WAIT: Duration = Duration::from_secs(5);
+
 /// The tonic service over a shared [`ControlPlane`], as served on one socket.
 pub struct ControlApi {
     cp: Arc<ControlPlane>,
@@ -358,10 +361,15 @@ impl Control for ControlApi {
                 &token.gateways,
             )
             .map_err(status)?;
+        // The issuer dials as soon as it has spent the token: the answer waits (briefly)
+        // for the session, so `link join` returning means the link is up, or says it is not.
+        let mut snapshots = cp.subscribe();
+        let up = snapshots.wait_for(|s| s.link(&doc.peer).is_some_and(|l| l.connected));
+        let connected = matches!(tokio::time::timeout(JOIN_SESSION_WAIT, up).await, Ok(Ok(_)));
         Ok(Response::new(pb::LinkInfo {
             peer: doc.peer.to_string(),
             gateways: doc.gateways.iter().map(|g| g.to_string()).collect(),
-            connected: false,
+            connected,
             created_at_unix: doc.created_at_unix,
             imported_services: 0,
             limited: Vec::new(),
