@@ -87,14 +87,7 @@ async fn a_new_link_is_taken_at_its_first_session() {
     let _east = east_def.up().await;
     let _west = west_def.up().await;
     // `link join` answers once the session is up.
-    let token = east_def.token_for("west", &[]);
-    let out = west_def.cli_with_input(&["link", "join"], &format!("{token}\n"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = link(&east_def, &west_def);
     assert!(
         said.contains("linked with east") && said.contains("link session up"),
         "{said}"
@@ -133,14 +126,7 @@ async fn link_join_says_when_no_session_comes_up() {
     let mut west = west_def.up_apart().await;
     // up_apart: control, gateway, node; without the gateway nothing answers east's dial.
     west.kill_one(1);
-    let token = east_def.token_for("west", &[]);
-    let out = west_def.cli_with_input(&["link", "join"], &format!("{token}\n"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = link(&east_def, &west_def);
     assert!(
         said.contains("linked with east")
             && said.contains("no link session yet; `ferry link status east`"),

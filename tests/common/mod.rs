@@ -586,8 +586,9 @@ pub async fn east_west(east_range: &str, west_range: &str) -> EastWest {
     }
 }
 
-/// Links `a` and `b` with a token from `a`, handed to `b` on standard input.
-pub fn link(a: &ClusterDef, b: &ClusterDef) {
+/// Links `a` and `b` with a token from `a`, handed to `b` on standard input; returns what
+/// `link join` printed.
+pub fn link(a: &ClusterDef, b: &ClusterDef) -> String {
     let token = a.token_for(&b.name, &[]);
     let out = b.cli_with_input(&["link", "join"], &format!("{token}\n"));
     assert!(
@@ -596,6 +597,7 @@ pub fn link(a: &ClusterDef, b: &ClusterDef) {
         b.name,
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn run_ok(args: &[&str]) -> String {
