@@ -48,7 +48,10 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
     let ew = east_west("127.91.0.0/16", "127.92.0.0/16").await;
     let echo = Echo::start().await;
     ew.west_def.add_exported_echo(&echo);
-    link(&ew.east_def, &ew.west_def);
+    // `link join` answers once west's own snapshot shows the session up, so west's view
+    // below is current.
+    let joined = link(&ew.east_def, &ew.west_def);
+    assert!(joined.contains("link session up"), "{joined}");
     ew.east_def.wait_imported("echo.shop", "west").await;
     // Roles report their snapshot version every second; --wait lets them catch up.
     let (out, json) = check(&ew.east_def, &["--wait", "20s"]);
@@ -119,19 +122,6 @@ async fn green_mesh_passes_and_the_json_shape_is_stable() {
         let text = def.cli_ok(&["link", "status", peer, "-o", "json"]);
         serde_json::from_str::<serde_json::Value>(&text).unwrap()[0].clone()
     };
-    // West's own view of the session reaches its snapshot a moment after east has
-    // imported (its report waits out the publisher's gap after the join's republish).
-    wait_until(
-        &ew.west_def,
-        "west sees the link session up",
-        Duration::from_secs(10),
-        |west| {
-            west.links()
-                .iter()
-                .any(|l| l["peer"] == "east" && l["connected"] == true)
-        },
-    )
-    .await;
     let from_east = link_status(&ew.east_def, "west");
     let from_west = link_status(&ew.west_def, "east");
     let keys = sorted_keys(&from_east);
