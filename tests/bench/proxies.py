@@ -248,6 +248,12 @@ class Bench:
         return (f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n"
                 f"error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n")
 
+    @staticmethod
+    def nginx_temps(d):
+        """The `http` block's temp paths, inside the instance's directory `d`."""
+        return (f"client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n"
+                f"    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;")
+
     def start_origin(self):
         d = os.path.join(self.tmp, "origin")
         self.web_port, self.iperf_port = free_port(), free_port()
@@ -257,8 +263,7 @@ class Bench:
     keepalive_requests 100000000;
     keepalive_timeout 300s;
     default_type text/plain;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    {self.nginx_temps(d)}
     server {{
         listen 127.0.0.1:{self.web_port} backlog=4096;
         location / {{ return 200 "{body[:-1]}\\n"; }}
@@ -322,8 +327,7 @@ listen iperf
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    {self.nginx_temps(d)}
     upstream origin {{ server 127.0.0.1:{self.web_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{pw} backlog=4096;
@@ -362,14 +366,12 @@ listen iperf
                  "-CAkey", f"{pki}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{pki}/{name}.ext",
                  "-out", f"{pki}/{name}.pem")
         pe, pb = free_port(), free_port()
-        temp = ("client_body_temp_path {0}/body; proxy_temp_path {0}/proxy; fastcgi_temp_path {0}/fastcgi;\n"
-                "    uwsgi_temp_path {0}/uwsgi; scgi_temp_path {0}/scgi;")
         keep = 'proxy_http_version 1.1; proxy_set_header Connection "";'
         border_conf = self.nginx_common(border) + f"""http {{
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    {temp.format(border)}
+    {self.nginx_temps(border)}
     upstream origin {{ server 127.0.0.1:{self.web_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{pb} ssl backlog=4096;
@@ -384,7 +386,7 @@ listen iperf
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    {temp.format(edge)}
+    {self.nginx_temps(edge)}
     upstream border {{ server 127.0.0.1:{pb}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{pe} backlog=4096;
